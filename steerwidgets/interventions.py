@@ -1,0 +1,241 @@
+"""What to change in the residual stream, and where: the ``Steering`` spec, position masks and operators.
+
+Positions index the token sequence the model sees: prompt tokens are ``0 .. n-1`` and the *k*-th generated
+token sits at ``n + k``. The first generated token is predicted at position ``n-1`` (the last prompt token),
+so ``"generated"`` steering does not change the first new token; ``"last"`` or ``"continuation"`` does.
+Everything here is pure tensor code; the engine calls it inside nnsight traces.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+
+from .vectors import SteeringVector, VectorError
+
+PositionSpec = Union[str, int, slice, Sequence[int]]
+PRESETS = ("all", "prompt", "generated", "last", "continuation", "front")
+OPERATORS = ("add", "ablate", "clamp")
+_SLICE_RE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
+
+
+class SteeringError(ValueError):
+    """A steering request that cannot be applied; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Steering:
+    """Add ``strength * vector[layer]`` to the output of block ``layer`` at ``positions``.
+
+    ``relative=True`` reads ``strength`` as a multiple of the mean residual norm at that layer, so
+    ``strength=0.5`` means ``‖λv‖ = 0.5 · mean‖h‖``. ``operator`` is ``"add"``, ``"ablate"`` (remove the
+    component along v) or ``"clamp"`` (set that component to ``strength · ‖v‖``).
+    """
+
+    vector: SteeringVector | torch.Tensor
+    layer: int
+    strength: float = 1.0
+    positions: PositionSpec = "all"
+    operator: str = "add"
+    relative: bool = False
+
+    def direction(self) -> torch.Tensor:
+        vec = self.vector[self.layer] if isinstance(self.vector, SteeringVector) else self.vector
+        return torch.as_tensor(vec, dtype=torch.float32)
+
+    def validate(self, model: Any) -> None:
+        """Check everything that can be checked before a forward pass; raise with the fix."""
+        model.check_layer(self.layer)
+        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)):
+            raise SteeringError(f"strength must be a number, got {self.strength!r}")
+        if not math.isfinite(self.strength):
+            raise SteeringError(f"strength must be finite, got {self.strength}; use e.g. 4.0")
+        if self.operator not in OPERATORS:
+            raise SteeringError(f"unknown operator {self.operator!r}; use one of {OPERATORS}")
+        if isinstance(self.vector, SteeringVector):
+            self.vector.check_model(model)
+        vec = self.direction()
+        if vec.shape[-1] != model.d_model:
+            raise VectorError(
+                f"vector has size {vec.shape[-1]} but {model.name} has d_model {model.d_model}; "
+                "build the vector on this model"
+            )
+        if not torch.isfinite(vec).all():
+            raise VectorError("the steering vector contains NaN or inf")
+        if vec.ndim == 2 and self.operator != "add":
+            raise SteeringError("a per-position (ActAdd) vector can only be used with operator='add'")
+        if vec.ndim == 2 and self.positions not in ("all", "front"):
+            raise SteeringError(
+                "a per-position (ActAdd) vector is added at the first positions of the user's text; "
+                "use positions='front' (or 'all')"
+            )
+        if self.operator != "add" and float(vec.norm()) == 0.0:
+            raise SteeringError(f"operator {self.operator!r} needs a non-zero vector")
+        check_position_spec(self.positions)
+
+
+def check_position_spec(spec: PositionSpec) -> None:
+    """Raise ``SteeringError`` for a spec that can never be resolved (typos, wrong types)."""
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text in PRESETS or _SLICE_RE.match(text):
+            return
+        try:
+            [int(part) for part in text.split(",")]
+            return
+        except ValueError:
+            pass
+        raise SteeringError(
+            f"unknown position spec {spec!r}; use one of {PRESETS}, an index like '-1', "
+            "a list like '3,4,5' or a slice like '-3:'"
+        )
+    if isinstance(spec, bool):
+        raise SteeringError(f"positions must not be a bool, got {spec!r}")
+    if isinstance(spec, (int, slice)):
+        return
+    if isinstance(spec, Sequence) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in spec
+    ):
+        if len(spec) == 0:
+            raise SteeringError("an empty list of positions steers nothing; pass at least one index")
+        return
+    raise SteeringError(f"cannot read positions={spec!r}; use a preset, an int, a list or a slice")
+
+
+def position_mask(
+    spec: PositionSpec, prompt_len: int, total_len: int, user_start: int = 0, front_len: int = 0
+) -> torch.Tensor:
+    """Boolean mask over ``total_len`` positions for one sequence whose prompt has ``prompt_len`` tokens.
+
+    Non-negative indices count from the first prompt token (and may reach generated tokens);
+    negative indices count back from the end of the prompt (``-1`` is the last prompt token).
+    ``user_start`` is where the user's own text begins inside a chat template (for ``"front"``).
+    """
+    check_position_spec(spec)
+    if prompt_len < 1:
+        raise SteeringError("the prompt is empty; type at least one token of prompt")
+    mask = torch.zeros(total_len, dtype=torch.bool)
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text == "all":
+            mask[:] = True
+            return mask
+        if text == "prompt":
+            mask[:prompt_len] = True
+            return mask
+        if text == "generated":
+            mask[prompt_len:] = True
+            return mask
+        if text == "last":
+            mask[prompt_len - 1] = True
+            return mask
+        if text == "continuation":
+            mask[prompt_len - 1 :] = True
+            return mask
+        if text == "front":
+            if user_start + front_len > prompt_len:
+                raise SteeringError(
+                    f"the per-position vector spans {front_len} tokens but the prompt has only "
+                    f"{prompt_len - user_start} tokens of user text; use a longer prompt or shorter "
+                    "ActAdd phrases"
+                )
+            mask[user_start : user_start + front_len] = True
+            return mask
+        match = _SLICE_RE.match(text)
+        if match:
+            start, stop = (int(g) if g is not None else None for g in match.groups())
+            spec = slice(start, stop)
+        else:
+            spec = [int(part) for part in text.split(",")]
+    if isinstance(spec, slice):
+        if spec.step not in (None, 1):
+            raise SteeringError("position slices must have step 1")
+        start = _absolute(spec.start, prompt_len, total_len, default=0, for_slice=True)
+        stop = _absolute(spec.stop, prompt_len, total_len, default=total_len, for_slice=True)
+        mask[start:stop] = True
+        return mask
+    indices = [spec] if isinstance(spec, int) else list(spec)
+    for index in indices:
+        mask[_absolute(index, prompt_len, total_len)] = True
+    return mask
+
+
+def _absolute(
+    index: int | None, prompt_len: int, total_len: int, default: int = 0, for_slice: bool = False
+) -> int:
+    if index is None:
+        return default
+    absolute = prompt_len + index if index < 0 else index
+    upper = total_len if for_slice else total_len - 1
+    if absolute < 0 or absolute > upper:
+        raise SteeringError(
+            f"position {index} is outside the sequence: the prompt has {prompt_len} tokens "
+            f"(indices 0..{prompt_len - 1} or -{prompt_len}..-1) and {total_len - prompt_len} "
+            "generated tokens follow"
+        )
+    return absolute
+
+
+def apply_operator(
+    hidden: torch.Tensor, vec: torch.Tensor, scale: torch.Tensor, operator: str
+) -> torch.Tensor:
+    """The edited hidden states at every position (the caller masks where it applies).
+
+    ``scale`` broadcasts against ``hidden[..., :1]`` (one multiplier per row, per position, or both).
+    """
+    vec = vec.to(hidden.dtype)
+    if operator == "add":
+        return hidden + scale * vec
+    unit = vec / vec.norm()
+    projection = (hidden * unit).sum(-1, keepdim=True)
+    removed = hidden - projection * unit
+    if operator == "ablate":
+        return removed
+    if operator == "clamp":
+        return removed + scale * vec.norm() * unit
+    raise SteeringError(f"unknown operator {operator!r}; use one of {OPERATORS}")
+
+
+def as_list(steering: Steering | Sequence[Steering] | None) -> list[Steering]:
+    if steering is None:
+        return []
+    if isinstance(steering, Steering):
+        return [steering]
+    items = list(steering)
+    for item in items:
+        if not isinstance(item, Steering):
+            raise SteeringError(f"expected Steering objects, got {type(item).__name__}")
+    return items
+
+
+_ACTIVE: dict[int, list[Steering]] = {}
+
+
+@contextmanager
+def steered(model: Any, *steerings: Steering):
+    """Apply ``steerings`` to every engine call on ``model`` inside the ``with`` block.
+
+    Nothing is written into the model: the engine adds these to each nnsight trace it runs, so leaving the
+    block — normally, by an exception or by a cancel — leaves the unsteered model, bit for bit.
+    """
+    for item in steerings:
+        item.validate(model)
+    stack = _ACTIVE.setdefault(id(model), [])
+    stack.extend(steerings)
+    try:
+        yield model
+    finally:
+        del stack[len(stack) - len(steerings) :]
+        if not stack:
+            _ACTIVE.pop(id(model), None)
+
+
+def active_steerings(model: Any) -> list[Steering]:
+    """Steerings of enclosing ``steered(...)`` blocks for this model, outermost first."""
+    return list(_ACTIVE.get(id(model), []))

