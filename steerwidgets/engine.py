@@ -187,9 +187,7 @@ def _steer_in_trace(model: Any, plans: list[_Plan], start: int, attention: torch
         if plan.mean_norm is None:
             plan.mean_norm = _mean_norm(hidden, attention[:, start : start + width])
             vnorm = plan.vec.norm(dim=-1).mean().clamp_min(1e-12)
-            factor = plan.mean_norm / vnorm if plan.steering.relative else torch.ones_like(
-                plan.mean_norm
-            )
+            factor = plan.mean_norm / vnorm if plan.steering.relative else torch.ones_like(plan.mean_norm)
             plan.scale = (plan.steering.strength * factor).reshape(-1, 1, 1)
         mask = plan.masks[:, start : start + width]
         if not bool(mask.any()):
@@ -450,9 +448,7 @@ def _score_batch(model: Any, rows: list, steerings: list[Steering]) -> list[torc
     first_read = min(len(p) for p, _, _ in rows) - 1
     keep = width - first_read
     with torch.no_grad():
-        with model.nn.trace(
-            input_ids, attention_mask=attention, logits_to_keep=keep, remote=model.remote
-        ):
+        with model.nn.trace(input_ids, attention_mask=attention, logits_to_keep=keep, remote=model.remote):
             _steer_in_trace(model, plans, 0, attention)
             logits = model.nn.lm_head.output.save()
     logp = logits.float().log_softmax(-1)
@@ -646,9 +642,7 @@ def _sweep_item(
     prefix_norms: dict[int, tuple[float, int]] = {}
     with torch.no_grad():
         if first > 0:
-            with model.nn.trace(
-                input_ids[:, :first], use_cache=True, logits_to_keep=1, remote=model.remote
-            ):
+            with model.nn.trace(input_ids[:, :first], use_cache=True, logits_to_keep=1, remote=model.remote):
                 for layer in layer_list:
                     h = _hidden(model.block(layer).output)[0, 1:]
                     prefix_norms[layer] = (float(h.norm(dim=-1).sum()), int(h.shape[0]))
@@ -667,8 +661,17 @@ def _sweep_item(
         for group in groups:
             out.update(
                 _sweep_pass(
-                    model, suffix, suffix_mask, first, prefix_kv, prefix_norms, vector, group,
-                    lam, operator, relative,
+                    model,
+                    suffix,
+                    suffix_mask,
+                    first,
+                    prefix_kv,
+                    prefix_norms,
+                    vector,
+                    group,
+                    lam,
+                    operator,
+                    relative,
                 )
             )
     return out
@@ -687,7 +690,11 @@ def _sweep_pass(
     operator: str,
     relative: bool,
 ) -> dict[int, tuple[torch.Tensor, np.ndarray]]:
-    """One batched forward: rows = layers in ``group`` × strengths; expand at the lowest layer."""
+    """One batched forward: rows = layers in ``group`` × strengths, expanded at the lowest layer.
+
+    Rows of layer L are steered only at L, so below L they equal the unsteered run; the mean residual
+    norm for relative strengths is read from the first row of L's group before editing.
+    """
     n_s = len(lam)
     rows = len(group) * n_s
     split = min(group)
@@ -698,45 +705,34 @@ def _sweep_pass(
     lam_t = torch.tensor(lam, dtype=torch.float32)
     ratios: dict[int, np.ndarray] = {}
     pos_mask = suffix_mask[None, :, None]
+    skip_first = 1 if first == 0 else 0  # the attention-sink token is left out of mean‖h‖
+    ordered = sorted(group)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return _sweep_trace(model, suffix, kwargs, suffix_mask, first, prefix_norms, vector, group,
-                            lam_t, n_s, rows, split, relative, operator)
-
-
-def _sweep_trace(model, suffix, kwargs, suffix_mask, first, prefix_norms, vector, group, lam_t,
-                 n_s, rows, split, relative, operator):
-    ratios: dict[int, np.ndarray] = {}
-    pos_mask = suffix_mask[None, :, None]
-    with model.nn.trace(suffix, **kwargs):
-        for g, layer in enumerate(sorted(group)):
-            envoy = model.block(layer)
-            out = envoy.output
-            hidden = _hidden(out)
-            own = hidden[:1] if hidden.shape[0] == 1 else hidden[g * n_s : g * n_s + 1]
-            skip_first = 1 if first == 0 else 0
-            total, count = prefix_norms.get(layer, (0.0, 0))
-            body = own[0, skip_first:]
-            mean_norm = (total + float(body.norm(dim=-1).sum())) / max(1, count + body.shape[0])
-            vec = vector[layer]
-            vnorm = float(vec.norm())
-            scale_one = lam_t * (mean_norm / max(vnorm, 1e-12) if relative else 1.0)
-            ratios[layer] = (scale_one.abs() * vnorm / max(mean_norm, 1e-12)).numpy()
-            if layer == split:
-                hidden = hidden.expand(rows, -1, -1)
-            scale = torch.zeros(rows)
-            scale[g * n_s : (g + 1) * n_s] = scale_one
-            rowsel = torch.zeros(rows, dtype=torch.bool)
-            rowsel[g * n_s : (g + 1) * n_s] = True
-            edited = apply_operator(hidden, vec, scale.reshape(-1, 1, 1), operator)
-            select = rowsel[:, None, None] & pos_mask
-            _set_hidden(envoy, out, torch.where(select, edited, hidden))
-        logits = model.nn.lm_head.output[:, -1].save()
+        warnings.simplefilter("ignore", FutureWarning)  # past_key_values is deprecated in v5
+        with model.nn.trace(suffix, **kwargs):
+            for g, layer in enumerate(ordered):
+                envoy = model.block(layer)
+                out = envoy.output
+                hidden = _hidden(out)
+                own = hidden[:1] if hidden.shape[0] == 1 else hidden[g * n_s : g * n_s + 1]
+                total, count = prefix_norms.get(layer, (0.0, 0))
+                body = own[0, skip_first:]
+                mean_norm = (total + float(body.norm(dim=-1).sum())) / max(1, count + body.shape[0])
+                vec = vector[layer]
+                vnorm = float(vec.norm())
+                scale_one = lam_t * (mean_norm / max(vnorm, 1e-12) if relative else 1.0)
+                ratios[layer] = (scale_one.abs() * vnorm / max(mean_norm, 1e-12)).numpy()
+                if layer == split:
+                    hidden = hidden.expand(rows, -1, -1)
+                scale = torch.zeros(rows)
+                scale[g * n_s : (g + 1) * n_s] = scale_one
+                rowsel = scale.new_zeros(rows, dtype=torch.bool)
+                rowsel[g * n_s : (g + 1) * n_s] = True
+                edited = apply_operator(hidden, vec, scale.reshape(-1, 1, 1), operator)
+                _set_hidden(envoy, out, torch.where(rowsel[:, None, None] & pos_mask, edited, hidden))
+            logits = model.nn.lm_head.output[:, -1].save()
     logits = logits.float()
-    return {
-        layer: (logits[g * n_s : (g + 1) * n_s], ratios[layer])
-        for g, layer in enumerate(sorted(group))
-    }
+    return {layer: (logits[g * n_s : (g + 1) * n_s], ratios[layer]) for g, layer in enumerate(ordered)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -769,9 +765,7 @@ def read_activations(
             attention[i, : len(seq)] = 1
         saved = {}
         with torch.no_grad():
-            with model.nn.trace(
-                input_ids, attention_mask=attention, logits_to_keep=1, remote=model.remote
-            ):
+            with model.nn.trace(input_ids, attention_mask=attention, logits_to_keep=1, remote=model.remote):
                 for layer in sorted(layers):
                     saved[layer] = _hidden(model.block(layer).output).save()
         lengths = torch.tensor([len(s) for s in chunk])

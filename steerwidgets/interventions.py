@@ -13,13 +13,13 @@ import re
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 from .vectors import SteeringVector, VectorError
 
-PositionSpec = Union[str, int, slice, Sequence[int]]
+PositionSpec = str | int | slice | Sequence[int]
 PRESETS = ("all", "prompt", "generated", "last", "continuation", "front")
 OPERATORS = ("add", "ablate", "clamp")
 _SLICE_RE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
@@ -99,9 +99,7 @@ def check_position_spec(spec: PositionSpec) -> None:
         raise SteeringError(f"positions must not be a bool, got {spec!r}")
     if isinstance(spec, (int, slice)):
         return
-    if isinstance(spec, Sequence) and all(
-        isinstance(i, int) and not isinstance(i, bool) for i in spec
-    ):
+    if isinstance(spec, Sequence) and all(isinstance(i, int) and not isinstance(i, bool) for i in spec):
         if len(spec) == 0:
             raise SteeringError("an empty list of positions steers nothing; pass at least one index")
         return

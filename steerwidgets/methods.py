@@ -124,4 +124,3 @@ def actadd(
         dataset_fingerprint=fingerprint([ContrastPair(positive_prompt, negative_prompt)]),
         meta={"positive": positive_prompt, "negative": negative_prompt},
     )
-

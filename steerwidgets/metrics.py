@@ -90,10 +90,8 @@ def relative_steerability(
     return float(s_other / s_reference)
 
 
-def warning_level(
-    fraction: float, notice_at: float = NOTICE_AT, warning_at: float = WARNING_AT
-) -> str:
-    """"ok", "notice" or "warning" for an anti-steerable fraction."""
+def warning_level(fraction: float, notice_at: float = NOTICE_AT, warning_at: float = WARNING_AT) -> str:
+    """ "ok", "notice" or "warning" for an anti-steerable fraction."""
     if fraction >= warning_at:
         return "warning"
     if fraction >= notice_at:

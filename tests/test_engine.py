@@ -1,0 +1,236 @@
+"""Engine plumbing on tiny random Llama and GPT-2 models, checked against hand-computed forwards."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_vector
+from steerwidgets.data import ABItem
+
+import steerwidgets as sw
+from steerwidgets.engine import ab_prompt, tokenize_prompt
+
+PROMPT = "The weather today is"
+
+
+def _hooked_logits(model, ids, layer, delta, mask):
+    """Plain PyTorch reference: add ``delta`` at ``mask`` positions of block ``layer``'s output."""
+
+    def hook(_module, _inputs, out):
+        hidden = out[0] if isinstance(out, tuple) else out
+        edited = torch.where(mask[None, :, None], hidden + delta, hidden)
+        return (edited, *out[1:]) if isinstance(out, tuple) else edited
+
+    handle = model.hf_block(layer).register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return model.hf(torch.tensor([ids])).logits[0]
+    finally:
+        handle.remove()
+
+
+def _hand_generation(model, prompt, layer, delta, spec, steps):
+    ids, _ = tokenize_prompt(model, prompt, chat=False)
+    seq, n = list(ids), len(ids)
+    for _ in range(steps):
+        mask = sw.position_mask(spec, n, len(seq))
+        seq.append(int(_hooked_logits(model, seq, layer, delta, mask)[-1].argmax()))
+    return seq[n:]
+
+
+@pytest.mark.parametrize("spec", ["all", "prompt", "generated", "last", "continuation", [0, -1]])
+def test_generation_steers_exactly_the_requested_positions(tiny, spec):
+    vec = random_vector(tiny, scale=4.0)
+    steering = sw.Steering(vec, 1, 2.0, positions=spec)
+    result = sw.generate(tiny, PROMPT, steering, max_new_tokens=6, chat=False)
+    hand = _hand_generation(tiny, PROMPT, 1, 2.0 * vec[1], spec, 6)
+    assert result.steered.token_ids[0] == hand[: len(result.steered.token_ids[0])]
+
+
+def test_first_generated_token_depends_only_on_prompt_positions(tiny_llama):
+    vec = random_vector(tiny_llama, scale=50.0)
+    base = sw.generate(tiny_llama, PROMPT, None, max_new_tokens=3, chat=False).base
+    gen = sw.generate(
+        tiny_llama,
+        PROMPT,
+        sw.Steering(vec, 1, 1.0, "generated"),
+        max_new_tokens=3,
+        chat=False,
+        baseline=False,
+    ).steered
+    last = sw.generate(
+        tiny_llama,
+        PROMPT,
+        sw.Steering(vec, 1, 1.0, "last"),
+        max_new_tokens=3,
+        chat=False,
+        baseline=False,
+    ).steered
+    # "generated" cannot touch the first new token: it is predicted from the last prompt position.
+    assert torch.equal(gen.first_logprobs, base.first_logprobs)
+    assert gen.token_ids[0][0] == base.token_ids[0][0]
+    assert not torch.allclose(last.first_logprobs, base.first_logprobs)
+
+
+def test_strength_zero_and_batching(tiny_llama):
+    vec = random_vector(tiny_llama)
+    zero = sw.generate(tiny_llama, PROMPT, sw.Steering(vec, 2, 0.0), max_new_tokens=8, chat=False)
+    assert zero.base.token_ids == zero.steered.token_ids
+    steering = sw.Steering(vec, 2, 1.5, positions="all")
+    batch = sw.generate(tiny_llama, [PROMPT, "Hi"], steering, max_new_tokens=5, chat=False)
+    single = sw.generate(tiny_llama, "Hi", steering, max_new_tokens=5, chat=False)
+    assert batch.steered.token_ids[1] == single.steered.token_ids[0]
+    assert batch.base.token_ids[1] == single.base.token_ids[0]
+
+
+def test_token_logprobs_match_a_scoring_pass(tiny_llama):
+    vec = random_vector(tiny_llama)
+    steering = sw.Steering(vec, 1, 1.0, positions="all")
+    run = sw.generate(tiny_llama, PROMPT, steering, max_new_tokens=5, chat=False).steered
+    text_ids = run.token_ids[0]
+    completion = tiny_llama.tokenizer.decode(text_ids)
+    scored = sw.score(tiny_llama, PROMPT, completion, steering, chat=False)[0]
+    if tiny_llama.tokenizer(completion, add_special_tokens=False)["input_ids"] == text_ids:
+        assert scored.tolist() == pytest.approx(run.token_logprobs[0], abs=1e-4)
+
+
+def test_score_matches_manual_forward(tiny):
+    prompts, completions = [PROMPT, "A much longer prompt about cats and dogs"], [" sunny", " ok"]
+    vec = random_vector(tiny)
+    for steering in (None, sw.Steering(vec, 1, 1.0, positions="generated")):
+        got = sw.score(tiny, prompts, completions, steering, chat=False)
+        for prompt, completion, logp in zip(prompts, completions, got):
+            ids, _ = tokenize_prompt(tiny, prompt, chat=False)
+            comp = tiny.tokenizer(completion, add_special_tokens=False)["input_ids"]
+            full = ids + comp
+            mask = sw.position_mask("generated", len(ids), len(full))
+            delta = vec[1] if steering else torch.zeros(tiny.d_model)
+            logits = _hooked_logits(tiny, full, 1, delta, mask).log_softmax(-1)
+            expected = [float(logits[len(ids) - 1 + k, t]) for k, t in enumerate(comp)]
+            assert logp.tolist() == pytest.approx(expected, abs=1e-4)
+
+
+ITEMS = [
+    ABItem("Pick one.\n(A) yes\n(B) no", "A", "B"),
+    ABItem("Choose wisely.\n(A) up\n(B) down", "B", "A"),
+    ABItem("Which is it?\n(A) left\n(B) right", "A", "B"),
+]
+
+
+@pytest.mark.parametrize("positions", ["all", "last", "-3:", "prompt"])
+def test_propensity_sweep_matches_naive_loop(tiny, positions):
+    vec = random_vector(tiny, scale=2.0)
+    strengths = [-1.0, 0.0, 0.5, 2.0]
+    layers = [0, 1, tiny.n_layers - 1]
+    result = sw.propensity_sweep(tiny, ITEMS, vec, layers, strengths, positions=positions)
+    for layer in layers:
+        naive = np.zeros((len(ITEMS), len(strengths)))
+        for i, item in enumerate(ITEMS):
+            ids, y_pos, y_neg = ab_prompt(tiny, item)
+            mask = sw.position_mask(positions, len(ids), len(ids))
+            for k, lam in enumerate(strengths):
+                logits = _hooked_logits(tiny, ids, layer, lam * vec[layer], mask)[-1]
+                naive[i, k] = float(logits[y_pos] - logits[y_neg])
+        np.testing.assert_allclose(result.propensity[layer], naive, atol=1e-4)
+    assert result.summary(layers[0])["mean_propensity"][1] == pytest.approx(
+        float(naive[:, 1].mean()), abs=1e-4
+    )
+
+
+def test_relative_strength_reports_norm_ratio(tiny_llama):
+    vec = random_vector(tiny_llama)
+    steering = sw.Steering(vec, 1, 0.5, positions="all", relative=True)
+    run = sw.generate(tiny_llama, PROMPT, steering, max_new_tokens=2, chat=False).steered
+    assert run.norm_ratio == pytest.approx(0.5, rel=1e-4)
+    sweep = sw.propensity_sweep(tiny_llama, ITEMS, vec, [1], [0.0, 0.25, 0.5], relative=True)
+    assert sweep.norm_ratio[1].tolist() == pytest.approx([0.0, 0.25, 0.5], rel=1e-4)
+
+
+def _clean_logits(model):
+    ids, _ = tokenize_prompt(model, PROMPT, chat=False)
+    with torch.no_grad():
+        return model.hf(torch.tensor([ids])).logits
+
+
+def test_exception_in_callback_leaves_model_clean(tiny_llama):
+    before = _clean_logits(tiny_llama)
+    vec = random_vector(tiny_llama, scale=100.0)
+
+    def boom(run, step, ids):
+        if run == "steered" and step == 1:
+            raise KeyboardInterrupt("user pressed stop")
+
+    with pytest.raises(KeyboardInterrupt):
+        sw.generate(
+            tiny_llama,
+            PROMPT,
+            sw.Steering(vec, 1, 1.0),
+            max_new_tokens=5,
+            on_token=boom,
+            chat=False,
+        )
+    assert torch.equal(_clean_logits(tiny_llama), before)
+    assert all(not block._forward_hooks for block in tiny_llama.hf.model.layers)
+
+
+def test_cancel_event_stops_and_leaves_model_clean(tiny_llama):
+    before = _clean_logits(tiny_llama)
+    cancel = threading.Event()
+
+    def on_token(run, step, ids):
+        if step == 2:
+            cancel.set()
+
+    vec = random_vector(tiny_llama, scale=100.0)
+    with pytest.raises(sw.GenerationCancelled):
+        sw.generate(
+            tiny_llama,
+            PROMPT,
+            sw.Steering(vec, 1, 1.0),
+            max_new_tokens=10,
+            on_token=on_token,
+            cancel=cancel,
+            chat=False,
+        )
+    assert torch.equal(_clean_logits(tiny_llama), before)
+    with pytest.raises(sw.GenerationCancelled):
+        sw.propensity_sweep(tiny_llama, ITEMS, vec, [1], [0, 1], cancel=cancel)
+    assert torch.equal(_clean_logits(tiny_llama), before)
+
+
+def test_steered_context_manager_is_scoped(tiny_llama):
+    vec = random_vector(tiny_llama, scale=20.0)
+    plain = sw.score(tiny_llama, PROMPT, " sunny", chat=False)[0]
+    with sw.steered(tiny_llama, sw.Steering(vec, 1, 1.0)):
+        inside = sw.score(tiny_llama, PROMPT, " sunny", chat=False)[0]
+    after = sw.score(tiny_llama, PROMPT, " sunny", chat=False)[0]
+    assert not torch.allclose(plain, inside)
+    assert torch.equal(plain, after)
+    with pytest.raises(RuntimeError):
+        with sw.steered(tiny_llama, sw.Steering(vec, 1, 1.0)):
+            raise RuntimeError("inside the block")
+    assert torch.equal(sw.score(tiny_llama, PROMPT, " sunny", chat=False)[0], plain)
+
+
+def test_actadd_front_aligned(tiny_llama):
+    vec = sw.actadd(tiny_llama, "Love", "Hate", 1)
+    assert vec[1].ndim == 2
+    steering = sw.Steering(vec, 1, 3.0, positions="front")
+    result = sw.generate(tiny_llama, PROMPT, steering, max_new_tokens=4, chat=False)
+    ids, start = tokenize_prompt(tiny_llama, PROMPT, chat=False)
+    seq, n, width = list(ids), len(ids), vec[1].shape[0]
+    for _ in range(4):
+        add = torch.zeros(len(seq), tiny_llama.d_model)
+        add[start : start + width] = 3.0 * vec[1]
+
+        def hook(_m, _i, out, add=add):
+            return out + add[None]
+
+        handle = tiny_llama.hf_block(1).register_forward_hook(hook)
+        with torch.no_grad():
+            seq.append(int(tiny_llama.hf(torch.tensor([seq])).logits[0, -1].argmax()))
+        handle.remove()
+    assert result.steered.token_ids[0] == seq[n : n + len(result.steered.token_ids[0])]
