@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="propensity and steerability at one layer")
     _common(evaluate)
     evaluate.add_argument("--layer", type=int, required=True)
+    evaluate.add_argument("--html", help="also write the standalone reliability report (HTML, no CDN)")
     sweep = sub.add_parser("sweep", help="steerability per layer (strengths batched per pass)")
     _common(sweep)
     sweep.add_argument("--layers", required=True, help="e.g. 0-29 or 5,10,15")
@@ -127,6 +128,8 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     vector = methods.caa(model, train, [args.layer])
     result = propensity_sweep(model, test, vector, [args.layer], strengths, positions=positions)
     summary = result.summary(args.layer)
+    if args.html:
+        _write_html(model, train, result, vector, args.layer, args.html)
     return {
         "model": model.name,
         "layer": args.layer,
@@ -149,6 +152,17 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             for ex in summary["per_example"]
         ],
     }
+
+
+def _write_html(model: Any, train: list, result: Any, vector: Any, layer: int, path: str) -> None:
+    from . import report
+    from .reliability import prechecks
+
+    check = prechecks(model, train, [layer])[layer] if len(train) >= 2 else None
+    data = report.build_report(
+        result, layer, precheck=check, model_name=model.name, vector_method=vector.method
+    )
+    report.save(data, path if path.lower().endswith((".html", ".htm")) else path + ".html")
 
 
 def run_sweep(args: argparse.Namespace) -> dict[str, Any]:

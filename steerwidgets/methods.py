@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from .data import ABItem, ContrastPair, fingerprint
 from .engine import _use_chat, ab_prompt, read_activations
 from .interventions import SteeringError
@@ -27,6 +29,55 @@ def _layer_list(model: Any, layers: int | Sequence[int] | None) -> list[int]:
     return out
 
 
+def ab_activations(
+    model: Any,
+    items: Sequence[ABItem],
+    layers: int | Sequence[int] | None = None,
+    *,
+    chat: bool | None = None,
+    batch_size: int = 16,
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, activations ``(positive [n, d], negative [n, d])`` at the answer-letter token.
+
+    The prompt is the chat template with the question as the user turn, generation prompt added, then
+    ``"("``; the completion is the letter token alone (metrics.md).
+    """
+    items = list(items)
+    if not items:
+        raise SteeringError("need at least one A/B item")
+    layer_list = _layer_list(model, layers)
+    sequences = []
+    for item in items:
+        ids, y_pos, y_neg = ab_prompt(model, item, chat)
+        sequences += [ids + [y_pos], ids + [y_neg]]
+    acts = read_activations(model, sequences, layer_list, position=-1, batch_size=batch_size)
+    return {layer: (a[0::2], a[1::2]) for layer, a in acts.items()}
+
+
+def pair_activations(
+    model: Any,
+    pairs: Sequence[ContrastPair],
+    layers: int | Sequence[int] | None = None,
+    *,
+    batch_size: int = 16,
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, ``(positive [n, d], negative [n, d])`` at each sentence's last token (raw text)."""
+    pairs = list(pairs)
+    if not pairs:
+        raise SteeringError("need at least one contrast pair")
+    layer_list = _layer_list(model, layers)
+    tok = model.tokenizer
+    sequences = []
+    for pair in pairs:
+        for text in (pair.positive, pair.negative):
+            ids = tok(text, add_special_tokens=True)["input_ids"]
+            if not ids:
+                raise SteeringError(f"a contrast sentence tokenises to nothing: {text!r}")
+            sequences.append(ids)
+    acts = read_activations(model, sequences, layer_list, position=-1, batch_size=batch_size)
+    return {layer: (a[0::2], a[1::2]) for layer, a in acts.items()}
+
+
 def caa(
     model: Any,
     items: Sequence[ABItem],
@@ -37,25 +88,15 @@ def caa(
 ) -> SteeringVector:
     """v = mean_i [a_L(prompt_i + y+_i) − a_L(prompt_i + y−_i)], read at the answer-letter token.
 
-    The prompt is the chat template with the question as the user turn, generation prompt added, then
-    ``"("``; the completion is the letter token alone (metrics.md). ``layers=None`` reads every layer.
+    ``layers=None`` reads every layer in the same forward passes.
     """
-    items = list(items)
-    if not items:
-        raise SteeringError("CAA needs at least one A/B item")
-    layer_list = _layer_list(model, layers)
-    sequences = []
-    for item in items:
-        ids, y_pos, y_neg = ab_prompt(model, item, chat)
-        sequences += [ids + [y_pos], ids + [y_neg]]
-    acts = read_activations(model, sequences, layer_list, position=-1, batch_size=batch_size)
-    directions = {layer: (a[0::2] - a[1::2]).mean(0) for layer, a in acts.items()}
+    acts = ab_activations(model, items, layers, chat=chat, batch_size=batch_size)
     return SteeringVector(
-        directions=directions,
+        directions={layer: (pos - neg).mean(0) for layer, (pos, neg) in acts.items()},
         model_id=model.name,
         method="caa",
         read_position="answer letter (last token)",
-        dataset_fingerprint=fingerprint(items),
+        dataset_fingerprint=fingerprint(list(items)),
         meta={"n_items": len(items), "chat": _use_chat(model, chat)},
     )
 
@@ -68,26 +109,13 @@ def mean_difference(
     batch_size: int = 16,
 ) -> SteeringVector:
     """Mean over pairs of a_L(positive) − a_L(negative) at each sentence's last token (raw text)."""
-    pairs = list(pairs)
-    if not pairs:
-        raise SteeringError("mean_difference needs at least one contrast pair")
-    layer_list = _layer_list(model, layers)
-    tok = model.tokenizer
-    sequences = []
-    for pair in pairs:
-        for text in (pair.positive, pair.negative):
-            ids = tok(text, add_special_tokens=True)["input_ids"]
-            if not ids:
-                raise SteeringError(f"a contrast sentence tokenises to nothing: {text!r}")
-            sequences.append(ids)
-    acts = read_activations(model, sequences, layer_list, position=-1, batch_size=batch_size)
-    directions = {layer: (a[0::2] - a[1::2]).mean(0) for layer, a in acts.items()}
+    acts = pair_activations(model, pairs, layers, batch_size=batch_size)
     return SteeringVector(
-        directions=directions,
+        directions={layer: (pos - neg).mean(0) for layer, (pos, neg) in acts.items()},
         model_id=model.name,
         method="mean_difference",
         read_position="last token of each sentence",
-        dataset_fingerprint=fingerprint(pairs),
+        dataset_fingerprint=fingerprint(list(pairs)),
         meta={"n_pairs": len(pairs)},
     )
 

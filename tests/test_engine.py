@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import pytest
 import torch
-from helpers import random_vector
-from steerwidgets.data import ABItem
 
 import steerwidgets as sw
+from helpers import random_vector
+from steerwidgets.data import ABItem
 from steerwidgets.engine import ab_prompt, tokenize_prompt
 
 PROMPT = "The weather today is"

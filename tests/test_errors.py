@@ -7,10 +7,10 @@ import pickle
 
 import pytest
 import torch
-from helpers import random_vector
-from steerwidgets.data import ABItem
 
 import steerwidgets as sw
+from helpers import random_vector
+from steerwidgets.data import ABItem
 from steerwidgets.engine import tokenize_prompt
 
 ITEM = ABItem("Pick.\n(A) x\n(B) y", "A", "B")

@@ -1,0 +1,263 @@
+"""Does this vector really work, for which inputs, at which layer?
+
+- :func:`precheck` — before steering, from the training pairs alone (Braun et al. 2025): how consistent the
+  individual differences are (mean pairwise cosine) and how well the vector separates positive from negative
+  activations.
+- :func:`layer_sweep` — steerability and anti-steerable fraction per layer × strength (the engine's batched
+  path), with a side-effect row (KL of next-token distributions on neutral prompts) and a suggested layer.
+- :func:`generalisation` — relative steerability under a shifted prompt distribution (Tan et al. 2024).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import metrics
+from .data import ABItem
+from .engine import (
+    DEFAULT_STRENGTHS,
+    GenerationCancelled,
+    PropensityResult,
+    _check_strengths,
+    _sweep_item,
+    propensity_sweep,
+    tokenize_prompt,
+)
+from .interventions import SteeringError, position_mask
+from .methods import ab_activations, caa
+from .vectors import SteeringVector
+
+# Traffic-light thresholds for the pre-check (our defaults; no standard exists — shown to the user).
+COSINE_GREEN, COSINE_AMBER = 0.30, 0.10
+SEPARATION_GREEN, SEPARATION_AMBER = 0.90, 0.70
+
+NEUTRAL_PROMPTS = (
+    "Explain how a bicycle gear works.",
+    "List three facts about the Moon.",
+    "What is the boiling point of water at sea level?",
+    "Give me a short recipe for boiled rice.",
+    "Translate 'good morning' into French.",
+)
+
+
+@dataclass
+class PreCheck:
+    """Reliability pre-check for one layer, computed from training activations only."""
+
+    layer: int
+    mean_cosine: float  # mean pairwise cosine similarity of the individual differences
+    separation: float  # fraction of pairs whose positive projects above its negative on v
+    effect_size: float  # Cohen's d of the projections (positive vs negative)
+    level: str  # "green" | "amber" | "red"
+    reason: str
+
+
+def precheck(layer: int, positive: torch.Tensor, negative: torch.Tensor) -> PreCheck:
+    """Consistency of the differences and separation along v = mean difference (Braun et al. 2025)."""
+    diffs = (positive - negative).double()
+    if diffs.shape[0] < 2:
+        raise SteeringError("the pre-check needs at least two training pairs")
+    unit = diffs / diffs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    cos = unit @ unit.T
+    n = cos.shape[0]
+    mean_cos = float((cos.sum() - cos.diagonal().sum()) / (n * (n - 1)))
+    v = diffs.mean(0)
+    v_hat = v / v.norm().clamp_min(1e-12)
+    p_pos, p_neg = positive.double() @ v_hat, negative.double() @ v_hat
+    separation = float((p_pos > p_neg).double().mean())
+    pooled = float(torch.sqrt((p_pos.var() + p_neg.var()) / 2).clamp_min(1e-12))
+    effect = float((p_pos.mean() - p_neg.mean()) / pooled)
+    if mean_cos >= COSINE_GREEN and separation >= SEPARATION_GREEN:
+        level = "green"
+    elif mean_cos >= COSINE_AMBER and separation >= SEPARATION_AMBER:
+        level = "amber"
+    else:
+        level = "red"
+    reason = (
+        f"differences agree with mean cosine {mean_cos:.2f} (green ≥ {COSINE_GREEN}, amber ≥ "
+        f"{COSINE_AMBER}); {separation:.0%} of pairs separate along v (green ≥ "
+        f"{SEPARATION_GREEN:.0%}, amber ≥ {SEPARATION_AMBER:.0%})"
+    )
+    return PreCheck(layer, mean_cos, separation, effect, level, reason)
+
+
+def prechecks(
+    model: Any, items: Sequence[ABItem], layers: int | Sequence[int] | None = None
+) -> dict[int, PreCheck]:
+    """:func:`precheck` at each layer from one pass over the training items."""
+    acts = ab_activations(model, items, layers)
+    return {layer: precheck(layer, pos, neg) for layer, (pos, neg) in acts.items()}
+
+
+@dataclass
+class LayerSweepResult:
+    """Layer × strength grids of the literature's numbers, plus side effects and a suggestion."""
+
+    layers: list[int]
+    strengths: list[float]
+    positions: Any
+    steerability: list[float]
+    anti_steerable_fraction: list[float]
+    mean_propensity: list[list[float]]  # [layer][strength]
+    kl: list[list[float]]  # [layer][strength], mean KL(steered ‖ unsteered) on neutral prompts
+    suggested_layer: int | None
+    reason: str
+    propensity: PropensityResult | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("propensity")
+        data["kl_definition"] = "mean over neutral prompts of KL(steered || unsteered), next token"
+        return data
+
+
+def kl_side_effects(
+    model: Any,
+    vector: SteeringVector,
+    layers: list[int],
+    strengths: np.ndarray,
+    positions: Any = "all",
+    prompts: Sequence[str] = NEUTRAL_PROMPTS,
+) -> np.ndarray:
+    """[layers × strengths] mean KL(steered ‖ unsteered) of next-token distributions on neutral prompts."""
+    lam = np.asarray(strengths, dtype=float)
+    with_zero = np.unique(np.append(lam, 0.0))
+    zero = int(np.flatnonzero(with_zero == 0.0)[0])
+    total = np.zeros((len(layers), len(lam)))
+    for prompt in prompts:
+        ids, _ = tokenize_prompt(model, prompt)
+        mask = position_mask(positions, len(ids), len(ids))
+        first = int(mask.float().argmax())
+        out = _sweep_item(model, ids, mask, first, vector, layers, with_zero, "add", False, 64)
+        for row, layer in enumerate(layers):
+            logp = out[layer][0].log_softmax(-1).double().numpy()
+            kl = metrics.kl_divergence(logp, logp[zero][None])
+            total[row] += np.array([kl[int(np.flatnonzero(with_zero == s)[0])] for s in lam])
+    return total / len(prompts)
+
+
+def suggest_layer(
+    layers: list[int],
+    steerability: list[float],
+    anti: list[float],
+    kl_at_max: list[float],
+    max_kl: float = 1.0,
+) -> tuple[int | None, str]:
+    """Highest steerability among layers with anti-steerable < 30 % and KL at the top strength ≤ max_kl."""
+    ok = [
+        i
+        for i in range(len(layers))
+        if anti[i] < metrics.WARNING_AT and kl_at_max[i] <= max_kl and steerability[i] > 0
+    ]
+    if not ok:
+        best = int(np.argmax(steerability))
+        return None, (
+            f"no layer passes (anti-steerable < {metrics.WARNING_AT:.0%}, KL ≤ {max_kl} nats at the "
+            f"largest strength, steerability > 0); the highest steerability is at layer "
+            f"{layers[best]} ({steerability[best]:.2f}) — treat this vector as unreliable"
+        )
+    best = max(ok, key=lambda i: steerability[i])
+    return layers[best], (
+        f"layer {layers[best]}: highest steerability ({steerability[best]:.2f} per unit λ) with "
+        f"{anti[best]:.0%} anti-steerable and KL {kl_at_max[best]:.2f} nats on neutral prompts at the "
+        f"largest strength"
+    )
+
+
+def layer_sweep(
+    model: Any,
+    items: Sequence[ABItem],
+    vector: SteeringVector,
+    layers: Sequence[int] | None = None,
+    strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    *,
+    positions: Any = "last",
+    neutral_prompts: Sequence[str] = NEUTRAL_PROMPTS,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> LayerSweepResult:
+    """Steerability, anti-steerable fraction and KL side effects for every layer × strength."""
+    layer_list = list(range(model.n_layers)) if layers is None else list(layers)
+    lam = _check_strengths(strengths)
+    n_total = len(items) + len(neutral_prompts)
+
+    def item_progress(done: int, _total: int) -> None:
+        if progress is not None:
+            progress(done, n_total)
+
+    result = propensity_sweep(
+        model, items, vector, layer_list, lam, positions=positions, progress=item_progress, cancel=cancel
+    )
+    if cancel is not None and cancel.is_set():
+        raise GenerationCancelled("sweep cancelled")
+    kl = (
+        kl_side_effects(model, vector, layer_list, lam, positions, neutral_prompts)
+        if neutral_prompts
+        else np.zeros((len(layer_list), len(lam)))
+    )
+    if progress is not None:
+        progress(n_total, n_total)
+    steer = [float(result.slopes(layer).mean()) for layer in layer_list]
+    anti = [metrics.anti_steerable_fraction(result.slopes(layer)) for layer in layer_list]
+    top = int(np.argmax(np.abs(lam)))
+    suggested, reason = suggest_layer(layer_list, steer, anti, [float(k[top]) for k in kl])
+    return LayerSweepResult(
+        layers=layer_list,
+        strengths=[float(x) for x in lam],
+        positions=positions,
+        steerability=steer,
+        anti_steerable_fraction=anti,
+        mean_propensity=[[float(x) for x in result.propensity[layer].mean(0)] for layer in layer_list],
+        kl=[[float(x) for x in row] for row in kl],
+        suggested_layer=suggested,
+        reason=reason,
+        propensity=result,
+    )
+
+
+def shift_items(items: Sequence[ABItem], prefix: str) -> list[ABItem]:
+    """The same items under a shifted prompt distribution: ``prefix`` prepended to each question."""
+    return [ABItem(prefix + item.question, item.matching, item.not_matching) for item in items]
+
+
+def generalisation(
+    model: Any,
+    train: Sequence[ABItem],
+    test: Sequence[ABItem],
+    layer: int,
+    prefix: str,
+    strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    positions: Any = "last",
+) -> dict[str, Any]:
+    """Relative steerability s(v_A, D_B) / s(v_B, D_B) with D_B the shifted test set (metrics.md).
+
+    v_A is trained on the original items, v_B on the shifted ones; the ratio is skipped (None) where
+    s(v_B, D_B) < 0.25.
+    """
+    v_a = caa(model, train, [layer])
+    v_b = caa(model, shift_items(train, prefix), [layer])
+    shifted = shift_items(test, prefix)
+    s_ab = float(
+        propensity_sweep(model, shifted, v_a, [layer], strengths, positions=positions).slopes(layer).mean()
+    )
+    s_bb = float(
+        propensity_sweep(model, shifted, v_b, [layer], strengths, positions=positions).slopes(layer).mean()
+    )
+    s_aa = float(
+        propensity_sweep(model, test, v_a, [layer], strengths, positions=positions).slopes(layer).mean()
+    )
+    return {
+        "layer": layer,
+        "prefix": prefix,
+        "steerability_in_distribution": s_aa,
+        "steerability_shifted_vA": s_ab,
+        "steerability_shifted_vB": s_bb,
+        "relative_steerability": metrics.relative_steerability(s_ab, s_bb),
+        "definition": "s(v_A, D_B) / s(v_B, D_B); None where s(v_B, D_B) < 0.25",
+    }

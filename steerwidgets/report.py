@@ -1,0 +1,331 @@
+"""The reliability report: one JSON-able dict, vega-lite charts, and a standalone HTML file.
+
+The HTML has no script and no CDN: text is escaped (model and dataset text are untrusted) and charts are
+inline SVG rendered by vl-convert, so the file can be mailed to a colleague and opened anywhere, offline.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from .engine import PropensityResult
+from .reliability import LayerSweepResult, PreCheck
+
+LEVEL_TEXT = {
+    "ok": "Few inputs steer the wrong way.",
+    "notice": "Notice: at least {notice:.0%} of inputs are anti-steerable (slope ≤ 0).",
+    "warning": "Warning: at least {warning:.0%} of inputs are anti-steerable (slope ≤ 0): this vector "
+    "backfires for a large share of inputs.",
+}
+AB_BIAS_WARN = 0.5  # R² above this: the slopes follow the answer letter more than the behaviour
+
+
+def build_report(
+    result: PropensityResult,
+    layer: int,
+    *,
+    precheck: PreCheck | None = None,
+    sweep: LayerSweepResult | None = None,
+    generalisation: dict[str, Any] | None = None,
+    model_name: str = "",
+    vector_method: str = "",
+) -> dict[str, Any]:
+    """Everything the report shows, as plain JSON types, each number named as in metrics.md."""
+    summary = result.summary(layer)
+    anti_rows = [ex for ex in summary["per_example"] if ex["anti_steerable"]]
+    anti_rows.sort(key=lambda ex: ex["slope"])
+    nonmono = [ex for ex in summary["per_example"] if ex["non_monotonic"] and not ex["anti_steerable"]]
+    warnings = []
+    level = summary["warning_level"]
+    if level != "ok":
+        warnings.append(
+            {
+                "level": level,
+                "message": LEVEL_TEXT[level].format(notice=metrics.NOTICE_AT, warning=metrics.WARNING_AT)
+                + f" Measured: {summary['anti_steerable_fraction']:.0%}.",
+            }
+        )
+    r2 = summary["ab_bias_r2"]
+    if r2 is not None and r2 >= AB_BIAS_WARN:
+        warnings.append(
+            {
+                "level": "warning",
+                "message": f"A/B bias R² = {r2:.2f}: slopes depend on whether the matching answer is "
+                "'A', so the vector may encode the answer letter rather than the behaviour.",
+            }
+        )
+    if precheck is not None and precheck.level == "red":
+        warnings.append({"level": "warning", "message": f"Pre-check is red: {precheck.reason}."})
+    return {
+        "model": model_name,
+        "vector_method": vector_method,
+        "layer": layer,
+        "positions": result.positions,
+        "strengths": [float(x) for x in result.strengths],
+        "n_items": len(result.items),
+        "steerability": summary["steerability"],
+        "anti_steerable_fraction": summary["anti_steerable_fraction"],
+        "non_monotonic_fraction": summary["non_monotonic_fraction"],
+        "warning_level": level,
+        "thresholds": {"notice": metrics.NOTICE_AT, "warning": metrics.WARNING_AT},
+        "ab_bias_r2": r2,
+        "mean_propensity": summary["mean_propensity"],
+        "std_propensity": [float(x) for x in result.propensity[layer].std(0)],
+        "p_match": summary["p_match"],
+        "norm_ratio": summary["norm_ratio"],
+        "vector_norm": summary["vector_norm"],
+        "warnings": warnings,
+        "anti_steerable_items": [{**ex, "question": result.items[ex["index"]].question} for ex in anti_rows],
+        "non_monotonic_items": [{**ex, "question": result.items[ex["index"]].question} for ex in nonmono],
+        "per_example": summary["per_example"],
+        "precheck": None if precheck is None else precheck.__dict__,
+        "layer_sweep": None if sweep is None else sweep.to_json(),
+        "generalisation": generalisation,
+        "definitions": {
+            "propensity": "logit(y+) - logit(y-) at the answer-letter position",
+            "p_match": "sigmoid(propensity) = p(y+) / (p(y+) + p(y-))",
+            "slope": "OLS slope of propensity over the strengths, per item",
+            "anti_steerable": "slope <= 0",
+            "ab_bias_r2": "R^2 of slopes regressed on 1[y+ is 'A']",
+        },
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Charts (vega-lite dicts built with altair; rendered by the bundled vega-embed or by vl-convert)
+# ------------------------------------------------------------------------------------------------
+def propensity_chart(report: dict[str, Any]) -> dict:
+    """Mean propensity over strengths with a ±1 s.d. band, and p(match) beside it."""
+    import altair as alt
+
+    rows = [
+        {"strength": s, "mean": m, "low": m - sd, "high": m + sd, "p_match": p}
+        for s, m, sd, p in zip(
+            report["strengths"], report["mean_propensity"], report["std_propensity"], report["p_match"]
+        )
+    ]
+    base = alt.Chart(alt.Data(values=rows)).encode(x=alt.X("strength:Q", title="strength λ"))
+    band = base.mark_area(opacity=0.25).encode(y=alt.Y("low:Q", title="propensity (logit diff)"), y2="high:Q")
+    line = base.mark_line(point=True).encode(y="mean:Q", tooltip=["strength:Q", "mean:Q"])
+    left = (band + line).properties(width=260, height=180, title="Mean propensity ± 1 s.d.")
+    right = (
+        base.mark_line(point=True, color="#2a9d8f")
+        .encode(y=alt.Y("p_match:Q", title="p(match)", scale=alt.Scale(domain=[0, 1])))
+        .properties(width=200, height=180, title="p(match) (CAA view)")
+    )
+    return alt.hconcat(left, right).to_dict()
+
+
+def slopes_chart(report: dict[str, Any]) -> dict:
+    """Per-example steerability as a strip; anti-steerable items in a warning colour."""
+    import altair as alt
+
+    rows = [
+        {
+            "slope": ex["slope"],
+            "index": ex["index"],
+            "status": "anti-steerable" if ex["anti_steerable"] else "steerable",
+            "jitter": (ex["index"] * 0.6180339887) % 1.0,
+        }
+        for ex in report["per_example"]
+    ]
+    chart = (
+        alt.Chart(alt.Data(values=rows))
+        .mark_circle(size=60, opacity=0.8)
+        .encode(
+            x=alt.X("slope:Q", title="per-example steerability (slope)"),
+            y=alt.Y("jitter:Q", axis=None),
+            color=alt.Color(
+                "status:N",
+                scale=alt.Scale(domain=["steerable", "anti-steerable"], range=["#4c78a8", "#e45756"]),
+            ),
+            tooltip=["index:Q", "slope:Q", "status:N"],
+        )
+        .properties(width=480, height=120, title="Per-example steerability")
+    )
+    rule = alt.Chart(alt.Data(values=[{"x": 0}])).mark_rule(strokeDash=[4, 4]).encode(x="x:Q")
+    return (chart + rule).to_dict()
+
+
+def heatmap_chart(sweep: dict[str, Any]) -> dict:
+    """Layer × strength heatmaps: mean propensity and KL on neutral prompts; steerability per layer."""
+    import altair as alt
+
+    cells = []
+    for li, layer in enumerate(sweep["layers"]):
+        for si, strength in enumerate(sweep["strengths"]):
+            cells.append(
+                {
+                    "layer": layer,
+                    "strength": strength,
+                    "propensity": sweep["mean_propensity"][li][si],
+                    "kl": sweep["kl"][li][si],
+                }
+            )
+    per_layer = [
+        {"layer": layer, "steerability": s, "anti": a}
+        for layer, s, a in zip(sweep["layers"], sweep["steerability"], sweep["anti_steerable_fraction"])
+    ]
+    data = alt.Data(values=cells)
+    prop = (
+        alt.Chart(data)
+        .mark_rect()
+        .encode(
+            x=alt.X("strength:O"),
+            y=alt.Y("layer:O"),
+            color=alt.Color("propensity:Q", scale=alt.Scale(scheme="redblue", domainMid=0)),
+            tooltip=["layer:O", "strength:O", "propensity:Q", "kl:Q"],
+        )
+        .properties(title="Mean propensity", width=180, height=300)
+    )
+    kl = (
+        alt.Chart(data)
+        .mark_rect()
+        .encode(
+            x=alt.X("strength:O"),
+            y=alt.Y("layer:O"),
+            color=alt.Color("kl:Q", scale=alt.Scale(scheme="oranges"), title="KL (nats)"),
+            tooltip=["layer:O", "strength:O", "kl:Q"],
+        )
+        .properties(title="Side effect: KL on neutral prompts", width=180, height=300)
+    )
+    bars = (
+        alt.Chart(alt.Data(values=per_layer))
+        .mark_bar()
+        .encode(
+            y=alt.Y("layer:O"),
+            x=alt.X("steerability:Q"),
+            color=alt.Color("anti:Q", scale=alt.Scale(scheme="reds", domain=[0, 1]), title="anti-steerable"),
+            tooltip=["layer:O", "steerability:Q", "anti:Q"],
+        )
+        .properties(title="Steerability per layer", width=160, height=300)
+    )
+    return alt.hconcat(prop, kl, bars).resolve_scale(color="independent").to_dict()
+
+
+def chart_svg(spec: dict) -> str:
+    """A vega-lite spec as SVG, rendered in Python (no browser, no CDN)."""
+    import vl_convert
+
+    return vl_convert.vegalite_to_svg(spec)
+
+
+# ------------------------------------------------------------------------------------------------
+# Standalone HTML
+# ------------------------------------------------------------------------------------------------
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.4em} h2{font-size:1.1em;margin-top:1.6em} table{border-collapse:collapse}
+td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+.warning{background:#fdecea;border-left:4px solid #d93025;padding:6px 10px;margin:6px 0}
+.notice{background:#fff8e1;border-left:4px solid #f9a825;padding:6px 10px;margin:6px 0}
+.green{color:#188038}.amber{color:#b06000}.red{color:#d93025} code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_esc(_fmt(row.get(c)))}</td>" for c in columns) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def to_html(report: dict[str, Any], *, charts: bool = True) -> str:
+    """A standalone report page: escaped text, inline SVG charts, no scripts, no external resources."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>steerwidgets reliability report — {_esc(report['model'])}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Reliability report: {_esc(report['vector_method'])} vector, layer {_esc(report['layer'])}</h1>",
+        f"<p>Model <code>{_esc(report['model'])}</code>, positions <code>{_esc(report['positions'])}</code>, "
+        f"{report['n_items']} test items, strengths {_esc(_fmt(report['strengths']))}, "
+        f"‖v‖ = {report['vector_norm']:.2f}. Created {_esc(report['created'])}.</p>",
+        f"<p><b>Steerability</b> {report['steerability']:.3f} (mean per-item slope) · "
+        f"<b>anti-steerable</b> {report['anti_steerable_fraction']:.0%} · "
+        f"<b>non-monotonic</b> {report['non_monotonic_fraction']:.0%} · "
+        f"<b>A/B-bias R²</b> {_esc(_fmt(report['ab_bias_r2']))}</p>",
+    ]
+    for warning in report["warnings"]:
+        parts.append(f"<div class='{_esc(warning['level'])}'>{_esc(warning['message'])}</div>")
+    if charts:
+        parts.append("<h2>Propensity</h2>" + chart_svg(propensity_chart(report)))
+        parts.append("<h2>Per-example steerability</h2>" + chart_svg(slopes_chart(report)))
+    if report.get("precheck"):
+        pre = report["precheck"]
+        parts.append(
+            f"<h2>Pre-check (Braun et al. 2025)</h2><p class='{_esc(pre['level'])}'>"
+            f"<b>{_esc(pre['level'].upper())}</b>: {_esc(pre['reason'])}; effect size d = "
+            f"{pre['effect_size']:.2f}.</p>"
+        )
+    if report.get("layer_sweep"):
+        sweep = report["layer_sweep"]
+        parts.append(f"<h2>Layer sweep</h2><p>{_esc(sweep['reason'])}</p>")
+        if charts:
+            parts.append(chart_svg(heatmap_chart(sweep)))
+    if report.get("generalisation"):
+        gen = report["generalisation"]
+        parts.append(
+            "<h2>Generalisation</h2><p>Under the prefix "
+            f"<code>{_esc(gen['prefix'])}</code>: relative steerability "
+            f"{_esc(_fmt(gen['relative_steerability']))} ({_esc(gen['definition'])}).</p>"
+        )
+    parts.append("<h2>Anti-steerable items (slope ≤ 0), worst first</h2>")
+    parts.append(
+        _table(report["anti_steerable_items"], ["index", "slope", "question"])
+        if report["anti_steerable_items"]
+        else "<p>None.</p>"
+    )
+    parts.append("<h2>Non-monotonic items</h2>")
+    parts.append(
+        _table(report["non_monotonic_items"], ["index", "slope", "propensity", "question"])
+        if report["non_monotonic_items"]
+        else "<p>None.</p>"
+    )
+    parts.append("<h2>Definitions</h2>")
+    parts.append(
+        _table(
+            [{"name": k, "definition": v} for k, v in report["definitions"].items()], ["name", "definition"]
+        )
+    )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def save(report: dict[str, Any], path: str | Path) -> Path:
+    """Write ``.html`` (standalone page) or ``.json`` by suffix."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(report, indent=2, default=_json_default))
+    elif path.suffix.lower() in (".html", ".htm"):
+        path.write_text(to_html(report), encoding="utf-8")
+    else:
+        raise ValueError(f"cannot write a report to {path.name}: use a .html or .json file name")
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

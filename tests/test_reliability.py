@@ -1,0 +1,96 @@
+"""Pre-checks, layer sweeps and the generalisation check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import steerwidgets as sw
+import steerwidgets.metrics
+from helpers import random_vector
+from steerwidgets import reliability
+from steerwidgets.data import ABItem
+
+ITEMS = [
+    ABItem("Pick one.\n(A) yes\n(B) no", "A", "B"),
+    ABItem("Choose wisely.\n(A) up\n(B) down", "B", "A"),
+    ABItem("Which is it?\n(A) left\n(B) right", "A", "B"),
+]
+
+
+def test_precheck_by_hand():
+    # differences (1,0), (1,0), (0,1): pairwise cosines 1, 0, 0 → mean 1/3
+    neg = torch.zeros(3, 2)
+    pos = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    check = reliability.precheck(5, pos, neg)
+    assert check.mean_cosine == pytest.approx(1 / 3)
+    assert check.separation == pytest.approx(1.0)  # every pair projects positively on (2,1)/√5
+    assert check.level == "green"
+    flipped = reliability.precheck(5, torch.tensor([[1.0, 0.0], [-1.0, 0.1], [0.0, 1.0]]), neg)
+    assert flipped.mean_cosine < 0.1
+    assert flipped.level == "red"
+
+
+def test_suggest_layer_prefers_reliable_layers():
+    layer, reason = reliability.suggest_layer([3, 4, 5], [2.0, 1.0, 3.0], [0.5, 0.0, 0.1], [0.1, 0.1, 5.0])
+    assert layer == 4  # 3 backfires too often, 5 damages neutral prompts
+    assert "layer 4" in reason
+    none, why = reliability.suggest_layer([3], [-1.0], [0.9], [0.0])
+    assert none is None and "unreliable" in why
+
+
+def test_layer_sweep_on_tiny_model(tiny_llama):
+    vec = random_vector(tiny_llama)
+    seen = []
+    result = reliability.layer_sweep(
+        tiny_llama,
+        ITEMS,
+        vec,
+        [0, 2],
+        [-1.0, 0.0, 1.0],
+        progress=lambda d, t: seen.append((d, t)),
+        neutral_prompts=["Hello there", "The sky is"],
+    )
+    assert len(result.steerability) == 2 and len(result.kl[0]) == 3
+    assert result.kl[0][1] == pytest.approx(0.0, abs=1e-9)  # λ = 0 is the unsteered model
+    assert all(k >= -1e-9 for row in result.kl for k in row)
+    expected = [
+        sw.metrics.steerability(result.propensity.propensity[layer], [-1.0, 0.0, 1.0]) for layer in (0, 2)
+    ]
+    assert result.steerability == pytest.approx(expected)
+    assert seen[-1] == (5, 5)
+    assert np.isfinite(result.to_json()["anti_steerable_fraction"]).all()
+
+
+def test_shift_items_prepends_prefix():
+    shifted = reliability.shift_items(ITEMS, "You love agreeing. ")
+    assert shifted[0].question.startswith("You love agreeing. Pick one.")
+    assert shifted[1].matching == "B"
+
+
+def test_report_html_is_standalone_and_escaped(tiny_llama, tmp_path):
+    from steerwidgets import report as rep
+
+    evil = ABItem("<script>alert(1)</script> Which?\n(A) x\n(B) y", "A", "B")
+    vec = random_vector(tiny_llama)
+    result = sw.propensity_sweep(tiny_llama, ITEMS + [evil], vec, [1], [-1.0, 0.0, 1.0])
+    sweep = reliability.layer_sweep(tiny_llama, ITEMS, vec, [0, 1], [-1.0, 1.0], neutral_prompts=["Hi"])
+    data = rep.build_report(result, 1, sweep=sweep, model_name="tiny", vector_method="random-test")
+    page = rep.to_html(data)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<svg" in page
+    assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page.replace(
+        "https://vega.github.io", ""
+    )
+    html_path = rep.save(data, tmp_path / "r.html")
+    json_path = rep.save(data, tmp_path / "r.json")
+    assert html_path.read_text().startswith("<!doctype html>")
+    import json
+
+    loaded = json.loads(json_path.read_text())
+    assert loaded["anti_steerable_fraction"] == data["anti_steerable_fraction"]
+    assert [ex["index"] for ex in loaded["anti_steerable_items"]] == sorted(
+        (ex["index"] for ex in data["per_example"] if ex["anti_steerable"]),
+        key=lambda i: data["per_example"][i]["slope"],
+    )
