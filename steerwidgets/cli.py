@@ -233,9 +233,23 @@ def _print_summary(result: dict[str, Any]) -> None:
     )
 
 
+def _glue_negative_values(argv: list[str]) -> list[str]:
+    """``--strengths -1,0,1`` → ``--strengths=-1,0,1``: argparse would read ``-1,0,1`` as an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("--strengths", "--positions") and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
         result = run_evaluate(args) if args.command == "evaluate" else run_sweep(args)
     except CliError as exc:

@@ -1,25 +1,34 @@
 """Datasets for steering: A/B items, contrastive pairs, open-ended items, and the built-in sets.
 
-Loaders accept CAA JSON, positive/negative strings ending in ``(A)``/``(B)``, JSONL and CSV. A malformed
-item raises :class:`DatasetError` naming the source, the item and the field, so a user can fix the file.
+Loaders accept CAA JSON, positive/negative strings ending in ``(A)``/``(B)``, JSONL and CSV. A
+malformed item raises :class:`DatasetError` naming the source, the item and the field, so a user can
+find and fix the line instead of debugging a vector built from half-parsed data.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+Source = str | Path | Sequence[dict]
+
 _LETTERS = ("A", "B")
-_LETTER_RE = re.compile(r"^\s*\(?\s*([AB])\s*\)?\s*$")
+_LETTER_RE = re.compile(r"^\s*(?:\(\s*([AB])\s*\)|([AB]))\s*$")
 _TRAILING_RE = re.compile(r"\(([AB])\)\s*$")
+_ACCEPTED = "'(A)', ' (A)', 'A', '(B)', ' (B)', 'B'"
+_AB_FORMATS = (
+    "give either 'question', 'answer_matching_behavior' and 'answer_not_matching_behavior' "
+    "(CAA style) or 'positive' and 'negative' strings ending in '(A)'/'(B)'"
+)
 SUFFIXES = (".json", ".jsonl", ".csv")
 
 
@@ -27,9 +36,20 @@ class DatasetError(ValueError):
     """A dataset item or file is malformed; the message names the source, item and field."""
 
 
+class UnknownDatasetError(DatasetError, KeyError):
+    """No built-in dataset of that name; a KeyError too, so ``except KeyError`` also catches it."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass(frozen=True)
 class ABItem:
-    """A multiple-choice question with the letter that matches the behaviour and the one that does not."""
+    """A multiple-choice question and which letter shows the behaviour.
+
+    ``matching`` and ``not_matching`` are the bare letters ``"A"``/``"B"``: steering is scored by
+    the probability of the matching letter, so they must differ.
+    """
 
     question: str
     matching: str
@@ -39,10 +59,14 @@ class ABItem:
         if not isinstance(self.question, str) or not self.question.strip():
             raise DatasetError("ABItem: field 'question' is empty; give the question text")
         for name in ("matching", "not_matching"):
-            if getattr(self, name) not in _LETTERS:
-                raise DatasetError(f"ABItem: field {name!r} is {getattr(self, name)!r}; use 'A' or 'B'")
+            value = getattr(self, name)
+            if value not in _LETTERS:
+                raise DatasetError(f"ABItem: field {name!r} is {value!r}; use 'A' or 'B'")
         if self.matching == self.not_matching:
-            raise DatasetError("ABItem: 'matching' and 'not_matching' are the same letter")
+            raise DatasetError(
+                f"ABItem: fields 'matching' and 'not_matching' are both {self.matching!r}; "
+                "one must be 'A' and the other 'B'"
+            )
 
 
 @dataclass(frozen=True)
@@ -56,7 +80,7 @@ class ContrastPair:
         for name in ("positive", "negative"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
-                raise DatasetError(f"ContrastPair: field {name!r} is empty")
+                raise DatasetError(f"ContrastPair: field {name!r} is empty; give the text")
 
 
 @dataclass(frozen=True)
@@ -71,40 +95,62 @@ class OpenEndedItem:
         for name in ("query", "positive", "negative"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
-                raise DatasetError(f"OpenEndedItem: field {name!r} is empty")
+                raise DatasetError(f"OpenEndedItem: field {name!r} is empty; give the text")
 
 
 def normalise_letter(answer: str) -> str:
-    """``"(A)"``, ``" (A)"``, ``"A"`` → ``"A"``; anything else raises ValueError."""
+    """``"(A)"``, ``" (A)"``, ``"A"`` → ``"A"``, so CAA files written either way load the same.
+
+    Anything else (``"(C)"``, ``"a"``, ``"(A"``) raises ValueError.
+    """
     match = _LETTER_RE.match(answer) if isinstance(answer, str) else None
     if not match:
-        raise ValueError(f"{answer!r} is not an answer letter")
-    return match.group(1)
+        raise ValueError(f"{answer!r} is not an answer letter; expected one of {_ACCEPTED}")
+    return match.group(1) or match.group(2)
 
 
 # ------------------------------------------------------------------------------------------------
 # Reading files
 # ------------------------------------------------------------------------------------------------
-def _read_rows(source: str | Path | Sequence[dict]) -> tuple[str, list[Any]]:
+def _read_rows(source: Source) -> tuple[str, list[Any]]:
     if isinstance(source, (list, tuple)):
+        if not source:
+            raise DatasetError("<list>: the list has no items; give at least one")
         return "<list>", list(source)
+    if not isinstance(source, (str, Path)):
+        raise DatasetError(
+            f"<{type(source).__name__}>: expected a file path or a list of dicts, "
+            f"got {type(source).__name__}"
+        )
     path = Path(source)
-    name = path.name
-    if path.suffix.lower() not in SUFFIXES:
-        raise DatasetError(f"{name}: unsupported file type {path.suffix!r}; use one of {SUFFIXES}")
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    name = str(path)
     suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DatasetError(
+            f"{name}: unsupported file type {path.suffix or '(none)'!r}; "
+            f"supported suffixes are {', '.join(SUFFIXES)}"
+        )
+    if not path.is_file():
+        raise DatasetError(f"{name}: no such file; check the path")
+    try:
+        # utf-8-sig: CSVs saved by spreadsheets often start with a byte-order mark
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{name}: not UTF-8 text ({exc.reason}); save it as UTF-8") from exc
     if suffix == ".json":
         try:
-            rows = json.loads(text)
+            rows = json.loads(text) if text.strip() else []
         except json.JSONDecodeError as exc:
-            raise DatasetError(f"{name}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+            raise DatasetError(
+                f"{name}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            ) from exc
         if isinstance(rows, dict) and isinstance(rows.get("items"), list):
             rows = rows["items"]
         if not isinstance(rows, list):
-            raise DatasetError(f"{name}: expected a JSON list of objects, got {type(rows).__name__}")
+            raise DatasetError(
+                f"{name}: expected a JSON list of objects, got a {type(rows).__name__}; "
+                "wrap the items in [ ... ]"
+            )
     elif suffix == ".jsonl":
         rows = []
         for lineno, line in enumerate(text.splitlines(), 1):
@@ -113,98 +159,129 @@ def _read_rows(source: str | Path | Sequence[dict]) -> tuple[str, list[Any]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"{name}: invalid JSON on line {lineno}: {exc.msg}") from exc
+                raise DatasetError(
+                    f"{name}: invalid JSON on line {lineno}: {exc.msg}; "
+                    "each line must hold one JSON object"
+                ) from exc
     else:
-        rows = list(csv.DictReader(text.splitlines()))
+        # newline="" keeps newlines inside quoted fields (CAA questions contain "\n\nChoices:")
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as exc:
+            raise DatasetError(f"{name}: invalid CSV: {exc}") from exc
     if not rows:
-        raise DatasetError(f"{name}: the file has no items")
+        raise DatasetError(f"{name}: the file has no items; add at least one")
     return name, rows
 
 
-def _field(source: str, index: int, row: Any, name: str) -> str:
+def _field(source: str, index: int, row: Any, name: str, hint: str = "") -> str:
     if not isinstance(row, dict):
-        raise DatasetError(f"{source}: item {index}: expected an object, got {type(row).__name__}")
+        raise DatasetError(
+            f"{source}: item {index}: expected an object with field {name!r}, "
+            f"got a {type(row).__name__}"
+        )
     if name not in row or row[name] is None:
-        raise DatasetError(f"{source}: item {index}: field {name!r} is missing")
+        raise DatasetError(f"{source}: item {index}: field {name!r} is missing; {hint or 'add it'}")
     value = row[name]
     if not isinstance(value, str):
         raise DatasetError(
             f"{source}: item {index}: field {name!r} must be a string, got {type(value).__name__}"
         )
     if not value.strip():
-        raise DatasetError(f"{source}: item {index}: field {name!r} is empty")
+        raise DatasetError(f"{source}: item {index}: field {name!r} is empty; give the text")
     return value
 
 
 def _letter(source: str, index: int, row: dict, name: str) -> str:
-    value = _field(source, index, row, name)
+    value = _field(source, index, row, name, _AB_FORMATS)
     try:
         return normalise_letter(value)
     except ValueError:
         raise DatasetError(
-            f"{source}: item {index}: field {name!r} is {value!r}; expected one of "
-            "'(A)', ' (A)', 'A', '(B)', ' (B)', 'B'"
+            f"{source}: item {index}: field {name!r} is {value!r}; expected one of {_ACCEPTED}"
         ) from None
 
 
 def _ab_from_row(source: str, index: int, row: Any) -> ABItem:
     if isinstance(row, dict) and "question" not in row and "positive" in row:
         pos = _field(source, index, row, "positive")
-        neg = _field(source, index, row, "negative")
-        pos_m, neg_m = _TRAILING_RE.search(pos), _TRAILING_RE.search(neg)
-        for name, match in (("positive", pos_m), ("negative", neg_m)):
+        neg = _field(source, index, row, "negative", "give the same text with the other letter")
+        matches = {"positive": _TRAILING_RE.search(pos), "negative": _TRAILING_RE.search(neg)}
+        for name, match in matches.items():
             if match is None:
-                raise DatasetError(f"{source}: item {index}: field {name!r} must end in '(A)' or '(B)'")
+                raise DatasetError(
+                    f"{source}: item {index}: field {name!r} must end in '(A)' or '(B)' "
+                    "(the answer letter)"
+                )
+        pos_m, neg_m = matches["positive"], matches["negative"]
         question = pos[: pos_m.start()].rstrip()
         if question != neg[: neg_m.start()].rstrip():
             raise DatasetError(
-                f"{source}: item {index}: fields 'positive' and 'negative' must share the same text "
-                "before the final '(A)'/'(B)'"
+                f"{source}: item {index}: field 'negative' must share the text of 'positive' "
+                "before the final '(A)'/'(B)'; only the letter may differ"
+            )
+        if not question.strip():
+            raise DatasetError(
+                f"{source}: item {index}: field 'positive' has no question before the letter; "
+                "put the question text before '(A)'/'(B)'"
             )
         matching, not_matching = pos_m.group(1), neg_m.group(1)
+        second = "negative"
     else:
-        question = _field(source, index, row, "question")
+        question = _field(source, index, row, "question", _AB_FORMATS)
         matching = _letter(source, index, row, "answer_matching_behavior")
         not_matching = _letter(source, index, row, "answer_not_matching_behavior")
+        second = "answer_not_matching_behavior"
     if matching == not_matching:
         raise DatasetError(
-            f"{source}: item {index}: field 'answer_not_matching_behavior' has the same letter "
-            f"({matching}) as the matching answer"
+            f"{source}: item {index}: field {second!r} has the same letter ({matching}) as the "
+            "matching answer; one must be A and the other B"
         )
     return ABItem(question, matching, not_matching)
 
 
-def _load(source: Any, build: Callable[[str, int, Any], T]) -> list[T]:
+def _pair_from_row(source: str, index: int, row: Any) -> ContrastPair:
+    return ContrastPair(
+        _field(source, index, row, "positive"), _field(source, index, row, "negative")
+    )
+
+
+def _open_from_row(source: str, index: int, row: Any) -> OpenEndedItem:
+    return OpenEndedItem(
+        _field(source, index, row, "query"),
+        _field(source, index, row, "positive"),
+        _field(source, index, row, "negative"),
+    )
+
+
+def _load(source: Source, build: Callable[[str, int, Any], T]) -> list[T]:
     name, rows = _read_rows(source)
     return [build(name, i, row) for i, row in enumerate(rows)]
 
 
-def load_ab_items(source: str | Path | Sequence[dict]) -> list[ABItem]:
-    """A/B items from a file (``.json``, ``.jsonl``, ``.csv``) or a list of dicts, CAA or pos/neg style."""
+def load_ab_items(source: Source) -> list[ABItem]:
+    """A/B items from a ``.json``/``.jsonl``/``.csv`` file or a list of dicts.
+
+    Each item is CAA style (``question``, ``answer_matching_behavior``,
+    ``answer_not_matching_behavior``) or a ``positive``/``negative`` pair of the same text ending in
+    ``(A)``/``(B)``, so the common published formats load without conversion.
+    """
     return _load(source, _ab_from_row)
 
 
-def load_pairs(source: str | Path | Sequence[dict]) -> list[ContrastPair]:
-    """Contrast pairs (fields ``positive``, ``negative``)."""
-    return _load(
-        source,
-        lambda src, i, row: ContrastPair(_field(src, i, row, "positive"), _field(src, i, row, "negative")),
-    )
+def load_pairs(source: Source) -> list[ContrastPair]:
+    """Contrast pairs (fields ``positive``, ``negative``) for mean-difference style vectors."""
+    return _load(source, _pair_from_row)
 
 
-def load_open_ended(source: str | Path | Sequence[dict]) -> list[OpenEndedItem]:
-    """Open-ended items (fields ``query``, ``positive``, ``negative``)."""
-    return _load(
-        source,
-        lambda src, i, row: OpenEndedItem(
-            _field(src, i, row, "query"), _field(src, i, row, "positive"), _field(src, i, row, "negative")
-        ),
-    )
+def load_open_ended(source: Source) -> list[OpenEndedItem]:
+    """Open-ended items (fields ``query``, ``positive``, ``negative``) for free-text evaluation."""
+    return _load(source, _open_from_row)
 
 
 def fingerprint(items: Iterable[Any]) -> str:
-    """A short stable hash of a dataset: provenance for vectors built from it."""
-    rows = [asdict(item) if hasattr(item, "__dataclass_fields__") else item for item in items]
+    """A short stable hash of a dataset, saved with vectors so their provenance can be checked."""
+    rows = [asdict(item) if is_dataclass(item) else item for item in items]
     blob = json.dumps(rows, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -213,6 +290,7 @@ def fingerprint(items: Iterable[Any]) -> str:
 # Built-in datasets (written for this project; see steerwidgets/datasets/)
 # ------------------------------------------------------------------------------------------------
 _KINDS = {"ab": "ab_", "pairs": "pairs_", "open_ended": "open_"}
+_REFERENCE_FILE = "reference_passages.json"
 
 
 def _dataset_dir() -> Any:
@@ -221,14 +299,14 @@ def _dataset_dir() -> Any:
 
 def list_builtin() -> dict[str, list[str]]:
     """Built-in dataset names by kind (``ab``, ``pairs``, ``open_ended``, ``reference``)."""
-    names = sorted(entry.name for entry in _dataset_dir().iterdir() if entry.name.endswith(".json"))
+    files = sorted(entry.name for entry in _dataset_dir().iterdir() if entry.name.endswith(".json"))
     out: dict[str, list[str]] = {kind: [] for kind in (*_KINDS, "reference")}
-    for name in names:
-        stem = name[: -len(".json")]
+    for file in files:
+        stem = file[: -len(".json")]
         for kind, prefix in _KINDS.items():
             if stem.startswith(prefix):
                 out[kind].append(stem[len(prefix) :])
-        if stem == "reference_passages":
+        if file == _REFERENCE_FILE:
             out["reference"].append("passages")
     return out
 
@@ -236,17 +314,20 @@ def list_builtin() -> dict[str, list[str]]:
 def _builtin_rows(kind: str, name: str) -> list[Any]:
     available = list_builtin()[kind]
     if name not in available:
-        raise DatasetError(f"no built-in {kind} dataset {name!r}; available: {available}")
-    return json.loads((_dataset_dir() / f"{_KINDS[kind]}{name}.json").read_text(encoding="utf-8"))
+        raise UnknownDatasetError(
+            f"no built-in {kind} dataset {name!r}; available: {', '.join(available) or 'none'}"
+        )
+    text = (_dataset_dir() / f"{_KINDS[kind]}{name}.json").read_text(encoding="utf-8")
+    return json.loads(text)
 
 
 def builtin_ab(name: str = "sentiment") -> list[ABItem]:
-    """A built-in A/B behaviour set (letters balanced 50/50 so a letter-encoding vector shows up)."""
+    """A built-in A/B set; letters are balanced 50/50 so a letter-encoding vector cannot score."""
     return load_ab_items(_builtin_rows("ab", name))
 
 
 def builtin_pairs(name: str = "sentiment") -> list[ContrastPair]:
-    """A built-in set of contrastive sentence pairs."""
+    """A built-in set of contrastive sentence pairs, parallel except for the behaviour."""
     return load_pairs(_builtin_rows("pairs", name))
 
 
@@ -256,6 +337,6 @@ def builtin_open_ended(name: str = "sentiment") -> list[OpenEndedItem]:
 
 
 def reference_passages() -> list[str]:
-    """Clean reference prose for perplexity side effects."""
-    rows = json.loads((_dataset_dir() / "reference_passages.json").read_text(encoding="utf-8"))
+    """Clean reference prose: its perplexity under steering shows the fluency a vector costs."""
+    rows = json.loads((_dataset_dir() / _REFERENCE_FILE).read_text(encoding="utf-8"))
     return [str(row) for row in rows]
