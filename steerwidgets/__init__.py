@@ -26,11 +26,22 @@ from .engine import (
     score,
 )
 from .interventions import Steering, SteeringError, position_mask, steered
+from .magics import load_ipython_extension
 from .methods import actadd, caa, mean_difference
 from .models import DEFAULT_MODEL, ModelLoadError, SteerableModel, load_model
+from .reliability import LayerSweepResult, PreCheck, generalisation, layer_sweep, precheck, prechecks
 from .vectors import SteeringVector, VectorError, random_like
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Widgets load lazily, so the engine and the CLI never import the front end."""
+    if name == "Playground":
+        from .widgets.playground import Playground
+
+        return Playground
+    raise AttributeError(f"module 'steerwidgets' has no attribute {name!r}")
 
 __all__ = [
     "ABItem",
@@ -40,8 +51,11 @@ __all__ = [
     "DatasetError",
     "GenerationCancelled",
     "GenerationResult",
+    "LayerSweepResult",
     "ModelLoadError",
     "OpenEndedItem",
+    "Playground",
+    "PreCheck",
     "PropensityResult",
     "SteerableModel",
     "Steering",
@@ -53,14 +67,19 @@ __all__ = [
     "builtin_open_ended",
     "builtin_pairs",
     "caa",
+    "generalisation",
     "generate",
+    "layer_sweep",
     "list_builtin",
     "load_ab_items",
+    "load_ipython_extension",
     "load_model",
     "load_open_ended",
     "load_pairs",
     "mean_difference",
     "position_mask",
+    "precheck",
+    "prechecks",
     "propensity_sweep",
     "random_like",
     "score",

@@ -3,6 +3,12 @@
 - :func:`caa` — mean difference at the answer-letter token over A/B items (Panickssery et al. 2023).
 - :func:`mean_difference` — the same estimator on contrastive sentence pairs, read at the last token.
 - :func:`actadd` — the per-position difference of one prompt pair (Turner et al. 2023).
+- :func:`pca` — first principal component of the paired differences, centred or not (RepE / repeng).
+- :func:`mean_centring` — mean of target texts minus mean of all texts (Jorgensen et al. 2023).
+- :func:`icv` — in-context vector, applied at every layer with norm preservation (Liu et al. 2023).
+- :func:`function_vector` — summed outputs of the top attention heads by indirect effect (Todd et al. 2023).
+- :func:`affine` — mean + covariance matching, an :class:`AffineMap` (Singh et al. 2024).
+- :func:`ablation_steerings`, :func:`clamp_steering` — directional ablation and clamping.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ from typing import Any
 import torch
 
 from .data import ABItem, ContrastPair, fingerprint
-from .engine import _use_chat, ab_prompt, read_activations
-from .interventions import SteeringError
+from .engine import _use_chat, ab_prompt, read_activations, tokenize_prompt
+from .interventions import AffineMap, Steering, SteeringError
 from .vectors import SteeringVector
 
 
@@ -59,23 +65,45 @@ def pair_activations(
     pairs: Sequence[ContrastPair],
     layers: int | Sequence[int] | None = None,
     *,
+    context: str | None = None,
+    read: str = "last",
     batch_size: int = 16,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer, ``(positive [n, d], negative [n, d])`` at each sentence's last token (raw text)."""
+    """Per layer, ``(positive [n, d], negative [n, d])`` activations of contrast pairs.
+
+    ``context=None`` reads the sentences as raw text; with a prompt string, each sentence is read as the
+    assistant's reply to that prompt (chat template), i.e. in the context where steering is later used.
+    ``read="last"`` takes the sentence's last token, ``read="mean"`` the mean over its tokens.
+    """
     pairs = list(pairs)
     if not pairs:
         raise SteeringError("need at least one contrast pair")
+    if read not in ("last", "mean"):
+        raise SteeringError(f"read must be 'last' or 'mean', got {read!r}")
     layer_list = _layer_list(model, layers)
     tok = model.tokenizer
-    sequences = []
+    prefix = tokenize_prompt(model, context)[0] if context is not None else []
+    sequences, spans = [], []
     for pair in pairs:
         for text in (pair.positive, pair.negative):
-            ids = tok(text, add_special_tokens=True)["input_ids"]
+            ids = (
+                tok(" " + text, add_special_tokens=False)["input_ids"]
+                if prefix
+                else tok(text, add_special_tokens=True)["input_ids"]
+            )
             if not ids:
                 raise SteeringError(f"a contrast sentence tokenises to nothing: {text!r}")
-            sequences.append(ids)
-    acts = read_activations(model, sequences, layer_list, position=-1, batch_size=batch_size)
-    return {layer: (a[0::2], a[1::2]) for layer, a in acts.items()}
+            sequences.append(prefix + ids)
+            spans.append((len(prefix), len(prefix) + len(ids)))
+    if read == "last":
+        acts = read_activations(model, sequences, layer_list, position=-1, batch_size=batch_size)
+        return {layer: (a[0::2], a[1::2]) for layer, a in acts.items()}
+    full = read_activations(model, sequences, layer_list, position="all", batch_size=batch_size)
+    out = {}
+    for layer, a in full.items():
+        means = torch.stack([a[i, start:stop].mean(0) for i, (start, stop) in enumerate(spans)])
+        out[layer] = (means[0::2], means[1::2])
+    return out
 
 
 def caa(
@@ -106,17 +134,24 @@ def mean_difference(
     pairs: Sequence[ContrastPair],
     layers: int | Sequence[int] | None = None,
     *,
+    context: str | None = None,
+    read: str = "last",
     batch_size: int = 16,
 ) -> SteeringVector:
-    """Mean over pairs of a_L(positive) − a_L(negative) at each sentence's last token (raw text)."""
-    acts = pair_activations(model, pairs, layers, batch_size=batch_size)
+    """Mean over pairs of a_L(positive) − a_L(negative); see :func:`pair_activations` for where it reads.
+
+    Reading the pairs as assistant replies (``context="..."``, ``read="mean"``) gives a vector from the
+    distribution the steered continuations come from.
+    """
+    acts = pair_activations(model, pairs, layers, context=context, read=read, batch_size=batch_size)
+    where = "last token" if read == "last" else "mean over tokens"
     return SteeringVector(
         directions={layer: (pos - neg).mean(0) for layer, (pos, neg) in acts.items()},
         model_id=model.name,
         method="mean_difference",
-        read_position="last token of each sentence",
+        read_position=f"{where} of each sentence" + (f", as the reply to {context!r}" if context else ""),
         dataset_fingerprint=fingerprint(list(pairs)),
-        meta={"n_pairs": len(pairs)},
+        meta={"n_pairs": len(pairs), "context": context, "read": read},
     )
 
 
@@ -151,4 +186,510 @@ def actadd(
         read_position=f"front-aligned, {width} positions",
         dataset_fingerprint=fingerprint([ContrastPair(positive_prompt, negative_prompt)]),
         meta={"positive": positive_prompt, "negative": negative_prompt},
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# More estimators (issue "Beyond multiple choice"). Pure math first, then the model plumbing, so each
+# formula can be checked by hand on synthetic activations.
+# ----------------------------------------------------------------------------------------------
+def pca_direction(diffs: torch.Tensor, centred: bool = True) -> torch.Tensor:
+    """First principal component of paired differences ``[n, d]``, signed and scaled (RepE / repeng).
+
+    The sign is fixed so that the mean difference projects positively; the length is that projection,
+    ``v = (d̄·u) u``, so the vector is the mean difference's component along the component and strengths
+    stay comparable with CAA. ``centred=False`` takes the PC of the raw differences (no mean removal).
+    """
+    x = torch.as_tensor(diffs, dtype=torch.float64)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise SteeringError("PCA needs a [n, d] matrix of differences with n ≥ 1")
+    mean = x.mean(0)
+    if centred:
+        if x.shape[0] < 2:
+            raise SteeringError("centred PCA needs at least two pairs")
+        x = x - mean
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    unit = vh[0]
+    proj = float(mean @ unit)
+    if proj < 0:
+        unit, proj = -unit, -proj
+    return (unit * proj).to(torch.float32)
+
+
+def token_means(acts: torch.Tensor, lengths: Sequence[int], skip: int | Sequence[int] = 0) -> torch.Tensor:
+    """Mean over each sequence's own tokens ``skip .. length-1`` of zero-padded ``[n, T, d]`` activations."""
+    skips = [skip] * len(lengths) if isinstance(skip, int) else list(skip)
+    rows = []
+    for i, (n, k) in enumerate(zip(lengths, skips)):
+        if n - k < 1:
+            raise SteeringError(f"text {i} has no token left after skipping {k} (length {n})")
+        rows.append(acts[i, k:n].double().mean(0))
+    return torch.stack(rows)
+
+
+def mean_centring_direction(target_means: torch.Tensor, all_means: torch.Tensor) -> torch.Tensor:
+    """Jorgensen et al. (2023): mean of the target texts' activations minus the mean over all texts."""
+    return (target_means.double().mean(0) - all_means.double().mean(0)).to(torch.float32)
+
+
+def psd_sqrt(a: torch.Tensor, inverse: bool = False, eps: float = 1e-10) -> torch.Tensor:
+    """Symmetric square root (or inverse square root) of a PSD matrix via its eigendecomposition.
+
+    Eigenvalues below ``eps`` are clamped (to 0 for the root, to ``eps`` for the inverse root).
+    """
+    a = torch.as_tensor(a, dtype=torch.float64)
+    a = (a + a.T) / 2
+    values, vectors = torch.linalg.eigh(a)
+    if inverse:
+        roots = values.clamp_min(eps).rsqrt()
+    else:
+        roots = values.clamp_min(0.0).sqrt()
+    return (vectors * roots) @ vectors.T
+
+
+MIN_AUTO_SHRINKAGE = 0.1  # our floor for shrinkage="auto"; see shrunk_covariance
+
+
+def ledoit_wolf_shrinkage(x: torch.Tensor) -> float:
+    """Ledoit & Wolf (2004) weight α toward (tr S/d)·I for samples ``[n, d]`` (S the ML covariance)."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    n, d = x.shape
+    xc = x - x.mean(0)
+    s = xc.T @ xc / n
+    mu = float(torch.trace(s)) / d
+    dist2 = float(((s - mu * torch.eye(d, dtype=s.dtype)) ** 2).sum()) / d
+    if dist2 == 0.0:
+        return 0.0
+    # mean over samples of ‖x xᵀ − S‖²_F, expanded so no [n, d, d] tensor is built
+    sq = (xc**2).sum(1)
+    quad = ((xc @ s) * xc).sum(1)
+    spread = max(0.0, float((sq**2 - 2 * quad + (s**2).sum()).sum()) / n**2 / d)
+    return float(min(spread, dist2) / dist2)
+
+
+def shrunk_covariance(
+    x: torch.Tensor, shrinkage: float | str = "auto", target: str = "identity"
+) -> tuple[torch.Tensor, float]:
+    """(1 − α)·S + α·T with S the ML covariance of ``[n, d]`` samples; T = (tr S/d)·I or diag(S).
+
+    Shrinkage keeps Σ invertible when d_model exceeds the number of samples. ``"auto"`` picks α by
+    Ledoit–Wolf, but never below :data:`MIN_AUTO_SHRINKAGE`: with few samples the estimate is unreliable
+    (with n = 2 it is exactly 0) and a near-singular Σ_s makes W explode. Returns the matrix and the α used.
+    """
+    x = torch.as_tensor(x, dtype=torch.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise SteeringError("a covariance needs at least two samples of shape [n, d]")
+    xc = x - x.mean(0)
+    s = xc.T @ xc / x.shape[0]
+    if shrinkage == "auto":
+        alpha = max(MIN_AUTO_SHRINKAGE, ledoit_wolf_shrinkage(x))
+    else:
+        alpha = float(shrinkage)
+    if not 0.0 <= alpha <= 1.0:
+        raise SteeringError(f"shrinkage must be in [0, 1] or 'auto', got {shrinkage!r}")
+    if target == "identity":
+        t = torch.eye(s.shape[0], dtype=s.dtype) * (torch.trace(s) / s.shape[0])
+    elif target == "diagonal":
+        t = torch.diag(torch.diagonal(s))
+    else:
+        raise SteeringError(f"shrinkage target must be 'identity' or 'diagonal', got {target!r}")
+    return (1 - alpha) * s + alpha * t, alpha
+
+
+def gaussian_ot_map(cov_src: torch.Tensor, cov_tgt: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """W = Σs^{-1/2} (Σs^{1/2} Σt Σs^{1/2})^{1/2} Σs^{-1/2}: the optimal-transport map N(·, Σs) → N(·, Σt).
+
+    W is symmetric positive semi-definite and satisfies W Σs W = Σt (for invertible Σs).
+    """
+    root = psd_sqrt(cov_src)
+    inv_root = psd_sqrt(cov_src, inverse=True, eps=eps)
+    middle = psd_sqrt(root @ torch.as_tensor(cov_tgt, dtype=torch.float64) @ root)
+    w = inv_root @ middle @ inv_root
+    return (w + w.T) / 2
+
+
+def affine_from_activations(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    shrinkage: float | str = "auto",
+    shrinkage_target: str = "identity",
+) -> tuple[AffineMap, dict[str, float]]:
+    """Mean + covariance matching (Singh et al. 2024) from samples ``[n_s, d]`` and ``[n_t, d]``."""
+    src = torch.as_tensor(source, dtype=torch.float64)
+    tgt = torch.as_tensor(target, dtype=torch.float64)
+    if src.shape[-1] != tgt.shape[-1]:
+        raise SteeringError(f"source and target sizes differ: {src.shape[-1]} vs {tgt.shape[-1]}")
+    cov_s, alpha_s = shrunk_covariance(src, shrinkage, shrinkage_target)
+    cov_t, alpha_t = shrunk_covariance(tgt, shrinkage, shrinkage_target)
+    w = gaussian_ot_map(cov_s, cov_t)
+    info = {"shrinkage_source": alpha_s, "shrinkage_target": alpha_t}
+    return AffineMap(w, src.mean(0), tgt.mean(0), meta=dict(info)), info
+
+
+def head_contribution(
+    out_weight: torch.Tensor, head: int, head_dim: int, activation: torch.Tensor
+) -> torch.Tensor:
+    """What one attention head writes into the residual stream: W_O[:, head slice] @ a_head."""
+    cols = slice(head * head_dim, (head + 1) * head_dim)
+    return torch.as_tensor(out_weight, dtype=torch.float32)[:, cols] @ torch.as_tensor(
+        activation, dtype=torch.float32
+    )
+
+
+# --- model plumbing ------------------------------------------------------------------------------
+def contrast_activations(
+    model: Any,
+    data: Sequence[ABItem] | Sequence[ContrastPair],
+    layers: int | Sequence[int] | None = None,
+    *,
+    chat: bool | None = None,
+    batch_size: int = 16,
+) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], str]:
+    """(positive, negative) activations for A/B items (answer letter) or contrast pairs (last token)."""
+    data = list(data)
+    if data and all(isinstance(x, ABItem) for x in data):
+        return ab_activations(model, data, layers, chat=chat, batch_size=batch_size), "answer letter"
+    if data and all(isinstance(x, ContrastPair) for x in data):
+        return pair_activations(model, data, layers, batch_size=batch_size), "last token of each sentence"
+    raise SteeringError("give a non-empty list of ABItem or of ContrastPair (not a mix)")
+
+
+def pca(
+    model: Any,
+    data: Sequence[ABItem] | Sequence[ContrastPair],
+    layers: int | Sequence[int] | None = None,
+    *,
+    centred: bool = True,
+    chat: bool | None = None,
+    batch_size: int = 16,
+) -> SteeringVector:
+    """PCA / RepE: first principal component of the paired differences, see :func:`pca_direction`."""
+    acts, where = contrast_activations(model, data, layers, chat=chat, batch_size=batch_size)
+    kind = "centred" if centred else "uncentred"
+    return SteeringVector(
+        directions={layer: pca_direction(pos - neg, centred) for layer, (pos, neg) in acts.items()},
+        model_id=model.name,
+        method=f"pca ({kind})",
+        read_position=where,
+        dataset_fingerprint=fingerprint(list(data)),
+        meta={"n": len(data), "centred": centred, "scale": "projection of the mean difference"},
+    )
+
+
+def _text_ids(model: Any, texts: Sequence[str]) -> list[list[int]]:
+    out = []
+    for text in texts:
+        ids = model.tokenizer(text, add_special_tokens=True)["input_ids"]
+        if not ids:
+            raise SteeringError(f"a text tokenises to nothing: {text!r}")
+        out.append(ids)
+    return out
+
+
+def mean_centring(
+    model: Any,
+    target_texts: Sequence[str],
+    all_texts: Sequence[str],
+    layers: int | Sequence[int] | None = None,
+    *,
+    batch_size: int = 16,
+) -> SteeringVector:
+    """Mean-centring (Jorgensen et al. 2023): mean(target activations) − mean(all activations).
+
+    Each text is averaged over its tokens first, then over texts. The first token is left out (a BOS or
+    the first word: its attention-sink activation is huge and would weight the vector by text length).
+    """
+    target_texts, all_texts = list(target_texts), list(all_texts)
+    if not target_texts or not all_texts:
+        raise SteeringError("mean-centring needs target texts and a set of all texts")
+    layer_list = _layer_list(model, layers)
+    seqs = _text_ids(model, target_texts + all_texts)
+    skip = [1 if len(s) > 1 else 0 for s in seqs]
+    n_t = len(target_texts)
+    means: dict[int, list[torch.Tensor]] = {layer: [] for layer in layer_list}
+    for start in range(0, len(seqs), batch_size):
+        chunk = seqs[start : start + batch_size]
+        acts = read_activations(model, chunk, layer_list, position="all", batch_size=batch_size)
+        for layer in layer_list:
+            lengths = [len(seq) for seq in chunk]
+            means[layer].append(token_means(acts[layer], lengths, skip[start : start + len(chunk)]))
+    directions = {}
+    for layer in layer_list:
+        all_means = torch.cat(means[layer])
+        directions[layer] = mean_centring_direction(all_means[:n_t], all_means[n_t:])
+    return SteeringVector(
+        directions=directions,
+        model_id=model.name,
+        method="mean_centring",
+        read_position="mean over each text's tokens (first token excluded)",
+        dataset_fingerprint=fingerprint(list(target_texts) + ["||"] + list(all_texts)),
+        meta={"n_target": n_t, "n_all": len(all_texts)},
+    )
+
+
+def icv(
+    model: Any,
+    demonstrations: Sequence[tuple[str, str]],
+    layers: int | Sequence[int] | None = None,
+    *,
+    centred: bool = True,
+    batch_size: int = 16,
+) -> SteeringVector:
+    """In-context vector (Liu et al. 2023): first PC of last-token differences h(y) − h(x) per layer.
+
+    ``demonstrations`` are (x, y) pairs, e.g. (neutral or negative text, its target-style rewrite). The
+    vector is meant to be added after *every* layer with norm preservation: use :func:`icv_steerings`.
+    """
+    demos = list(demonstrations)
+    if len(demos) < 2:
+        raise SteeringError("ICV needs at least two (x, y) demonstrations")
+    layer_list = _layer_list(model, layers)
+    seqs = _text_ids(model, [text for x, y in demos for text in (y, x)])
+    acts = read_activations(model, seqs, layer_list, position=-1, batch_size=batch_size)
+    directions = {layer: pca_direction(a[0::2] - a[1::2], centred) for layer, a in acts.items()}
+    return SteeringVector(
+        directions=directions,
+        model_id=model.name,
+        method=f"icv ({'centred' if centred else 'uncentred'} pca)",
+        read_position="last token of x and of y",
+        dataset_fingerprint=fingerprint([ContrastPair(y, x) for x, y in demos]),
+        meta={"n_demonstrations": len(demos), "apply": "every layer, operator add_norm_preserving"},
+    )
+
+
+def icv_steerings(vector: SteeringVector, strength: float, positions: Any = "all") -> list[Steering]:
+    """One norm-preserving addition of ``strength · v[L]`` after every layer L the vector has (ICV)."""
+    return [
+        Steering(vector, layer, strength, positions, operator="add_norm_preserving")
+        for layer in vector.layers
+    ]
+
+
+def ablation_steerings(
+    vector: SteeringVector, layers: int | Sequence[int] | None = None, positions: Any = "all"
+) -> list[Steering]:
+    """Directional ablation h ↦ h − (h·v̂)v̂ at each layer (all of the vector's layers by default)."""
+    chosen = vector.layers if layers is None else ([layers] if isinstance(layers, int) else list(layers))
+    return [Steering(vector, layer, 1.0, positions, operator="ablate") for layer in chosen]
+
+
+def clamp_steering(vector: SteeringVector, layer: int, value: float, positions: Any = "all") -> Steering:
+    """Clamp h ↦ h − (h·v̂)v̂ + c·v̂ with c = ``value`` (the engine's strength is c / ‖v‖)."""
+    norm = float(vector[layer].norm())
+    if norm == 0.0:
+        raise SteeringError("clamping needs a non-zero vector")
+    return Steering(vector, layer, value / norm, positions, operator="clamp")
+
+
+def affine(
+    model: Any,
+    data: Sequence[ABItem] | Sequence[ContrastPair],
+    layer: int,
+    *,
+    shrinkage: float | str = "auto",
+    shrinkage_target: str = "identity",
+    chat: bool | None = None,
+    batch_size: int = 16,
+) -> AffineMap:
+    """Affine mean + covariance matching (Singh et al. 2024) from negative (source) to positive (target).
+
+    Apply with ``Steering(map, layer, λ, operator="affine")`` or :func:`affine_steering`; λ = 1 is the
+    full map h ↦ W(h − μ_src) + μ_tgt. ``shrinkage`` ("auto" = Ledoit–Wolf) keeps the covariances
+    invertible when d_model exceeds the number of samples.
+    """
+    model.check_layer(layer)
+    acts, where = contrast_activations(model, data, [layer], chat=chat, batch_size=batch_size)
+    pos, neg = acts[layer]
+    amap, info = affine_from_activations(neg, pos, shrinkage, shrinkage_target)
+    amap.meta.update(
+        model_id=model.name,
+        method="affine (mean + covariance matching)",
+        layer=layer,
+        read_position=where,
+        n=len(list(data)),
+        shrinkage_kind=shrinkage_target,
+        dataset_fingerprint=fingerprint(list(data)),
+        **info,
+    )
+    return amap
+
+
+def affine_steering(amap: AffineMap, layer: int, strength: float = 1.0, positions: Any = "all") -> Steering:
+    """The :class:`Steering` for an affine map (λ interpolates between h and the mapped h)."""
+    return Steering(amap, layer, strength, positions, operator="affine")
+
+
+# --- function vectors (Todd et al. 2023) ---------------------------------------------------------
+ICL_PAIR_FORMAT = "Q: {x}\nA: {y}\n\n"
+ICL_QUERY_FORMAT = "Q: {x}\nA:"
+
+
+def icl_text(
+    demonstrations: Sequence[tuple[str, str]],
+    query: str,
+    pair_format: str = ICL_PAIR_FORMAT,
+    query_format: str = ICL_QUERY_FORMAT,
+) -> str:
+    """An in-context-learning prompt: formatted demonstrations, then the query awaiting its answer."""
+    return "".join(pair_format.format(x=x, y=y) for x, y in demonstrations) + query_format.format(x=query)
+
+
+def shuffled_labels(demonstrations: Sequence[tuple[str, str]], seed: int) -> list[tuple[str, str]]:
+    """The same inputs with their labels permuted (never the identity when there are ≥ 2 labels)."""
+    demos = list(demonstrations)
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(demos), generator=gen).tolist()
+    if len(demos) > 1 and order == list(range(len(demos))):
+        order = order[1:] + order[:1]
+    return [(x, demos[j][1]) for (x, _), j in zip(demos, order)]
+
+
+def attention_out_proj(model: Any, layer: int) -> tuple[Any, torch.Tensor, int]:
+    """(nnsight envoy of the attention output projection, its weight as [d_model, H·d_head], n_heads).
+
+    The projection's *input* is the concatenation of the heads' outputs, so head h is the slice
+    ``h·d_head .. (h+1)·d_head`` of it. Supported: Llama-style (self_attn.o_proj), GPT-2 (attn.c_proj),
+    GPT-NeoX (attention.dense).
+    """
+    block = model.block(layer)
+    hf_block = model.hf_block(layer)
+    config = model.hf.config
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0))
+    for attn_name, proj_name, transpose in (
+        ("self_attn", "o_proj", False),
+        ("attn", "c_proj", True),
+        ("attention", "dense", False),
+    ):
+        attn = getattr(hf_block, attn_name, None)
+        proj = getattr(attn, proj_name, None) if attn is not None else None
+        if proj is not None and hasattr(proj, "weight"):
+            weight = proj.weight.detach().float()
+            weight = weight.T if transpose else weight
+            envoy = getattr(getattr(block, attn_name), proj_name)
+            return envoy, weight, heads
+    raise SteeringError(
+        f"cannot find the attention output projection of {type(hf_block).__name__}; function vectors "
+        "support Llama-style (self_attn.o_proj), GPT-2 (attn.c_proj) and GPT-NeoX (attention.dense) blocks"
+    )
+
+
+def _first_token(model: Any, answer: str) -> int:
+    ids = model.tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise SteeringError(f"the answer {answer!r} tokenises to nothing")
+    return ids[0]
+
+
+def head_means(model: Any, prompts: Sequence[list[int]], layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Per layer, the mean over prompts of the attention output projection's input at the last token."""
+    sums: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for ids in prompts:
+            saved = {}
+            with model.nn.trace(torch.tensor([ids]), logits_to_keep=1, remote=model.remote):
+                for layer in sorted(layers):
+                    envoy, _, _ = attention_out_proj(model, layer)
+                    saved[layer] = envoy.input[0, -1].save()
+            for layer, value in saved.items():
+                sums[layer] = sums.get(layer, 0) + value.float()
+    return {layer: total / len(prompts) for layer, total in sums.items()}
+
+
+def patched_answer_probs(
+    model: Any,
+    ids: list[int],
+    answer: int,
+    patches: Sequence[tuple[int, int] | None],
+    means: dict[int, torch.Tensor],
+    head_dim: int,
+) -> torch.Tensor:
+    """p(answer) at the last position, one row per patch: ``(layer, head)`` replaces that head's output at
+    the last token by its mean clean activation; ``None`` is the unpatched run."""
+    rows = len(patches)
+    by_layer: dict[int, list[tuple[int, int]]] = {}
+    for r, patch in enumerate(patches):
+        if patch is not None:
+            by_layer.setdefault(patch[0], []).append((r, patch[1]))
+    with torch.no_grad():
+        with model.nn.trace(torch.tensor([ids]).expand(rows, -1), logits_to_keep=1, remote=model.remote):
+            for layer in sorted(by_layer):
+                envoy, _, _ = attention_out_proj(model, layer)
+                x = envoy.input
+                last = x[:, -1].clone()
+                for r, head in by_layer[layer]:
+                    cols = slice(head * head_dim, (head + 1) * head_dim)
+                    last[r, cols] = means[layer][cols].to(last.dtype)
+                patched = x.clone()
+                patched[:, -1] = last
+                envoy.input = patched
+            logits = model.nn.lm_head.output[:, -1].save()
+    return logits.float().softmax(-1)[:, answer]
+
+
+def function_vector(
+    model: Any,
+    icl_prompts: Sequence[tuple[Sequence[tuple[str, str]], str, str]],
+    layers: int | Sequence[int] | None = None,
+    top_k: int = 10,
+    *,
+    apply_layer: int | None = None,
+    seed: int = 0,
+    max_rows: int = 64,
+    pair_format: str = ICL_PAIR_FORMAT,
+    query_format: str = ICL_QUERY_FORMAT,
+) -> SteeringVector:
+    """Function vector (Todd et al. 2023): the summed mean outputs of the top-k heads by average indirect
+    effect (AIE), to be added to the residual stream at ``apply_layer`` (default: a third of the depth).
+
+    ``icl_prompts`` are ``(demonstrations, query, answer)`` triples. For each head of ``layers``:
+    the mean clean output at the last token is patched into prompts whose demonstration labels are
+    shuffled, and AIE = mean over those prompts of p_patched(answer) − p_corrupted(answer) (answer's first
+    token). Costs one batched pass per prompt per ``max_rows`` heads; restrict ``layers`` on big models.
+    """
+    prompts = list(icl_prompts)
+    if not prompts:
+        raise SteeringError("function vectors need at least one (demonstrations, query, answer) prompt")
+    layer_list = _layer_list(model, layers)
+    apply_at = model.n_layers // 3 if apply_layer is None else model.check_layer(apply_layer)
+    tok = model.tokenizer
+    clean, corrupted, answers = [], [], []
+    for i, (demos, query, answer) in enumerate(prompts):
+        if len(demos) < 2:
+            raise SteeringError("each ICL prompt needs at least two demonstrations (labels get shuffled)")
+        clean.append(tok(icl_text(demos, query, pair_format, query_format))["input_ids"])
+        bad = shuffled_labels(demos, seed + i)
+        corrupted.append(tok(icl_text(bad, query, pair_format, query_format))["input_ids"])
+        answers.append(_first_token(model, answer))
+    means = head_means(model, clean, layer_list)
+    _, weight0, n_heads = attention_out_proj(model, layer_list[0])
+    head_dim = weight0.shape[1] // n_heads
+    heads = [(layer, h) for layer in layer_list for h in range(n_heads)]
+    aie = torch.zeros(len(heads), dtype=torch.float64)
+    per_pass = max(1, max_rows - 1)
+    for ids, answer in zip(corrupted, answers):
+        for start in range(0, len(heads), per_pass):
+            chunk = heads[start : start + per_pass]
+            probs = patched_answer_probs(model, ids, answer, [None, *chunk], means, head_dim)
+            aie[start : start + len(chunk)] += (probs[1:] - probs[0]).double()
+    aie /= len(prompts)
+    k = min(top_k, len(heads))
+    top = torch.argsort(aie, descending=True)[:k].tolist()
+    fv = torch.zeros(model.d_model)
+    for index in top:
+        layer, h = heads[index]
+        _, weight, _ = attention_out_proj(model, layer)
+        fv += head_contribution(weight, h, head_dim, means[layer][h * head_dim : (h + 1) * head_dim])
+    return SteeringVector(
+        directions={apply_at: fv},
+        model_id=model.name,
+        method=f"function_vector (top {k} heads by AIE)",
+        read_position="attention head outputs at the last token",
+        dataset_fingerprint=fingerprint([ContrastPair(icl_text(d, q), a) for d, q, a in prompts]),
+        meta={
+            "top_heads": [[heads[i][0], heads[i][1], float(aie[i])] for i in top],
+            "aie": {f"{layer}.{h}": float(aie[i]) for i, (layer, h) in enumerate(heads)},
+            "apply_layer": apply_at,
+            "n_prompts": len(prompts),
+            "seed": seed,
+        },
     )

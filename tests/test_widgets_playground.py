@@ -1,0 +1,396 @@
+"""The Playground widget on the real default model: traits, caching, stale results, errors,
+snapshot, warnings and copy-as-code. Generations are kept short (max_new_tokens ≤ 8)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import steerwidgets as sw
+from steerwidgets.widgets import charts
+from steerwidgets.widgets import playground as pg
+from steerwidgets.widgets.playground import Playground
+
+pytestmark = pytest.mark.model
+
+LAYER = 10
+PROMPT = "Tell me about your day."
+TARGETS = (" I love it", " I hate it")
+
+
+@pytest.fixture(scope="module")
+def sentiment(smol) -> sw.SteeringVector:
+    return pg.builtin_vector(smol, "sentiment")
+
+
+@pytest.fixture
+def make(smol):
+    """Build playgrounds (short generations) and close them (their threads) after the test."""
+    made: list[Playground] = []
+
+    def _make(**kwargs) -> Playground:
+        kwargs.setdefault("max_new_tokens", 6)
+        kwargs.setdefault("layer", LAYER)
+        w = Playground(smol, **kwargs)
+        made.append(w)
+        return w
+
+    yield _make
+    for w in made:
+        w.close()
+
+
+def _done(w: Playground, timeout: float = 600.0) -> Playground:
+    assert w.wait(timeout), "the playground did not finish in time"
+    return w
+
+
+def _direct(smol, vector, strength, *, prompt=PROMPT, positions="all", n=6, seed=0, layer=LAYER):
+    steering = sw.Steering(vector, layer, strength, positions)
+    return sw.generate(
+        smol, prompt, steering, max_new_tokens=n, seed=seed, baseline=False
+    ).steered.text
+
+
+class CountingGenerate:
+    """Wraps sw.generate and counts unsteered (baseline) and steered calls."""
+
+    def __init__(self, real):
+        self.real = real
+        self.base = 0
+        self.steered = 0
+
+    def __call__(self, *args, **kwargs):
+        if kwargs.get("baseline", True):
+            self.base += 1
+        if (args[2] if len(args) > 2 else kwargs.get("steering")) is not None:
+            self.steered += 1
+        return self.real(*args, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+def test_first_result_and_traits_round_trip(make, smol, sentiment):
+    w = _done(make(prompt=PROMPT, strength=4.0))
+    assert w.status == "done" and w.error == ""
+    assert w.base_text and w.steered_text
+    assert w.steered_text == _direct(smol, sentiment, 4.0)
+    assert w.n_layers == smol.n_layers == len(w.vector_norms)
+    assert w.vector_norms == pytest.approx([sentiment.norms()[i] for i in range(smol.n_layers)])
+    assert w.norm_ratio is not None and w.norm_ratio > 0
+    assert {"sentiment", "formality", "actadd"} <= set(w.vector_names)
+    # one chip per prompt token; the user's own text is flagged
+    ids, user_start = sw.engine.tokenize_prompt(smol, PROMPT)
+    assert [c["i"] for c in w.prompt_tokens] == list(range(len(ids)))
+    assert "".join(c["text"] for c in w.prompt_tokens if c["user"]) == PROMPT
+    assert len(w.steer_mask) == len(ids) and all(w.steer_mask) and w.steer_generated
+    assert {"first_token_ms", "total_ms", "charts_ms", "request"} <= set(w.timings)
+    assert 0 < w.timings["first_token_ms"] <= w.timings["total_ms"]
+
+    # The state is JSON (what the front end and the saved notebook get) ...
+    state = json.loads(json.dumps(w.get_state()))
+    for name in ("prompt", "layer", "strength", "positions", "steered_text", "warnings", "timings"):
+        assert name in state
+    # ... and a change from the front end round-trips into a new result.
+    w.set_state({"strength": -3.0, "positions": "last", "max_new_tokens": 5})
+    _done(w)
+    assert (w.strength, w.positions, w.max_new_tokens) == (-3.0, "last", 5)
+    assert w.get_state()["strength"] == -3.0
+    assert w.steer_mask == [False] * (len(ids) - 1) + [True] and not w.steer_generated
+    assert w.steered_text == _direct(smol, sentiment, -3.0, positions="last", n=5)
+
+
+def test_token_shifts_and_topk(make, smol):
+    w = _done(make(strength=6.0, max_new_tokens=8))
+    tokens = w.steered_tokens
+    assert tokens and "".join(t["text"] for t in tokens) == w.steered_text
+    for t in tokens:
+        assert t["shift"] == pytest.approx(t["lp_steered"] - t["lp_base"], abs=2e-3)
+    base_lp = sw.score(smol, PROMPT, w.steered_text)[0]
+    assert [t["lp_base"] for t in tokens] == pytest.approx(base_lp.tolist(), abs=2e-3)
+    assert len(w.topk) == pg.TOP_K
+    deltas = [r["delta"] for r in w.topk]
+    assert deltas == sorted(deltas, reverse=True)
+    for r in w.topk:
+        assert 0 <= r["p_base"] <= 1 and 0 <= r["p_steered"] <= 1
+        assert r["delta"] == pytest.approx(r["p_steered"] - r["p_base"], abs=2e-4)
+
+
+def test_strength_change_does_not_recompute_the_unsteered_text(make, monkeypatch):
+    counter = CountingGenerate(sw.generate)
+    monkeypatch.setattr(sw, "generate", counter)
+    w = _done(make(strength=4.0))
+    assert (counter.base, counter.steered) == (1, 1)
+    base = w.base_text
+    for strength in (1.0, -2.0):
+        w.strength = strength
+        _done(w)
+        assert w.base_text == base and w.timings["base_cached"] is True
+    w.set(relative=True, strength=0.3, positions="prompt", layer=12)
+    _done(w)
+    assert (counter.base, counter.steered) == (1, 4)
+    # the unsteered text depends on prompt, max_new_tokens and seed only
+    w.max_new_tokens = 4
+    _done(w)
+    assert counter.base == 2
+    w.seed = 3
+    _done(w)
+    assert counter.base == 3 and w.error == ""
+
+
+def test_stale_results_are_dropped(make, smol, sentiment, monkeypatch):
+    w = _done(make(strength=4.0))
+    real = sw.generate
+    in_flight = threading.Event()
+
+    def slow_generate(model, prompt, steering=None, **kwargs):
+        # The strength-1 run ignores cancellation and is slow at its first token, so its
+        # results would land after the newer request if they were not dropped.
+        if steering is not None and steering.strength == 1.0:
+            forward = kwargs.pop("on_token")
+            kwargs.pop("cancel")
+
+            def on_token(run, step, ids):
+                in_flight.set()
+                time.sleep(0.4)
+                forward(run, step, ids)
+
+            return real(model, prompt, steering, on_token=on_token, **kwargs)
+        return real(model, prompt, steering, **kwargs)
+
+    monkeypatch.setattr(sw, "generate", slow_generate)
+    seen: list[str] = []
+    w.observe(lambda change: seen.append(change["new"]), names="steered_text")
+    w.strength = 1.0
+    assert in_flight.wait(300)
+    w.strength = -6.0
+    _done(w)
+    final = _direct(smol, sentiment, -6.0)
+    assert w.steered_text == final
+    assert w.timings["request"] == w._request and w._landed[-1] == w._request
+    assert w._request - 1 not in w._landed  # the strength-1 request never completed
+    assert seen and all(final.startswith(text) for text in seen), seen
+
+
+def test_quick_changes_only_last_lands(make, smol, sentiment):
+    w = _done(make(strength=4.0))
+    before = list(w._landed)
+    w.strength = 2.0
+    w.strength = -5.0
+    _done(w)
+    assert w._landed[len(before) :] == [w._request]
+    assert w.strength == -5.0 and w.steered_text == _direct(smol, sentiment, -5.0)
+
+
+def test_errors_show_in_the_widget_and_clear_on_the_next_valid_change(make):
+    w = _done(make())
+    good = w.steered_text
+    w.positions = "the middle bit"
+    _done(w)
+    assert w.status == "error" and "unknown position spec" in w.error and "'-3:'" in w.error
+    w.positions = "all"
+    _done(w)
+    assert w.status == "done" and w.error == "" and w.steered_text == good
+
+    w.layer = 99
+    _done(w)
+    assert "0..29" in w.error
+    w.layer = LAYER
+    _done(w)
+    assert w.error == ""
+
+    w.positions = "500"
+    _done(w)
+    assert "outside the sequence" in w.error
+    w.set(positions="all", vector_name="no-such-vector")
+    _done(w)
+    assert "unknown vector" in w.error and "vectors=" in w.error
+    w.vector_name = "sentiment"
+    w.prompt = "   "
+    _done(w)
+    assert "prompt is empty" in w.error
+    w.prompt = PROMPT
+    _done(w)
+    assert w.error == "" and w.status == "done"
+
+
+def test_errors_from_the_constructor_are_shown_not_raised(make):
+    w = _done(make(positions=["x"], layer=3))
+    assert w.status == "error" and w.error
+    w.positions = "last"
+    _done(w)
+    assert w.error == ""
+
+
+def test_position_chips_select_explicit_indices(make, smol):
+    ids, user_start = sw.engine.tokenize_prompt(smol, PROMPT)
+    w = _done(make(positions=[user_start, user_start + 1]))
+    assert w.positions == f"{user_start},{user_start + 1}"
+    expected = [i in (user_start, user_start + 1) for i in range(len(ids))]
+    assert w.steer_mask == expected and not w.steer_generated
+
+
+def test_snapshot_html_escapes_model_and_user_text(make):
+    evil = "<script>alert(1)</script> <img src=x onerror=alert(2)>"
+    w = _done(make(prompt=f"Repeat exactly: {evil}", targets=(" <script>x()</script>", " no")))
+    w.base_text = evil  # as if the model had written it
+    bundle = w._repr_mimebundle_()
+    data = bundle[0] if isinstance(bundle, tuple) else bundle
+    assert "application/vnd.jupyter.widget-view+json" in data
+    page = data["text/html"]
+    assert "<script" not in page and "<img" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x" in page
+    assert "<svg" in page  # the chart, rendered in Python
+
+
+def test_targets_chart_and_negative_strength_warning(make, sentiment):
+    # A vector built with the sides swapped: a negative strength then *raises* the target.
+    w = _done(make(vector=-sentiment, strength=-4.0, targets=TARGETS, max_new_tokens=4))
+    spec = w.chart_spec
+    assert spec and "layer" in json.dumps(spec)
+    values = [row for data in _datasets(spec) for row in data]
+    series = {row["series"] for row in values if "series" in row}
+    assert series == {charts.VECTOR_SERIES, charts.RANDOM_SERIES}
+    assert sorted({row["strength"] for row in values if "series" in row}) == [-8, -4, 0, 4, 8]
+    against = [x for x in w.warnings if "against the sign" in x["message"]]
+    assert against and against[0]["level"] == "warning"
+    # The same vector the right way round: no such warning.
+    w.vector_name = "sentiment"
+    _done(w)
+    assert not [x for x in w.warnings if "against the sign" in x["message"]]
+    assert all(set(x) >= {"level", "message"} for x in w.warnings)
+
+
+def _datasets(spec):
+    out = [d["values"] for d in spec.get("datasets", {}).values()] if "datasets" in spec else []
+    for layer in spec.get("layer", []):
+        if "values" in layer.get("data", {}):
+            out.append(layer["data"]["values"])
+    return out
+
+
+def test_ab_items_add_anti_steerable_warnings(make, monkeypatch):
+    items = sw.builtin_ab("sentiment")[:3]
+    calls = []
+    real = sw.propensity_sweep
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sw, "propensity_sweep", spy)
+    w = _done(make(strength=2.0, ab_items=items, max_new_tokens=2))
+    assert len(calls) == 1
+    args, kwargs = calls[0]
+    assert args[3] == LAYER and list(args[4]) == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    assert kwargs["positions"] == "all" and kwargs["cancel"] is not None
+    assert "ab_ms" in w.timings
+    for warning in w.warnings:
+        assert warning["level"] in ("notice", "warning")
+    # ActAdd vectors are per position: the check says so instead of failing
+    w.vector_name = "actadd"
+    _done(w)
+    assert w.error == ""
+    assert any("A/B check skipped" in x["message"] for x in w.warnings)
+
+
+def test_ab_warning_lists_backfiring_items():
+    items = [SimpleNamespace(question=f"Q{i} " + "x" * 100) for i in range(4)]
+    prop = np.array([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 2.0, 4.0]])
+    result = SimpleNamespace(items=items, slopes=lambda layer: sw.metrics.slopes(prop, [-1, 0, 1]))
+    (warning,) = pg.ab_warnings(result, layer=5)
+    assert warning["level"] == "warning"  # 2 of 4 ≥ 0.30
+    assert warning["items"] == [items[1].question[:80], items[2].question[:80]]
+    assert "2 of 4" in warning["message"] and "layer 5" in warning["message"]
+    prop_ok = np.array([[0.0, 1.0, 2.0]] * 10)
+    ok = SimpleNamespace(
+        items=items * 3, slopes=lambda layer: sw.metrics.slopes(prop_ok, [-1, 0, 1])
+    )
+    assert pg.ab_warnings(ok, layer=5) == []
+
+
+def test_target_warnings_rules():
+    grid = [-8.0, -4.0, 0.0, 4.0, 8.0]
+    # rises with strength: fine at +4, against the sign at... never
+    assert pg.target_warnings(grid, [-2, -1, 0, 1, 2], [0, 0, 0, 0, 0], 4.0, TARGETS) == []
+    # falls when the strength is positive: against the sign
+    (w,) = pg.target_warnings(grid, [2, 1, 0, -1, -2], [0, 0, 0, 0, 0], 4.0, TARGETS)
+    assert w["level"] == "warning" and "less likely" in w["message"]
+    # rises then falls: non-monotonic
+    levels = pg.target_warnings(grid, [-2, -1, 0, 1, 0.5], [0, 0, 0, 0, 0], 4.0, TARGETS)
+    assert [x["level"] for x in levels] == ["notice"] and "non-monotonic" in levels[0]["message"]
+    # no bigger than the random vector's change
+    (w,) = pg.target_warnings(grid, [-0.2, -0.1, 0, 0.1, 0.2], [0, 0, 0, 0.5, 1.0], 4.0, TARGETS)
+    assert "random vector" in w["message"]
+
+
+def test_copy_as_code_reproduces_the_steered_text(make):
+    w = _done(make(strength=6.0, positions="prompt", max_new_tokens=8, seed=1))
+    code = w.copy_code()
+    assert code == w.code
+    assert "sw.Steering(vector, layer=10, strength=6.0, positions='prompt')" in code
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "<copied>", "exec"), {})  # a fresh namespace, a freshly loaded model
+    assert out.getvalue() == w.steered_text + "\n"
+
+
+def test_a_vector_built_from_a_builtin_set_is_recognised(make, smol, sentiment, monkeypatch):
+    w = _done(make(vector=sentiment, strength=3.0, max_new_tokens=2))
+    assert w.vector_name == "vector"
+    assert "vector = sw.mean_difference(model, sw.builtin_pairs('sentiment'))" in w.copy_code()
+    # ... and picking the built-in by name reuses it instead of building it again
+    monkeypatch.setattr(sw, "mean_difference", lambda *a, **k: pytest.fail("built again"))
+    assert pg.builtin_vector(smol, "sentiment") is sentiment
+    w.vector_name = "sentiment"
+    _done(w)
+    assert w.error == ""
+
+
+def test_copy_as_code_for_actadd_and_custom_vectors(make, smol, monkeypatch, tmp_path):
+    w = _done(make(vector="actadd", strength=3.0, max_new_tokens=6))
+    code = w.copy_code()
+    assert "sw.actadd(model, 'Love', 'Hate', 10)" in code
+    monkeypatch.setattr(sw, "load_model", lambda *a, **k: smol)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "<copied>", "exec"), {})
+    assert out.getvalue() == w.steered_text + "\n"
+
+    vec = sw.random_like(pg.builtin_vector(smol, "sentiment"), seed=3)
+    w2 = _done(make(vectors={"my vec": vec}, strength=2.0, max_new_tokens=4))
+    assert w2.vector_name == "my vec"
+    code2 = w2.copy_code()
+    assert "my_vec.safetensors" in code2
+    monkeypatch.chdir(tmp_path)
+    vec.save("my_vec.safetensors")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code2, "<copied>", "exec"), {})
+    assert out.getvalue() == w2.steered_text + "\n"
+
+
+def test_streaming_is_throttled(make):
+    w = make(strength=4.0, max_new_tokens=8)
+    _done(w)
+    stamps: list[float] = []
+    w.observe(lambda change: stamps.append(time.perf_counter()), names="steered_text")
+    w.strength = 5.0
+    _done(w)
+    assert stamps
+    gaps = np.diff(stamps[:-1])  # the last update is the finished text, sent at once
+    assert (gaps >= pg.STREAM_INTERVAL_S * 0.9).all(), gaps
+
+
+def test_close_stops_the_worker(make):
+    w = make()
+    w.close()
+    assert w.wait(300)
+    w.strength = 1.0  # after close: ignored, no error
+    assert w.wait(5)
