@@ -195,7 +195,8 @@ def _steer_in_trace(model: Any, plans: list[_Plan], start: int, attention: torch
         if plan.front is not None:
             edited = hidden + plan.scale.to(hidden.dtype) * plan.front[:, start : start + width]
         else:
-            edited = apply_operator(hidden, plan.vec, plan.scale, plan.steering.operator)
+            operand = plan.steering.operand() if plan.steering.operator == "affine" else plan.vec
+            edited = apply_operator(hidden, operand, plan.scale, plan.steering.operator)
         _set_hidden(envoy, out, torch.where(mask[..., None], edited, hidden))
 
 

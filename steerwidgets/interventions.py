@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from .vectors import SteeringVector, VectorError
 
 PositionSpec = str | int | slice | Sequence[int]
 PRESETS = ("all", "prompt", "generated", "last", "continuation", "front")
-OPERATORS = ("add", "ablate", "clamp")
+OPERATORS = ("add", "ablate", "clamp", "add_norm_preserving", "affine")
 _SLICE_RE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
 
 
@@ -30,15 +30,54 @@ class SteeringError(ValueError):
 
 
 @dataclass(frozen=True)
+class AffineMap:
+    """h ↦ W(h − μ_src) + μ_tgt at one layer (Singh et al. 2024), used as ``Steering.vector``.
+
+    With ``operator="affine"`` a strength λ interpolates: h' = h + λ·(W(h − μ_src) + μ_tgt − h), so λ = 0
+    is the unsteered model and λ = 1 the full map. ``direction()`` of such a steering is the shift of the
+    mean, μ_tgt − μ_src (what norm ratios and relative strengths are measured against).
+    """
+
+    weight: torch.Tensor  # [d, d]
+    mu_src: torch.Tensor  # [d]
+    mu_tgt: torch.Tensor  # [d]
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("weight", "mu_src", "mu_tgt"):
+            value = torch.as_tensor(getattr(self, name)).detach().to(torch.float32).cpu()
+            object.__setattr__(self, name, value)
+        d = self.mu_src.shape[-1] if self.mu_src.ndim == 1 else -1
+        if self.mu_src.ndim != 1 or self.mu_tgt.shape != self.mu_src.shape or self.weight.shape != (d, d):
+            raise VectorError(
+                f"an AffineMap needs weight [d, d] and means [d]; got {tuple(self.weight.shape)}, "
+                f"{tuple(self.mu_src.shape)}, {tuple(self.mu_tgt.shape)}"
+            )
+        if not all(torch.isfinite(t).all() for t in (self.weight, self.mu_src, self.mu_tgt)):
+            raise VectorError("the affine map contains NaN or inf")
+
+    @property
+    def shift(self) -> torch.Tensor:
+        return self.mu_tgt - self.mu_src
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The full map W(h − μ_src) + μ_tgt on the last dimension."""
+        w = self.weight.to(hidden.dtype)
+        return (hidden - self.mu_src.to(hidden.dtype)) @ w.T + self.mu_tgt.to(hidden.dtype)
+
+
+@dataclass(frozen=True)
 class Steering:
     """Add ``strength * vector[layer]`` to the output of block ``layer`` at ``positions``.
 
     ``relative=True`` reads ``strength`` as a multiple of the mean residual norm at that layer, so
     ``strength=0.5`` means ``‖λv‖ = 0.5 · mean‖h‖``. ``operator`` is ``"add"``, ``"ablate"`` (remove the
-    component along v) or ``"clamp"`` (set that component to ``strength · ‖v‖``).
+    component along v), ``"clamp"`` (set that component to ``strength · ‖v‖``), ``"add_norm_preserving"``
+    (add, then rescale each position to its old norm, as ICV does) or ``"affine"`` (``vector`` is an
+    :class:`AffineMap`; see there).
     """
 
-    vector: SteeringVector | torch.Tensor
+    vector: SteeringVector | torch.Tensor | AffineMap
     layer: int
     strength: float = 1.0
     positions: PositionSpec = "all"
@@ -46,8 +85,14 @@ class Steering:
     relative: bool = False
 
     def direction(self) -> torch.Tensor:
+        if isinstance(self.vector, AffineMap):
+            return self.vector.shift
         vec = self.vector[self.layer] if isinstance(self.vector, SteeringVector) else self.vector
         return torch.as_tensor(vec, dtype=torch.float32)
+
+    def operand(self) -> torch.Tensor | AffineMap:
+        """What :func:`apply_operator` needs: the direction, or the map itself for ``"affine"``."""
+        return self.vector if isinstance(self.vector, AffineMap) else self.direction()
 
     def validate(self, model: Any) -> None:
         """Check everything that can be checked before a forward pass; raise with the fix."""
@@ -60,6 +105,11 @@ class Steering:
             raise SteeringError(f"unknown operator {self.operator!r}; use one of {OPERATORS}")
         if isinstance(self.vector, SteeringVector):
             self.vector.check_model(model)
+        if (self.operator == "affine") != isinstance(self.vector, AffineMap):
+            raise SteeringError(
+                "operator 'affine' goes with an AffineMap as vector (and an AffineMap only with "
+                "operator='affine'); build one with steerwidgets.methods.affine(...)"
+            )
         vec = self.direction()
         if vec.shape[-1] != model.d_model:
             raise VectorError(
@@ -75,7 +125,9 @@ class Steering:
                 "a per-position (ActAdd) vector is added at the first positions of the user's text; "
                 "use positions='front' (or 'all')"
             )
-        if self.operator != "add" and float(vec.norm()) == 0.0:
+        if self.operator == "affine" and self.relative:
+            raise SteeringError("an affine map's strength is an interpolation weight; use relative=False")
+        if self.operator in ("ablate", "clamp") and float(vec.norm()) == 0.0:
             raise SteeringError(f"operator {self.operator!r} needs a non-zero vector")
         check_position_spec(self.positions)
 
@@ -181,15 +233,22 @@ def _absolute(
 
 
 def apply_operator(
-    hidden: torch.Tensor, vec: torch.Tensor, scale: torch.Tensor, operator: str
+    hidden: torch.Tensor, vec: torch.Tensor | AffineMap, scale: torch.Tensor, operator: str
 ) -> torch.Tensor:
     """The edited hidden states at every position (the caller masks where it applies).
 
     ``scale`` broadcasts against ``hidden[..., :1]`` (one multiplier per row, per position, or both).
     """
+    if operator == "affine" or isinstance(vec, AffineMap):
+        if not isinstance(vec, AffineMap) or operator != "affine":
+            raise SteeringError("operator 'affine' needs an AffineMap (and an AffineMap needs 'affine')")
+        return hidden + scale * (vec(hidden) - hidden)
     vec = vec.to(hidden.dtype)
     if operator == "add":
         return hidden + scale * vec
+    if operator == "add_norm_preserving":
+        added = hidden + scale * vec
+        return added * (hidden.norm(dim=-1, keepdim=True) / added.norm(dim=-1, keepdim=True).clamp_min(1e-12))
     unit = vec / vec.norm()
     projection = (hidden * unit).sum(-1, keepdim=True)
     removed = hidden - projection * unit

@@ -481,11 +481,31 @@ def clamp_steering(vector: SteeringVector, layer: int, value: float, positions: 
     return Steering(vector, layer, value / norm, positions, operator="clamp")
 
 
+def pair_token_activations(
+    model: Any, pairs: Sequence[ContrastPair], layer: int, *, batch_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every token's activation (the first token left out: the attention sink) of the positive and of the
+    negative sentences, ``([n_pos_tokens, d], [n_neg_tokens, d])``."""
+    pairs = list(pairs)
+    if not pairs:
+        raise SteeringError("need at least one contrast pair")
+    seqs = _text_ids(model, [text for pair in pairs for text in (pair.positive, pair.negative)])
+    out: list[list[torch.Tensor]] = [[], []]
+    for start in range(0, len(seqs), batch_size):
+        chunk = seqs[start : start + batch_size]
+        acts = read_activations(model, chunk, [layer], position="all", batch_size=batch_size)[layer]
+        for i, seq in enumerate(chunk):
+            first = 1 if len(seq) > 1 else 0
+            out[(start + i) % 2].append(acts[i, first : len(seq)])
+    return torch.cat(out[0]), torch.cat(out[1])
+
+
 def affine(
     model: Any,
     data: Sequence[ABItem] | Sequence[ContrastPair],
     layer: int,
     *,
+    tokens: str = "read",
     shrinkage: float | str = "auto",
     shrinkage_target: str = "identity",
     chat: bool | None = None,
@@ -494,21 +514,34 @@ def affine(
     """Affine mean + covariance matching (Singh et al. 2024) from negative (source) to positive (target).
 
     Apply with ``Steering(map, layer, λ, operator="affine")`` or :func:`affine_steering`; λ = 1 is the
-    full map h ↦ W(h − μ_src) + μ_tgt. ``shrinkage`` ("auto" = Ledoit–Wolf) keeps the covariances
-    invertible when d_model exceeds the number of samples.
+    full map h ↦ W(h − μ_src) + μ_tgt. ``shrinkage`` ("auto" = Ledoit–Wolf, at least
+    :data:`MIN_AUTO_SHRINKAGE`) keeps the covariances invertible when d_model exceeds the number of samples.
+    ``tokens="read"`` fits on one activation per example (answer letter / last token); ``tokens="all"``
+    (contrast pairs only) fits on every token of the sentences, the distribution the map meets when it is
+    applied at every position, as in Singh et al.
     """
     model.check_layer(layer)
-    acts, where = contrast_activations(model, data, [layer], chat=chat, batch_size=batch_size)
-    pos, neg = acts[layer]
+    data = list(data)
+    if tokens == "all":
+        if not data or not all(isinstance(x, ContrastPair) for x in data):
+            raise SteeringError("tokens='all' fits on the tokens of contrast pairs; give ContrastPair items")
+        pos, neg = pair_token_activations(model, data, layer, batch_size=batch_size)
+        where = "every token of each sentence (first token excluded)"
+    elif tokens == "read":
+        acts, where = contrast_activations(model, data, [layer], chat=chat, batch_size=batch_size)
+        pos, neg = acts[layer]
+    else:
+        raise SteeringError(f"tokens must be 'read' or 'all', got {tokens!r}")
     amap, info = affine_from_activations(neg, pos, shrinkage, shrinkage_target)
     amap.meta.update(
         model_id=model.name,
         method="affine (mean + covariance matching)",
         layer=layer,
         read_position=where,
-        n=len(list(data)),
+        n=len(data),
+        n_samples=[int(neg.shape[0]), int(pos.shape[0])],
         shrinkage_kind=shrinkage_target,
-        dataset_fingerprint=fingerprint(list(data)),
+        dataset_fingerprint=fingerprint(data),
         **info,
     )
     return amap
