@@ -53,8 +53,9 @@ def _increasing(values):
 
 def test_sentiment_vector_moves_likelihoods_monotonically(smol, sentiment):
     """The vector lowers the negative continuation and widens log p(pos) − log p(neg) monotonically;
-    the negated vector raises the negative continuation monotonically and narrows the gap. (On this 135M model the positive continuation's own
-    likelihood also drops slightly: steering costs fluency, which the side-effect meters report.)"""
+    the negated vector raises the negative continuation monotonically and narrows the gap.
+    (On this 135M model the positive continuation's own likelihood also drops slightly: steering
+    costs fluency, which the side-effect meters report.)"""
     curves = [_shift(smol, sentiment, s) for s in STRENGTHS]
     gap = [p - n for p, n in curves]
     assert _increasing(gap), curves
