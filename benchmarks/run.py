@@ -10,8 +10,9 @@ P2  steered greedy generation: plain hook + ``model.hf.generate`` vs
 P4  load: import time, ``sw.load_model()`` cold (de-quantising the GGUF) and warm
     (safetensors cache), each in a fresh subprocess.
 
-Variants of one benchmark are timed round-robin (for each repeat, every variant once) and the median
-over repeats is reported, so slow drifts of a noisy machine hit every variant alike. See README.md.
+Variants of one benchmark are timed round-robin (for each repeat, every variant once; in P1 per
+item) and the median over repeats is reported, so slow drifts of a noisy machine hit every variant
+alike. See README.md.
 """
 
 from __future__ import annotations
