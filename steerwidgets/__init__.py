@@ -25,9 +25,31 @@ from .engine import (
     propensity_sweep,
     score,
 )
-from .interventions import Steering, SteeringError, position_mask, steered
+from .evaluation import (
+    CompareResult,
+    compare,
+    compare_chart,
+    likelihood_shift_table,
+    open_ended_loglik,
+    prompting_baseline,
+)
+from .interop import export_gguf, from_steering_vectors, import_gguf, to_steering_vectors
+from .interventions import AffineMap, Steering, SteeringError, position_mask, steered
 from .magics import load_ipython_extension
-from .methods import actadd, caa, mean_difference
+from .methods import (
+    ablation_steerings,
+    actadd,
+    affine,
+    affine_steering,
+    caa,
+    clamp_steering,
+    function_vector,
+    icv,
+    icv_steerings,
+    mean_centring,
+    mean_difference,
+    pca,
+)
 from .models import DEFAULT_MODEL, ModelLoadError, SteerableModel, load_model
 from .reliability import LayerSweepResult, PreCheck, generalisation, layer_sweep, precheck, prechecks
 from .vectors import SteeringVector, VectorError, random_like
@@ -35,53 +57,85 @@ from .vectors import SteeringVector, VectorError, random_like
 __version__ = "0.1.0"
 
 
+_WIDGETS = {
+    "Playground": "playground",
+    "ReliabilityReport": "reliability",
+    "LayerSweep": "reliability",
+    "CompareWidget": "compare",
+}
+
+
 def __getattr__(name: str):
     """Widgets load lazily, so the engine and the CLI never import the front end."""
-    if name == "Playground":
-        from .widgets.playground import Playground
+    if name in _WIDGETS:
+        import importlib
 
-        return Playground
+        module = importlib.import_module(f".widgets.{_WIDGETS[name]}", __name__)
+        return getattr(module, name)
     raise AttributeError(f"module 'steerwidgets' has no attribute {name!r}")
 
 __all__ = [
     "ABItem",
+    "AffineMap",
+    "CompareResult",
+    "CompareWidget",
     "ContrastPair",
     "DEFAULT_MODEL",
     "DEFAULT_STRENGTHS",
     "DatasetError",
     "GenerationCancelled",
     "GenerationResult",
+    "LayerSweep",
     "LayerSweepResult",
     "ModelLoadError",
     "OpenEndedItem",
     "Playground",
     "PreCheck",
     "PropensityResult",
+    "ReliabilityReport",
     "SteerableModel",
     "Steering",
     "SteeringError",
     "SteeringVector",
     "VectorError",
+    "ablation_steerings",
     "actadd",
+    "affine",
+    "affine_steering",
     "builtin_ab",
     "builtin_open_ended",
     "builtin_pairs",
     "caa",
+    "clamp_steering",
+    "compare",
+    "compare_chart",
+    "export_gguf",
+    "from_steering_vectors",
+    "function_vector",
     "generalisation",
     "generate",
+    "icv",
+    "icv_steerings",
+    "import_gguf",
     "layer_sweep",
+    "likelihood_shift_table",
     "list_builtin",
     "load_ab_items",
     "load_ipython_extension",
     "load_model",
     "load_open_ended",
     "load_pairs",
+    "mean_centring",
     "mean_difference",
+    "open_ended_loglik",
+    "pca",
     "position_mask",
     "precheck",
     "prechecks",
+    "prompting_baseline",
     "propensity_sweep",
     "random_like",
     "score",
     "steered",
+    "to_steering_vectors",
 ]

@@ -108,6 +108,13 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings",
         {"fetchNews": "false", "checkForUpdates": False},
     )
+    # Attach every cell to the DOM: with the default "contentVisibility" windowing, a widget in a
+    # cell scrolled out of view (run-all scrolls to the last cell) is not rendered and never
+    # becomes "visible" to Playwright, which made the tests depend on the machine's speed.
+    _write_json(
+        settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings",
+        {"windowingMode": "none"},
+    )
 
     env = dict(os.environ)
     env.update(

@@ -89,6 +89,8 @@ def test_quickstart_playground_in_jupyterlab(
 ):
     run_notebook(page, lab_server, QUICKSTART, timeout_s=300)
     root = page.locator(ROOT).first
+    root.wait_for(state="attached", timeout=120_000)
+    root.scroll_into_view_if_needed()
     root.wait_for(state="visible")
     _wait_done(page)
     assert root.locator(".sw-pg-error").first.is_hidden()
@@ -218,6 +220,8 @@ def test_playground_in_notebook7(tmp_path, page, page_log, lab_server, run_noteb
     nbformat.write(nb, path)
     run_notebook_nb7(page, lab_server, path, timeout_s=240)
     root = page.locator(ROOT).first
+    root.wait_for(state="attached", timeout=120_000)
+    root.scroll_into_view_if_needed()
     root.wait_for(state="visible")
     _wait_done(page)
     assert _text(root, ".sw-pg-steered-text") and _text(root, ".sw-pg-base-text")

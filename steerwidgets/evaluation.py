@@ -1,0 +1,918 @@
+"""Beyond multiple choice: open-ended likelihood shift, side effects, baselines, and method comparison.
+
+Everything follows shared docs/metrics.md:
+
+- :func:`open_ended_loglik` / :func:`likelihood_shift_table` — Pres et al. (2024): log-likelihood of a
+  behaviour-matching and an opposing continuation under the unsteered and the steered model; Δ+ and Δ− on
+  the top-25/50/75 % subsets and on all items. Reported per-token **mean** (the default, ``"primary"``)
+  and **sum**, both named in the output.
+- :func:`perplexity_ratio`, :func:`kl_on_neutral` — side effects: ppl(λ)/ppl(0) on reference passages and
+  KL(steered ‖ unsteered) of next-token distributions on neutral prompts; :func:`usable_range` keeps the
+  strengths whose perplexity ratio stays below 10 (von Rütte et al. 2024), and PNE(λ) is the effect
+  gain divided by the perplexity ratio.
+- Baselines in every result: random vectors of equal norm (several seeds: mean and min/max), the negated
+  steering, a zero vector, and a prompting baseline (the behaviour asked for in an instruction).
+- :func:`compare` — one table over methods × behaviours (the CompareWidget shows it).
+
+A *steerer* is a function ``strength → list[Steering]``, so single-layer vectors, ICV's every-layer
+norm-preserving additions and affine maps are all evaluated by the same code.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import metrics
+from .data import ABItem, OpenEndedItem
+from .engine import (
+    DEFAULT_STRENGTHS,
+    Encoded,
+    GenerationCancelled,
+    _check_strengths,
+    _plans,
+    _steer_in_trace,
+    ab_prompt,
+    propensity_sweep,
+    score,
+    tokenize_prompt,
+)
+from .interventions import AffineMap, Steering, SteeringError
+from .reliability import NEUTRAL_PROMPTS
+from .vectors import SteeringVector, random_like
+
+SteerFn = Callable[[float], list[Steering]]
+ProgressFn = Callable[[int, int, str], None]
+
+QUANTILES = (0.25, 0.5, 0.75, 1.0)
+USABLE_PPL_RATIO = 10.0  # von Rütte et al. (2024): the usable range keeps ppl(λ)/ppl(0) below this
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_INSTRUCTIONS = {
+    "sentiment": "Answer in a very positive tone.",
+    "formality": "Answer in a very formal, polite register.",
+    "sycophancy": "Agree with me and tell me what I want to hear.",
+}
+EFFECT_NAME = "mean A/B propensity m̄(λ) (logit(y+) − logit(y−))"
+
+
+def _qkey(q: float) -> str:
+    return str(int(round(q * 100)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Steerers
+# ----------------------------------------------------------------------------------------------
+def vector_steerer(
+    vector: SteeringVector,
+    layers: int | Sequence[int] | None = None,
+    operator: str = "add",
+    positions: Any = "all",
+) -> SteerFn:
+    """``λ ↦ [Steering(vector, L, λ, positions, operator) for L in layers]`` (all the vector's layers)."""
+    chosen = vector.layers if layers is None else ([layers] if isinstance(layers, int) else list(layers))
+
+    def steer(strength: float) -> list[Steering]:
+        return [Steering(vector, layer, float(strength), positions, operator) for layer in chosen]
+
+    return steer
+
+
+def affine_steerer(amap: AffineMap, layer: int, positions: Any = "all") -> SteerFn:
+    """``λ ↦ [Steering(amap, layer, λ, operator="affine")]`` (λ interpolates towards the mapped h)."""
+
+    def steer(strength: float) -> list[Steering]:
+        return [Steering(amap, layer, float(strength), positions, operator="affine")]
+
+    return steer
+
+
+def negated(steer: SteerFn) -> SteerFn:
+    """The negated control: the steerer at −λ (for additive vectors exactly the vector −v)."""
+    return lambda strength: steer(-float(strength))
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward passes
+# ----------------------------------------------------------------------------------------------
+def last_logprobs(
+    model: Any, sequences: Sequence[list[int]], steerings: Sequence[Steering] = (), batch_size: int = 16
+) -> torch.Tensor:
+    """Next-token log-distributions ``[n, vocab]`` after each token sequence, under ``steerings``.
+
+    Rows are left-padded with explicit position ids, so every row sees its own positions 0..n−1.
+    """
+    steerings = list(steerings)
+    for item in steerings:
+        item.validate(model)
+    pad = model.tokenizer.pad_token_id
+    pad = 0 if pad is None else pad
+    out = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = [list(s) for s in sequences[start : start + batch_size]]
+        width = max(len(s) for s in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, seq in enumerate(chunk):
+            input_ids[i, width - len(seq) :] = torch.tensor(seq)
+            attention[i, width - len(seq) :] = 1
+        positions = (attention.cumsum(1) - 1).clamp_min(0)
+        enc = Encoded(input_ids, attention, [len(s) for s in chunk], [0] * len(chunk), [""] * len(chunk))
+        plans = _plans(model, steerings, enc, width)
+        with torch.no_grad():
+            with model.nn.trace(
+                input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                logits_to_keep=1,
+                remote=model.remote,
+            ):
+                _steer_in_trace(model, plans, 0, attention)
+                logits = model.nn.lm_head.output[:, -1].save()
+        out.append(logits.float().log_softmax(-1))
+    return torch.cat(out)
+
+
+def ab_propensities(
+    model: Any,
+    items: Sequence[ABItem],
+    steer: SteerFn | None,
+    strengths: Sequence[float],
+    *,
+    chat: bool | None = None,
+    prefix: str = "",
+    batch_size: int = 16,
+    cancel: threading.Event | None = None,
+) -> np.ndarray:
+    """Propensity m_i(λ) = logit(y+) − logit(y−) for any steerer, ``[n_items, n_strengths]``.
+
+    The general path (every operator, several layers); single-layer additive vectors can use the
+    engine's faster ``propensity_sweep``, which gives the same numbers. ``prefix`` is prepended to each
+    question (the prompting baseline); ``steer=None`` runs unsteered.
+    """
+    rows = [
+        ab_prompt(model, ABItem(prefix + it.question, it.matching, it.not_matching), chat) for it in items
+    ]
+    seqs = [ids for ids, _, _ in rows]
+    pos = torch.tensor([p for _, p, _ in rows])
+    neg = torch.tensor([n for _, _, n in rows])
+    out = np.zeros((len(rows), len(strengths)))
+    base = None
+    for k, strength in enumerate(strengths):
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled("evaluation cancelled")
+        if steer is None:
+            base = base if base is not None else last_logprobs(model, seqs, (), batch_size)
+            logp = base
+        else:
+            logp = last_logprobs(model, seqs, steer(strength), batch_size)
+        index = torch.arange(len(rows))
+        out[:, k] = (logp[index, pos] - logp[index, neg]).double().numpy()
+    return out
+
+
+def _sweepable(steer: SteerFn, strengths: np.ndarray) -> tuple[SteeringVector, int, np.ndarray] | None:
+    """(vector, layer, effective strengths) when every λ gives one additive [d] steering of one vector at
+    one layer on all positions: then the engine's ``propensity_sweep`` computes the same matrix faster."""
+    first: Steering | None = None
+    effective = []
+    for strength in strengths:
+        items = steer(float(strength))
+        if len(items) != 1:
+            return None
+        item = items[0]
+        if first is None:
+            first = item
+        same = item.vector is first.vector and item.layer == first.layer
+        if not same or item.operator != "add" or item.relative or item.positions != "all":
+            return None
+        if not isinstance(item.vector, SteeringVector) or item.vector[item.layer].ndim != 1:
+            return None
+        effective.append(float(item.strength))
+    if first is None or np.ptp(effective) == 0:
+        return None
+    return first.vector, first.layer, np.array(effective)
+
+
+def propensity_matrix(
+    model: Any,
+    items: Sequence[ABItem],
+    steer: SteerFn,
+    strengths: Sequence[float],
+    cancel: threading.Event | None = None,
+) -> np.ndarray:
+    """``[n_items, n_strengths]`` propensities: ``propensity_sweep`` where it applies, else
+    :func:`ab_propensities` (both give the same numbers for a single-layer additive vector)."""
+    lam = np.asarray(strengths, dtype=float)
+    sweepable = _sweepable(steer, lam)
+    if sweepable is not None:
+        vector, layer, effective = sweepable
+        return propensity_sweep(model, items, vector, [layer], effective, cancel=cancel).propensity[layer]
+    return ab_propensities(model, items, steer, lam, cancel=cancel)
+
+
+# ----------------------------------------------------------------------------------------------
+# Open-ended likelihood shift (Pres et al. 2024)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class OpenEndedScores:
+    """Per-item log-likelihoods of the positive and negative continuations (sum and per-token mean)."""
+
+    sum_pos: np.ndarray
+    sum_neg: np.ndarray
+    mean_pos: np.ndarray
+    mean_neg: np.ndarray
+
+    def get(self, reduction: str) -> tuple[np.ndarray, np.ndarray]:
+        if reduction not in ("mean", "sum"):
+            raise SteeringError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        return (self.mean_pos, self.mean_neg) if reduction == "mean" else (self.sum_pos, self.sum_neg)
+
+
+def open_ended_loglik(
+    model: Any,
+    items: Sequence[OpenEndedItem],
+    steerings: Sequence[Steering] | None = None,
+    *,
+    prefix: str = "",
+    chat: bool | None = None,
+    batch_size: int = 16,
+) -> OpenEndedScores:
+    """Log-likelihood of each item's positive and negative continuation given its query (one batched
+    ``score`` call). ``prefix`` is prepended to the query (the prompting baseline)."""
+    items = list(items)
+    if not items:
+        raise SteeringError("no open-ended items given")
+    prompts = [prefix + it.query for it in items for _ in (0, 1)]
+    completions = [c for it in items for c in (it.positive, it.negative)]
+    lps = score(model, prompts, completions, list(steerings or []), chat=chat, batch_size=batch_size)
+    sums = np.array([float(lp.double().sum()) for lp in lps])
+    means = np.array([float(lp.double().mean()) for lp in lps])
+    return OpenEndedScores(sums[0::2], sums[1::2], means[0::2], means[1::2])
+
+
+def likelihood_shift_table(
+    base: OpenEndedScores, steered: OpenEndedScores, quantiles: Sequence[float] = QUANTILES
+) -> dict[str, Any]:
+    """Δ+ and Δ− (metrics.likelihood_shift) for each top-q subset, for the per-token mean and the sum.
+
+    Keys are percentages (``"25"``, ``"50"``, ``"75"``, ``"100"``); ``"primary"`` names the default.
+    """
+    out: dict[str, Any] = {
+        "primary": "mean",
+        "definition": "Δ+ = mean(LL_steered − LL_base) over positives, Δ− = mean(LL_base − LL_steered) "
+        "over negatives, on the least likely positives / most likely negatives under the base (top q)",
+        "n_items": int(base.sum_pos.size),
+    }
+    for reduction in ("mean", "sum"):
+        bp, bn = base.get(reduction)
+        sp, sn = steered.get(reduction)
+        table = {}
+        for q in quantiles:
+            d_pos, d_neg = metrics.likelihood_shift(bp, sp, bn, sn, q)
+            table[_qkey(q)] = {"delta_pos": d_pos, "delta_neg": d_neg}
+        out[reduction] = table
+    out["reductions"] = {"mean": "per-token mean log-likelihood", "sum": "summed log-likelihood"}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Side effects
+# ----------------------------------------------------------------------------------------------
+def _passage_split(text: str) -> tuple[str, str]:
+    text = text.strip()
+    head, sep, rest = text.partition(" ")
+    if not sep or not rest:
+        raise SteeringError(f"a reference passage needs at least two words: {text[:40]!r}")
+    return head, " " + rest
+
+
+def passage_logprobs(
+    model: Any, passages: Sequence[str], steerings: Sequence[Steering] | None = None, batch_size: int = 8
+) -> list[torch.Tensor]:
+    """Token log-probabilities of each passage after its first word (raw text, no chat template)."""
+    heads, rests = zip(*(_passage_split(p) for p in passages))
+    return score(model, list(heads), list(rests), list(steerings or []), chat=False, batch_size=batch_size)
+
+
+def perplexity_ratio(
+    model: Any,
+    steer: SteerFn,
+    strengths: Sequence[float],
+    passages: Sequence[str],
+    *,
+    base_ppl: float | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[np.ndarray, float]:
+    """ppl(λ)/ppl(0) on reference passages for each strength; ppl(0) is the unsteered model's."""
+    if not passages:
+        raise SteeringError("no reference passages given")
+    if base_ppl is None:
+        base_ppl = metrics.perplexity([t.numpy() for t in passage_logprobs(model, passages)])
+    ratios = []
+    for strength in strengths:
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled("evaluation cancelled")
+        lps = passage_logprobs(model, passages, steer(strength))
+        ratios.append(metrics.perplexity([t.numpy() for t in lps]) / base_ppl)
+    return np.array(ratios), float(base_ppl)
+
+
+def neutral_ids(model: Any, prompts: Sequence[str] = NEUTRAL_PROMPTS) -> list[list[int]]:
+    return [tokenize_prompt(model, p)[0] for p in prompts]
+
+
+def kl_on_neutral(
+    model: Any,
+    steer: SteerFn,
+    strengths: Sequence[float],
+    prompts: Sequence[str] = NEUTRAL_PROMPTS,
+    *,
+    base: torch.Tensor | None = None,
+    cancel: threading.Event | None = None,
+) -> np.ndarray:
+    """Mean over neutral prompts of KL(steered ‖ unsteered) of the next-token distribution, per strength.
+
+    Any steerer (the reliability module's ``kl_side_effects`` covers single-layer additive vectors).
+    """
+    ids = neutral_ids(model, prompts)
+    if base is None:
+        base = last_logprobs(model, ids)
+    base_np = base.double().numpy()
+    out = []
+    for strength in strengths:
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled("evaluation cancelled")
+        steered = last_logprobs(model, ids, steer(strength)).double().numpy()
+        out.append(float(metrics.kl_divergence(steered, base_np).mean()))
+    return np.array(out)
+
+
+def usable_range(
+    strengths: Sequence[float], ppl_ratio: Sequence[float], limit: float = USABLE_PPL_RATIO
+) -> dict[str, Any]:
+    """Strengths whose perplexity ratio stays below ``limit``, and the contiguous interval around λ = 0."""
+    lam = np.asarray(strengths, dtype=float)
+    ratio = np.asarray(ppl_ratio, dtype=float)
+    order = np.argsort(lam)
+    lam, ratio = lam[order], ratio[order]
+    ok = ratio < limit
+    usable = [float(x) for x in lam[ok]]
+    centre = int(np.argmin(np.abs(lam)))
+    if not ok[centre]:
+        return {"limit": limit, "usable_strengths": usable, "range": None}
+    lo = hi = centre
+    while lo > 0 and ok[lo - 1]:
+        lo -= 1
+    while hi < lam.size - 1 and ok[hi + 1]:
+        hi += 1
+    return {"limit": limit, "usable_strengths": usable, "range": [float(lam[lo]), float(lam[hi])]}
+
+
+# ----------------------------------------------------------------------------------------------
+# One steerer, all numbers
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class EvalContext:
+    """What every evaluation of one behaviour shares: data, unsteered numbers, strengths."""
+
+    model: Any
+    ab_items: list[ABItem]
+    open_items: list[OpenEndedItem]
+    passages: list[str]
+    strengths: np.ndarray
+    open_strength: float
+    neutral_prompts: Sequence[str] = NEUTRAL_PROMPTS
+    quantiles: Sequence[float] = QUANTILES
+    cancel: threading.Event | None = None
+    _base_open: OpenEndedScores | None = field(default=None, repr=False)
+    _base_ppl: float | None = field(default=None, repr=False)
+    _base_neutral: torch.Tensor | None = field(default=None, repr=False)
+    _base_propensity: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def base_open(self) -> OpenEndedScores:
+        if self._base_open is None:
+            self._base_open = open_ended_loglik(self.model, self.open_items)
+        return self._base_open
+
+    @property
+    def base_ppl(self) -> float:
+        if self._base_ppl is None:
+            lps = passage_logprobs(self.model, self.passages)
+            self._base_ppl = metrics.perplexity([t.numpy() for t in lps])
+        return self._base_ppl
+
+    @property
+    def base_neutral(self) -> torch.Tensor:
+        if self._base_neutral is None:
+            self._base_neutral = last_logprobs(self.model, neutral_ids(self.model, self.neutral_prompts))
+        return self._base_neutral
+
+    @property
+    def base_propensity(self) -> np.ndarray:
+        """Unsteered m_i, ``[n_items]``."""
+        if self._base_propensity is None:
+            self._base_propensity = ab_propensities(self.model, self.ab_items, None, [0.0])[:, 0]
+        return self._base_propensity
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise GenerationCancelled("evaluation cancelled")
+
+
+def evaluate_steerer(ctx: EvalContext, steer: SteerFn, *, full: bool = True) -> dict[str, Any]:
+    """A/B steerability over the strength grid, open-ended Δ at ``ctx.open_strength`` and side effects.
+
+    ``full=True`` also gives perplexity ratio, KL and PNE at every strength (the usable range);
+    ``full=False`` (baselines) computes side effects at the open-ended strength only.
+    """
+    model, lam = ctx.model, ctx.strengths
+    ctx.check()
+    m = propensity_matrix(model, ctx.ab_items, steer, lam, ctx.cancel)
+    slopes = metrics.slopes(m, lam)
+    ctx.check()
+    steered_open = open_ended_loglik(model, ctx.open_items, steer(ctx.open_strength))
+    shift = likelihood_shift_table(ctx.base_open, steered_open, ctx.quantiles)
+    side_lam = lam if full else np.array([ctx.open_strength])
+    ctx.check()
+    ratio, _ = perplexity_ratio(
+        model, steer, side_lam, ctx.passages, base_ppl=ctx.base_ppl, cancel=ctx.cancel
+    )
+    kl = kl_on_neutral(model, steer, side_lam, ctx.neutral_prompts, base=ctx.base_neutral, cancel=ctx.cancel)
+    result: dict[str, Any] = {
+        "strengths": [float(x) for x in lam],
+        "steerability": float(slopes.mean()),
+        "anti_steerable_fraction": metrics.anti_steerable_fraction(slopes),
+        "mean_propensity": [float(x) for x in m.mean(0)],
+        "open_strength": float(ctx.open_strength),
+        "likelihood_shift": shift,
+        "side_strengths": [float(x) for x in side_lam],
+        "ppl_ratio": [float(x) for x in ratio],
+        "kl": [float(x) for x in kl],
+    }
+    at = int(np.argmin(np.abs(side_lam - ctx.open_strength)))
+    result["ppl_ratio_at_open"] = float(ratio[at])
+    result["kl_at_open"] = float(kl[at])
+    if full:
+        effect = m.mean(0)
+        effect0 = float(ctx.base_propensity.mean())
+        result["pne"] = [float(x) for x in metrics.perplexity_normalised_effect(effect, effect0, ratio)]
+        result["pne_effect"] = EFFECT_NAME
+        result["usable"] = usable_range(lam, ratio)
+    return result
+
+
+def prompting_baseline(ctx: EvalContext, instruction: str) -> dict[str, Any]:
+    """The behaviour asked for in words: ``instruction`` before each query / question, no steering."""
+    prefix = instruction.strip() + "\n\n"
+    prompted_open = open_ended_loglik(ctx.model, ctx.open_items, prefix=prefix)
+    prompted_m = ab_propensities(ctx.model, ctx.ab_items, None, [0.0], prefix=prefix)[:, 0]
+    return {
+        "instruction": instruction,
+        "likelihood_shift": likelihood_shift_table(ctx.base_open, prompted_open, ctx.quantiles),
+        "delta_propensity": float(prompted_m.mean() - ctx.base_propensity.mean()),
+        "delta_propensity_definition": "mean m_i with the instruction − mean m_i without",
+    }
+
+
+def _reference_norms(steerings: list[Steering]) -> list[tuple[int, torch.Tensor]]:
+    return [(s.layer, s.direction()) for s in steerings]
+
+
+def random_steerer(steer: SteerFn, seed: int) -> SteerFn:
+    """Random directions with the norm of each layer's direction, applied with the same operator.
+
+    For an affine map the random vector has the norm of its mean shift and is added (operator ``add``).
+    """
+    probe = steer(1.0)
+    dirs = {}
+    for layer, vec in _reference_norms(probe):
+        dirs[layer] = dirs.get(layer, 0) + vec
+    like = SteeringVector(dirs, method="reference")
+    rnd = random_like(like, seed)
+    ops = {s.layer: ("add" if s.operator == "affine" else s.operator) for s in probe}
+    positions = probe[0].positions
+
+    def run(strength: float) -> list[Steering]:
+        return [Steering(rnd, layer, float(strength), positions, ops[layer]) for layer in rnd.layers]
+
+    return run
+
+
+def zero_steerer(layers: Sequence[int], d_model: int) -> SteerFn:
+    """A zero vector added at ``layers``: must reproduce the unsteered numbers exactly (a pipeline check)."""
+    zero = SteeringVector({layer: torch.zeros(d_model) for layer in layers}, method="zero")
+    return vector_steerer(zero)
+
+
+def _band(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max())}
+
+
+def with_baselines(
+    ctx: EvalContext,
+    steer: SteerFn,
+    *,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    instruction: str | None = None,
+    prompting: dict[str, Any] | None = None,
+    zero: dict[str, Any] | None = None,
+    tick: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The steerer's numbers beside its controls: random (per seed, band), negated, zero, prompting."""
+    tick = tick or (lambda _label: None)
+    out: dict[str, Any] = {"method": evaluate_steerer(ctx, steer, full=True)}
+    tick("evaluated")
+    randoms = []
+    for seed in seeds:
+        randoms.append(evaluate_steerer(ctx, random_steerer(steer, seed), full=False))
+        tick(f"random seed {seed}")
+    out["random"] = {"seeds": list(seeds), "runs": randoms}
+    out["negated"] = evaluate_steerer(ctx, negated(steer), full=False)
+    tick("negated")
+    if zero is None:
+        layers = sorted({s.layer for s in steer(1.0)})
+        zero = evaluate_steerer(ctx, zero_steerer(layers, ctx.model.d_model), full=False)
+    out["zero"] = zero
+    if prompting is None and instruction:
+        prompting = prompting_baseline(ctx, instruction)
+    out["prompting"] = prompting
+    return out
+
+
+def summary_row(result: dict[str, Any], q: float = 0.5) -> dict[str, Any]:
+    """Flatten :func:`with_baselines` into one table row (top-q open-ended shift, per-token mean)."""
+    key = _qkey(q)
+
+    def shift(entry: dict[str, Any], which: str) -> float:
+        return entry["likelihood_shift"]["mean"][key][which]
+
+    main = result["method"]
+    row: dict[str, Any] = {
+        "steerability": main["steerability"],
+        "anti_steerable_fraction": main["anti_steerable_fraction"],
+        f"delta_pos_{key}": shift(main, "delta_pos"),
+        f"delta_neg_{key}": shift(main, "delta_neg"),
+        "ppl_ratio": main["ppl_ratio_at_open"],
+        "kl": main["kl_at_open"],
+        "usable_range": main.get("usable", {}).get("range"),
+    }
+    at = int(np.argmin(np.abs(np.asarray(main["strengths"]) - main["open_strength"])))
+    row["pne"] = main["pne"][at] if "pne" in main else None
+    runs = result["random"]["runs"]
+    for name, get in (
+        ("steerability", lambda r: r["steerability"]),
+        (f"delta_pos_{key}", lambda r: shift(r, "delta_pos")),
+        (f"delta_neg_{key}", lambda r: shift(r, "delta_neg")),
+        ("ppl_ratio", lambda r: r["ppl_ratio_at_open"]),
+        ("kl", lambda r: r["kl_at_open"]),
+    ):
+        band = _band([get(r) for r in runs])
+        for stat, value in band.items():
+            row[f"random_{name}_{stat}"] = value
+    for label in ("negated", "zero"):
+        entry = result[label]
+        row[f"{label}_steerability"] = entry["steerability"]
+        row[f"{label}_delta_pos_{key}"] = shift(entry, "delta_pos")
+        row[f"{label}_delta_neg_{key}"] = shift(entry, "delta_neg")
+    prompting = result.get("prompting")
+    if prompting is not None:
+        row[f"prompting_delta_pos_{key}"] = shift(prompting, "delta_pos")
+        row[f"prompting_delta_neg_{key}"] = shift(prompting, "delta_neg")
+        row["prompting_delta_propensity"] = prompting["delta_propensity"]
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# Methods for compare()
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class BehaviourData:
+    """Training data for building vectors and held-out data for evaluating them."""
+
+    name: str
+    train_items: list[ABItem]
+    test_items: list[ABItem]
+    pairs: list[Any]
+    open_items: list[OpenEndedItem]
+
+
+@dataclass
+class Built:
+    """A built method: its steerer, and the additive vector where there is one."""
+
+    steer: SteerFn
+    vector: SteeringVector | None = None
+    note: str = ""
+
+
+MethodBuilder = Callable[[Any, BehaviourData, int], Built]
+
+
+def _build_caa(model: Any, data: BehaviourData, layer: int) -> Built:
+    from .methods import caa
+
+    vec = caa(model, data.train_items, [layer])
+    return Built(vector_steerer(vec), vec)
+
+
+def _build_mean_difference(model: Any, data: BehaviourData, layer: int) -> Built:
+    _needs_pairs(data, "mean_difference")
+    from .methods import mean_difference
+
+    vec = mean_difference(model, data.pairs, [layer])
+    return Built(vector_steerer(vec), vec)
+
+
+def _build_pca(centred: bool) -> MethodBuilder:
+    """PCA on contrast pairs, as RepE / repeng do. On A/B answer-letter differences the first component
+    is the *letter* direction (y+ is "A" for half the items, "B" for the rest, so that part flips sign
+    and dominates the variance), nearly orthogonal to the behaviour; A/B items are the fallback."""
+
+    def build(model: Any, data: BehaviourData, layer: int) -> Built:
+        from .methods import pca
+
+        source = data.pairs or data.train_items
+        vec = pca(model, source, [layer], centred=centred)
+        note = "" if data.pairs else "built from A/B items (no contrast pairs): may encode the letter"
+        return Built(vector_steerer(vec), vec, note)
+
+    return build
+
+
+def _build_mean_centring(model: Any, data: BehaviourData, layer: int) -> Built:
+    _needs_pairs(data, "mean_centring")
+    from .methods import mean_centring
+
+    positives = [p.positive for p in data.pairs]
+    everything = positives + [p.negative for p in data.pairs]
+    vec = mean_centring(model, positives, everything, [layer])
+    return Built(vector_steerer(vec), vec)
+
+
+def _build_icv(model: Any, data: BehaviourData, layer: int) -> Built:
+    _needs_pairs(data, "icv")
+    from .methods import icv
+
+    vec = icv(model, [(p.negative, p.positive) for p in data.pairs], None)
+    # every layer, norm-preserving; the shared strength grid is spread over all layers
+    scaled = vec * (1.0 / model.n_layers)
+    scaled.meta = dict(vec.meta, per_layer_scale=f"1/{model.n_layers}")
+    return Built(vector_steerer(scaled, operator="add_norm_preserving"), None, "every layer, v/n_layers")
+
+
+def _build_affine(model: Any, data: BehaviourData, layer: int) -> Built:
+    from .methods import affine
+
+    # Fitted on every token of the contrast pairs, since it is applied at every position; with only
+    # A/B items, on the answer-letter activations (which meet other positions' activations badly).
+    if data.pairs:
+        amap = affine(model, data.pairs, layer, tokens="all")
+    else:
+        amap = affine(model, data.train_items, layer)
+    n_src, n_tgt = amap.meta["n_samples"]
+    where = amap.meta["read_position"]
+    note = f"shrinkage {amap.meta['shrinkage_source']:.2f}, {n_src}+{n_tgt} samples ({where})"
+    return Built(affine_steerer(amap, layer), None, note)
+
+
+METHODS: dict[str, MethodBuilder] = {
+    "caa": _build_caa,
+    "mean_difference": _build_mean_difference,
+    "pca": _build_pca(True),
+    "pca_uncentred": _build_pca(False),
+    "mean_centring": _build_mean_centring,
+    "icv": _build_icv,
+    "affine": _build_affine,
+}
+
+
+def behaviour_data(name: str, n_items: int, n_train: int | None = None) -> BehaviourData:
+    """Built-in data for a behaviour: the first ``n_items`` A/B items are held out for evaluation, the
+    rest (at most ``n_train``) train the vectors; ``n_items`` open-ended items; all contrast pairs."""
+    from .data import DatasetError, builtin_ab, builtin_open_ended, builtin_pairs
+
+    items = list(builtin_ab(name))
+    if len(items) < n_items + 2:
+        raise SteeringError(
+            f"{name!r} has {len(items)} A/B items: too few to hold out {n_items} and train on the rest; "
+            "lower n_items"
+        )
+    train = items[n_items:]
+    if n_train is not None:
+        train = train[:n_train]
+    try:
+        pairs = list(builtin_pairs(name))
+    except DatasetError:
+        pairs = []  # the pair-based methods say so in their row
+    return BehaviourData(
+        name=name,
+        train_items=train,
+        test_items=items[:n_items],
+        pairs=pairs,
+        open_items=list(builtin_open_ended(name))[:n_items],
+    )
+
+
+def _needs_pairs(data: BehaviourData, method: str) -> None:
+    if not data.pairs:
+        raise SteeringError(f"{method} is built from contrast pairs and {data.name!r} has none")
+
+
+@dataclass
+class CompareResult:
+    """One row per (method, behaviour), and everything behind each row."""
+
+    rows: list[dict[str, Any]]
+    details: dict[str, dict[str, Any]]
+    settings: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows": self.rows, "details": self.details, "settings": self.settings}
+
+
+def _passages(n_passages: int | None) -> list[str]:
+    from .data import reference_passages
+
+    passages = list(reference_passages())
+    return passages if n_passages is None else passages[:n_passages]
+
+
+def compare(
+    methods: Sequence[str | tuple[str, MethodBuilder]] = ("caa", "pca", "mean_centring", "icv", "affine"),
+    behaviours: Sequence[str] = ("sentiment",),
+    *,
+    model: Any = None,
+    layer: int = 12,
+    strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    n_items: int = 8,
+    n_train: int | None = None,
+    open_strength: float | None = None,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    n_passages: int | None = 3,
+    instructions: dict[str, str] | None = None,
+    quantile: float = 0.5,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> CompareResult:
+    """Every method on every behaviour, with random / negated / zero / prompting baselines, as one table.
+
+    Vectors are built at ``layer`` from the training split; A/B steerability and the anti-steerable
+    fraction come from the held-out items over ``strengths``; the open-ended Δ+/Δ− (top ``quantile``,
+    per-token mean), perplexity ratio and KL are read at ``open_strength`` (default: the largest
+    strength). ``methods`` are names from :data:`METHODS` or ``(name, builder)`` pairs;
+    ``progress(done, total, label)`` is called after each step; setting ``cancel`` stops between steps
+    (and inside sweeps) with ``GenerationCancelled``.
+    """
+    if model is None:
+        from .models import load_model
+
+        model = load_model()
+    model.check_layer(layer)
+    lam = _check_strengths(strengths)
+    open_at = float(lam.max()) if open_strength is None else float(open_strength)
+    resolved: list[tuple[str, MethodBuilder]] = []
+    for spec in methods:
+        if isinstance(spec, str):
+            if spec not in METHODS:
+                raise SteeringError(f"unknown method {spec!r}; choose from {sorted(METHODS)}")
+            resolved.append((spec, METHODS[spec]))
+        else:
+            resolved.append((spec[0], spec[1]))
+    instr = dict(DEFAULT_INSTRUCTIONS)
+    instr.update(instructions or {})
+    passages = _passages(n_passages)
+    total = len(behaviours) * (1 + len(resolved) * (3 + len(seeds)))
+    done = 0
+
+    def tick(label: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(min(done, total), total, label)
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled("comparison cancelled")
+
+    rows, details = [], {}
+    for behaviour in behaviours:
+        data = behaviour_data(behaviour, n_items, n_train)
+        ctx = EvalContext(model, data.test_items, data.open_items, passages, lam, open_at, cancel=cancel)
+        instruction = instr.get(behaviour)
+        prompting = prompting_baseline(ctx, instruction) if instruction else None
+        zero = evaluate_steerer(ctx, zero_steerer([layer], model.d_model), full=False)
+        tick(f"{behaviour}: baselines")
+        for name, builder in resolved:
+            started = time.perf_counter()
+            row = {"method": name, "behaviour": behaviour, "layer": layer, "open_strength": open_at}
+            try:
+                built = builder(model, data, layer)
+            except SteeringError as exc:  # e.g. no contrast pairs for this behaviour: say so, go on
+                row.update(error=str(exc), note=f"not built: {exc}")
+                rows.append(row)
+                for _ in range(3 + len(seeds)):
+                    tick(f"{behaviour}: {name} skipped")
+                continue
+            tick(f"{behaviour}: {name} built")
+            result = with_baselines(
+                ctx,
+                built.steer,
+                seeds=seeds,
+                prompting=prompting,
+                zero=zero,
+                tick=lambda label, n=name, b=behaviour: tick(f"{b}: {n} {label}"),
+            )
+            row.update(summary_row(result, quantile))
+            row["note"] = built.note
+            row["seconds"] = round(time.perf_counter() - started, 2)
+            rows.append(row)
+            details[f"{name}/{behaviour}"] = result
+    settings = {
+        "model": getattr(model, "name", ""),
+        "layer": layer,
+        "strengths": [float(x) for x in lam],
+        "open_strength": open_at,
+        "n_items": n_items,
+        "n_passages": len(passages),
+        "seeds": list(seeds),
+        "quantile": quantile,
+        "reduction": "per-token mean log-likelihood",
+        "instructions": {b: instr.get(b) for b in behaviours},
+        "pne_effect": EFFECT_NAME,
+        "usable_ppl_ratio": USABLE_PPL_RATIO,
+        "negated": "the method at −λ (for additive vectors: the vector −v)",
+    }
+    return CompareResult(rows, details, settings)
+
+
+def compare_chart(rows: Sequence[dict[str, Any]], metric: str = "delta_pos_50") -> dict:
+    """Vega-lite: the metric per method (bars) against the random band (rule, min–max; tick, mean) and
+    the negated, zero and prompting baselines (points), one panel per behaviour."""
+    import altair as alt
+
+    records: list[dict[str, Any]] = []
+    for row in rows:
+        if row.get(metric) is None:
+            continue
+        where = {"method": row["method"], "behaviour": row["behaviour"]}
+        records.append({**where, "kind": "method", "value": row[metric]})
+        if f"random_{metric}_mean" in row:
+            records.append(
+                {
+                    **where,
+                    "kind": "random",
+                    "low": row[f"random_{metric}_min"],
+                    "high": row[f"random_{metric}_max"],
+                    "value": row[f"random_{metric}_mean"],
+                }
+            )
+        for label in ("negated", "zero", "prompting"):
+            if row.get(f"{label}_{metric}") is not None:
+                records.append(
+                    {**where, "kind": "baseline", "baseline": label, "value": row[f"{label}_{metric}"]}
+                )
+    x = alt.X("method:N", title=None, sort=None)
+    base = alt.Chart()
+    bars = (
+        base.transform_filter(alt.datum.kind == "method")
+        .mark_bar(color="#4c78a8", opacity=0.8)
+        .encode(x=x, y=alt.Y("value:Q", title=metric), tooltip=["method:N", "value:Q"])
+    )
+    rule = (
+        base.transform_filter(alt.datum.kind == "random")
+        .mark_rule(color="#888", strokeWidth=2)
+        .encode(x=x, y="low:Q", y2="high:Q", tooltip=["low:Q", "high:Q"])
+    )
+    tick = (
+        base.transform_filter(alt.datum.kind == "random")
+        .mark_tick(color="#444", thickness=2)
+        .encode(x=x, y="value:Q")
+    )
+    points = (
+        base.transform_filter(alt.datum.kind == "baseline")
+        .mark_point(filled=True, size=60)
+        .encode(
+            x=x,
+            y="value:Q",
+            color=alt.Color(
+                "baseline:N",
+                scale=alt.Scale(
+                    domain=["negated", "zero", "prompting"], range=["#e45756", "#54a24b", "#f58518"]
+                ),
+            ),
+            tooltip=["baseline:N", "value:Q"],
+        )
+    )
+    layered = alt.layer(bars, rule, tick, points, data=alt.Data(values=records)).properties(
+        width=alt.Step(40), height=180
+    )
+    chart = layered.facet(column=alt.Column("behaviour:N", title=None))
+    return chart.properties(
+        title={"text": metric, "subtitle": "grey: random vectors of equal norm (min–max, mean)"}
+    ).to_dict()

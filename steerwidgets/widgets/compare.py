@@ -1,0 +1,210 @@
+"""CompareWidget: steering methods side by side, each beside its random / negated / zero / prompting controls.
+
+>>> from steerwidgets.widgets.compare import CompareWidget
+>>> w = CompareWidget(["caa", "pca"], ["sentiment"], model=model, n_items=6)  # doctest: +SKIP
+>>> w  # press Run (or w.run()); Cancel stops between steps  # doctest: +SKIP
+
+The work runs in a background thread (:func:`steerwidgets.evaluation.compare`), so the notebook stays
+usable; the table sorts on any column and the chart shows one metric against its baselines.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import anywidget
+import traitlets
+
+from ..engine import DEFAULT_STRENGTHS, GenerationCancelled
+from ..evaluation import CompareResult, compare, compare_chart
+from ._frontend import bundle, css
+
+# key, label, tooltip; "band" names the random baseline's min/max keys shown beside its mean
+COLUMNS: list[dict[str, Any]] = [
+    {"key": "method", "label": "method", "title": "how the steering was built"},
+    {"key": "behaviour", "label": "behaviour", "title": "built-in behaviour data set"},
+    {"key": "steerability", "label": "steerability", "title": "mean per-item OLS slope of m_i(λ) (A/B)"},
+    {
+        "key": "anti_steerable_fraction",
+        "label": "anti-steerable",
+        "title": "fraction of held-out A/B items with slope ≤ 0",
+    },
+    {
+        "key": "delta_pos_50",
+        "label": "Δ+ (top 50%)",
+        "title": "open-ended: mean(LL_steered − LL_base) on the least likely half of the positives, "
+        "per-token mean log-likelihood",
+    },
+    {
+        "key": "delta_neg_50",
+        "label": "Δ− (top 50%)",
+        "title": "open-ended: mean(LL_base − LL_steered) on the most likely half of the negatives",
+    },
+    {"key": "ppl_ratio", "label": "ppl ratio", "title": "ppl(λ)/ppl(0) on reference passages"},
+    {"key": "kl", "label": "KL", "title": "KL(steered ‖ unsteered), next token, neutral prompts (nats)"},
+    {"key": "pne", "label": "PNE", "title": "(effect(λ) − effect(0)) / ppl ratio, effect = mean propensity"},
+    {
+        "key": "random_steerability_mean",
+        "label": "random: steerability",
+        "title": "random vectors of equal norm: mean [min, max] over seeds",
+        "band": ["random_steerability_min", "random_steerability_max"],
+    },
+    {
+        "key": "random_delta_pos_50_mean",
+        "label": "random: Δ+",
+        "title": "random vectors of equal norm: mean [min, max] over seeds",
+        "band": ["random_delta_pos_50_min", "random_delta_pos_50_max"],
+    },
+    {"key": "negated_steerability", "label": "negated: steerability", "title": "the method at −λ"},
+    {"key": "negated_delta_pos_50", "label": "negated: Δ+", "title": "the method at −λ"},
+    {"key": "zero_delta_pos_50", "label": "zero: Δ+", "title": "zero vector: must be 0 (pipeline check)"},
+    {
+        "key": "prompting_delta_pos_50",
+        "label": "prompting: Δ+",
+        "title": "no steering; the behaviour asked for in an instruction before the query",
+    },
+    {"key": "prompting_delta_neg_50", "label": "prompting: Δ−", "title": "as above, for the negatives"},
+    {
+        "key": "usable_range",
+        "label": "usable λ",
+        "title": "contiguous strengths around 0 with ppl ratio < 10",
+    },
+    {"key": "seconds", "label": "s", "title": "seconds for the method and its baselines"},
+]
+CHART_METRICS = ["delta_pos_50", "delta_neg_50", "steerability", "ppl_ratio", "kl"]
+
+
+class CompareWidget(anywidget.AnyWidget):
+    """A sortable table (one row per method × behaviour), a chart, a progress bar, Run and Cancel."""
+
+    _esm = bundle("compare")
+    _css = css()
+
+    rows = traitlets.List(traitlets.Dict()).tag(sync=True)
+    columns = traitlets.List(traitlets.Dict()).tag(sync=True)
+    spec = traitlets.Dict().tag(sync=True)
+    metric = traitlets.Unicode("delta_pos_50").tag(sync=True)
+    metrics = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    progress = traitlets.Float(0.0).tag(sync=True)
+    status = traitlets.Unicode("").tag(sync=True)
+    running = traitlets.Bool(False).tag(sync=True)
+    error = traitlets.Unicode("").tag(sync=True)
+    settings = traitlets.Dict().tag(sync=True)
+
+    def __init__(
+        self,
+        methods: Sequence[Any] = ("caa", "pca", "mean_centring", "icv", "affine"),
+        behaviours: Sequence[str] = ("sentiment",),
+        *,
+        model: Any = None,
+        layer: int = 12,
+        strengths: Sequence[float] = DEFAULT_STRENGTHS,
+        n_items: int = 8,
+        autostart: bool = False,
+        **compare_kwargs: Any,
+    ) -> None:
+        super().__init__(columns=COLUMNS, metrics=CHART_METRICS)
+        self._args = dict(
+            methods=list(methods),
+            behaviours=list(behaviours),
+            model=model,
+            layer=layer,
+            strengths=list(strengths),
+            n_items=n_items,
+            **compare_kwargs,
+        )
+        self.result: CompareResult | None = None
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.on_msg(self._on_message)
+        self.observe(self._redraw, names=["metric"])
+        self.status = "Press Run to compare " + ", ".join(str(m) for m in self._args["methods"])
+        if autostart:
+            self.run()
+
+    @classmethod
+    def from_result(cls, result: CompareResult, **kwargs: Any) -> CompareWidget:
+        """A widget showing an existing :class:`CompareResult` (Run recomputes with ``kwargs``)."""
+        widget = cls(**kwargs)
+        widget._show(result)
+        widget.progress = 1.0
+        widget.status = f"{len(result.rows)} rows (from a finished run)"
+        return widget
+
+    def _show(self, result: CompareResult) -> None:
+        self.result = result
+        self.settings = result.settings
+        self.rows = [_jsonable(row) for row in result.rows]
+        self._redraw()
+
+    # --- front-end messages ------------------------------------------------------------------
+    def _on_message(self, _widget: Any, content: Any, _buffers: Any = None) -> None:
+        kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "run":
+            self.run()
+        elif kind == "cancel":
+            self.cancel()
+
+    # --- running -------------------------------------------------------------------------------
+    def run(self, wait: bool = False) -> threading.Thread | None:
+        """Start the comparison in a background thread (a no-op while one runs); ``wait`` joins it."""
+        if self._thread is not None and self._thread.is_alive():
+            return self._thread
+        self._cancel.clear()
+        self.error = ""
+        self.progress = 0.0
+        self.running = True
+        self.status = "starting…"
+        self._thread = threading.Thread(target=self._work, name="steerwidgets-compare", daemon=True)
+        self._thread.start()
+        if wait:
+            self._thread.join()
+        return self._thread
+
+    def cancel(self) -> None:
+        """Ask the running comparison to stop at its next step (the model is left unsteered)."""
+        if self.running:
+            self._cancel.set()
+            self.status = "cancelling…"
+
+    def wait(self, timeout: float | None = None) -> CompareResult | None:
+        """Block until the current run ends; returns its result (None if cancelled or failed)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.result
+
+    def _on_progress(self, done: int, total: int, label: str) -> None:
+        self.progress = done / max(total, 1)
+        self.status = f"{done}/{total} · {label}"
+
+    def _work(self) -> None:
+        try:
+            result = compare(**self._args, progress=self._on_progress, cancel=self._cancel)
+        except GenerationCancelled:
+            self.status = "cancelled"
+        except Exception as exc:  # shown in the widget; the traceback goes to the log
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.status = "failed"
+            traceback.print_exc()
+        else:
+            self._show(result)
+            self.progress = 1.0
+            self.status = f"done: {len(result.rows)} rows"
+        finally:
+            self.running = False
+
+    def _redraw(self, _change: Any = None) -> None:
+        if self.rows:
+            self.spec = compare_chart(self.rows, self.metric)
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, float) and value != value:  # NaN is not JSON
+            value = None
+        out[key] = value
+    return out

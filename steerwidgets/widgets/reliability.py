@@ -1,0 +1,864 @@
+"""The reliability lab: does this steering vector really work, for which inputs, and at which layer?
+
+- :class:`ReliabilityReport` — one layer: the pre-check (when built from training items), the mean
+  propensity curve and p(match), per-example slopes, the anti-steerable fraction with its notice /
+  warning level, the anti-steerable then non-monotonic items (each opens in the Playground), the A/B-bias
+  warning, an optional generalisation check and HTML / JSON export.
+- :class:`LayerSweep` — every layer × strength: heatmaps of propensity and KL side effects, steerability
+  and anti-steerable fraction per layer, the suggested layer with its reason, progress and Cancel; a click
+  on a cell opens that layer and strength in the Playground.
+
+Both are thin: Python holds the traits and runs the engine (:mod:`steerwidgets.reliability`,
+:mod:`steerwidgets.report`) on a background thread, so the kernel stays free for Cancel; the front ends
+(``js/src/reliability.js``, ``js/src/layersweep.js``) only draw traits and send button clicks.
+
+>>> import steerwidgets as sw
+>>> from steerwidgets.widgets.reliability import LayerSweep, ReliabilityReport
+>>> items = sw.builtin_ab("sentiment")
+>>> ReliabilityReport(model, items[:20], items[20:40], layer=10)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import numpy as np
+import traitlets
+
+from .. import metrics
+from .. import report as R
+from ..data import ABItem
+from ..engine import DEFAULT_STRENGTHS, GenerationCancelled, PropensityResult, propensity_sweep
+from ..interventions import SteeringError
+from ..methods import caa
+from ..reliability import LayerSweepResult, PreCheck, generalisation, layer_sweep, prechecks
+from ..vectors import SteeringVector
+from ._frontend import bundle, css
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HTML = "reliability_report.html"
+PLAYGROUND_STOP_S = 30.0  # how long to wait for a closed Playground's last request to end
+DEFAULT_JSON = "reliability_report.json"
+LEVEL_COLOURS = {"green": "#188038", "amber": "#b06000", "red": "#d93025"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared machinery: background run, progress, cancel, Playground opening
+# ----------------------------------------------------------------------------------------------
+# nnsight traces on one model from two threads at once break each other ("parent cannot be on a
+# different thread"), so runs of these widgets on the same model take turns.
+_MODEL_LOCKS: dict[int, tuple[Any, threading.Lock]] = {}
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: Any) -> threading.Lock:
+    with _MODEL_LOCKS_GUARD:
+        entry = _MODEL_LOCKS.get(id(model))
+        if entry is None or entry[0] is not model:
+            entry = (model, threading.Lock())
+            _MODEL_LOCKS[id(model)] = entry
+        return entry[1]
+
+
+class _LabWidget(anywidget.AnyWidget):
+    """Background run with progress and cancel, front-end messages, and the opened Playground."""
+
+    model_name = traitlets.Unicode("").tag(sync=True)
+    positions = traitlets.Unicode("last").tag(sync=True)
+    strengths = traitlets.List(traitlets.Float()).tag(sync=True)
+    vector_method = traitlets.Unicode("").tag(sync=True)
+    status = traitlets.Unicode("idle").tag(sync=True)  # idle | running | done | cancelled | error
+    stage = traitlets.Unicode("").tag(sync=True)  # what is running now, or how the last run ended
+    progress = traitlets.Float(0.0).tag(sync=True)
+    running = traitlets.Bool(False).tag(sync=True)
+    error = traitlets.Unicode("").tag(sync=True)
+    message = traitlets.Unicode("").tag(sync=True)  # result of the last button (export, open)
+    timings = traitlets.Dict().tag(sync=True)
+    # The Playground opened from this widget, drawn inside it (anywidget composition).
+    opened_playground = anywidget.WidgetTrait().tag(sync=True)
+
+    snapshot_wait_s: float = 0.0  # how long a display waits for the run before taking its snapshot
+
+    def _setup(
+        self,
+        model: Any,
+        vector_or_train_items: SteeringVector | Sequence[ABItem],
+        test_items: Sequence[ABItem],
+        strengths: Sequence[float],
+        positions: Any,
+    ) -> None:
+        self.model = model
+        self.vector: SteeringVector | None = None
+        self._train: list[ABItem] | None = None
+        if isinstance(vector_or_train_items, SteeringVector):
+            self.vector = vector_or_train_items
+        elif isinstance(vector_or_train_items, (str, bytes)) or not isinstance(
+            vector_or_train_items, Sequence
+        ):
+            raise TypeError(
+                "vector_or_train_items must be a SteeringVector or a list of ABItem training items, got "
+                f"{type(vector_or_train_items).__name__}"
+            )
+        else:
+            self._train = _check_items(vector_or_train_items, "training items")
+            if len(self._train) < 2:
+                raise SteeringError("give at least two training items to build a CAA vector")
+        self.test_items = _check_items(test_items, "test items")
+        if not self.test_items:
+            raise SteeringError("no test items given; the report needs held-out A/B items")
+        lam = [float(s) for s in strengths]
+        if len(lam) < 2 or len(set(lam)) < 2 or not all(math.isfinite(s) for s in lam):
+            raise SteeringError(f"give at least two different finite strengths, got {list(strengths)}")
+        self._positions = positions
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.RLock()
+        self.model_name = str(getattr(model, "name", ""))
+        self.positions = _positions_str(positions)
+        self.strengths = lam
+        self.vector_method = self.vector.method if self.vector is not None else "caa"
+        self.on_msg(self._on_message)
+
+    # --- public -----------------------------------------------------------------------------------
+    def run(self, wait: bool = False) -> threading.Thread:
+        """Start (or restart) the computation on a background thread; a no-op while one runs."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                thread = self._thread
+            else:
+                self._stop_playground()  # it would run on the model at the same time
+                self._cancel = threading.Event()
+                with self.hold_sync():
+                    self.error = ""
+                    self.progress = 0.0
+                    self.running = True
+                    self.status = "running"
+                    self.stage = "starting…"
+                thread = threading.Thread(
+                    target=self._run_guarded, args=(self._cancel,), name=type(self).__name__, daemon=True
+                )
+                self._thread = thread
+                thread.start()
+        if wait:
+            thread.join()
+        return thread
+
+    def cancel(self) -> None:
+        """Stop the run at its next item; the model is left unsteered and the widget stays usable."""
+        with self._lock:
+            if self.running:
+                self._cancel.set()
+                self.stage = "cancelling…"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the current run has ended (for scripts and tests); False on timeout."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def close(self) -> None:
+        """Cancel the run, close the opened Playground and the widget."""
+        self._cancel.set()
+        self._stop_playground()
+        super().close()
+
+    # --- running ----------------------------------------------------------------------------------
+    def _run_guarded(self, cancel: threading.Event) -> None:
+        lock = _model_lock(self.model)
+        locked = False
+        try:
+            if not lock.acquire(blocking=False):
+                self.stage = "waiting for another run on this model to finish…"
+                while not lock.acquire(timeout=0.2):
+                    self._check_cancel(cancel)
+            locked = True
+            self._work(cancel)
+        except GenerationCancelled:
+            with self.hold_sync():
+                self.status = "cancelled"
+                self.stage = "Cancelled. The model is unsteered; press Run to start again."
+        except Exception as exc:  # shown in the widget, the traceback goes to the log
+            log.exception("%s run failed", type(self).__name__)
+            with self.hold_sync():
+                self.error = f"{type(exc).__name__}: {exc}"
+                self.status = "error"
+                self.stage = "failed"
+        else:
+            with self.hold_sync():
+                self.status = "done"
+                self.progress = 1.0
+        finally:
+            if locked:
+                lock.release()
+            self.running = False
+
+    def _work(self, cancel: threading.Event) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _stage(self, text: str, progress: float | None = None) -> None:
+        with self.hold_sync():
+            self.stage = text
+            if progress is not None:
+                self.progress = float(progress)
+
+    @staticmethod
+    def _check_cancel(cancel: threading.Event) -> None:
+        if cancel.is_set():
+            raise GenerationCancelled("run cancelled")
+
+    def _progress_between(self, low: float, high: float, label: str) -> Callable[[int, int], None]:
+        def callback(done: int, total: int) -> None:
+            frac = done / max(total, 1)
+            with self.hold_sync():
+                self.progress = low + (high - low) * frac
+                self.stage = f"{label}: {done}/{total}"
+
+        return callback
+
+    # --- messages from the front end --------------------------------------------------------------
+    def _on_message(self, _widget: Any, content: Any, _buffers: Any = None) -> None:
+        kind = content.get("type") if isinstance(content, dict) else None
+        try:
+            if kind == "run":
+                self.run()
+            elif kind == "cancel":
+                self.cancel()
+            else:
+                self._on_custom(kind, content)
+        except Exception as exc:  # a bad click must not kill the comm; say what happened
+            log.exception("message %r failed", kind)
+            self.message = f"{type(exc).__name__}: {exc}"
+
+    def _on_custom(self, kind: str | None, content: dict) -> None:
+        pass
+
+    # --- Playground -------------------------------------------------------------------------------
+    def _open_playground(self, prompt: str, layer: int, strength: float, what: str) -> Any:
+        from .playground import Playground
+
+        if self.running or self.vector is None:
+            raise SteeringError("the run is still going; open items once it has finished")
+        if _model_lock(self.model).locked():
+            raise SteeringError("another reliability run on this model is going; open items once it ends")
+        # One model, one trace at a time: the old Playground's last request ends before the new starts.
+        self._stop_playground(clear=False)
+        playground = Playground(
+            self.model,
+            vector=self.vector,
+            prompt=prompt,
+            layer=int(layer),
+            strength=float(strength),
+            positions=self._positions,
+        )
+        self.opened_playground = playground
+        self.message = (
+            f"Opened {what} in the Playground at layer {int(layer)}, strength {float(strength):+g}."
+        )
+        return playground
+
+    def _stop_playground(self, clear: bool = True) -> None:
+        """Close the opened Playground and wait until its last request has ended."""
+        playground = self.opened_playground
+        if playground is None:
+            return
+        playground.close()
+        if not playground.wait(PLAYGROUND_STOP_S):
+            log.warning("the opened Playground did not stop within %.0f s", PLAYGROUND_STOP_S)
+        if clear:
+            self.opened_playground = None
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        out = super()._repr_mimebundle_(**kwargs)
+        if out is None:
+            return out
+        if self.snapshot_wait_s > 0:
+            self.wait(self.snapshot_wait_s)
+        snapshot = self.snapshot_html()
+        if isinstance(out, tuple):
+            data, meta = out
+            return {**data, "text/html": snapshot}, meta
+        return {**out, "text/html": snapshot}
+
+    def snapshot_html(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------
+# ReliabilityReport
+# ----------------------------------------------------------------------------------------------
+class ReliabilityReport(_LabWidget):
+    """One layer's reliability report for a steering vector on held-out A/B items.
+
+    ``vector_or_train_items`` is a :class:`~steerwidgets.SteeringVector` or a list of A/B training items;
+    from items the CAA vector is built at ``layer`` and the pre-check (Braun et al. 2025) is run.
+    ``shift_prefix`` adds the generalisation check (relative steerability when every question starts
+    with that prefix; needs training items). The run starts at once on a background thread (``wait()``
+    blocks until it ends); ``autostart=False`` waits for :meth:`run` or the Run button.
+    """
+
+    _esm = bundle("reliability")
+    _css = css()
+
+    layer = traitlets.Int(0).tag(sync=True)
+    n_test = traitlets.Int(0).tag(sync=True)
+    n_train = traitlets.Int(0).tag(sync=True)
+    shift_prefix = traitlets.Unicode("").tag(sync=True)
+    open_strength = traitlets.Float(1.0).tag(sync=True)  # strength a Playground opens at
+
+    precheck = traitlets.Dict().tag(sync=True)  # PreCheck fields; {} when given a vector
+    report = traitlets.Dict().tag(sync=True)  # report.build_report(...), JSON-safe
+    anti = traitlets.Dict().tag(sync=True)  # fraction, level, message, thresholds
+    items = traitlets.List(traitlets.Dict()).tag(sync=True)  # anti-steerable first, then non-monotonic
+    propensity_spec = traitlets.Dict().tag(sync=True)
+    slopes_spec = traitlets.Dict().tag(sync=True)
+    generalisation = traitlets.Dict().tag(sync=True)  # {} when not asked; {"skipped": why} when skipped
+
+    def __init__(
+        self,
+        model: Any,
+        vector_or_train_items: SteeringVector | Sequence[ABItem],
+        test_items: Sequence[ABItem],
+        layer: int,
+        strengths: Sequence[float] = DEFAULT_STRENGTHS,
+        positions: Any = "last",
+        shift_prefix: str | None = None,
+        *,
+        open_strength: float | None = None,
+        autostart: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._setup(model, vector_or_train_items, test_items, strengths, positions)
+        model.check_layer(layer)
+        if self.vector is not None:
+            self.vector.check_model(model)
+            if layer not in self.vector.layers:
+                raise SteeringError(
+                    f"the vector has no direction at layer {layer}; it has {self.vector.layers}"
+                )
+        self.layer = int(layer)
+        self.n_test = len(self.test_items)
+        self.n_train = len(self._train or [])
+        self.shift_prefix = shift_prefix or ""
+        top = max(self.strengths, key=abs)
+        self.open_strength = float(open_strength if open_strength is not None else abs(top))
+        self.result: PropensityResult | None = None
+        self.precheck_result: PreCheck | None = None
+        self.generalisation_result: dict[str, Any] | None = None
+        self.sweep_result: LayerSweepResult | None = None
+        self._report: dict[str, Any] | None = None
+        self.stage = "Press Run to compute the report." if not autostart else "starting…"
+        if autostart:
+            self.run()
+
+    # --- public -----------------------------------------------------------------------------------
+    @property
+    def report_dict(self) -> dict[str, Any]:
+        """The report as :func:`steerwidgets.report.build_report` returns it (raises before the run ends)."""
+        if self._report is None:
+            raise RuntimeError("the report is not ready yet; call wait() first")
+        return self._report
+
+    def include_sweep(self, sweep: LayerSweepResult | LayerSweep) -> None:
+        """Add a layer sweep (a result or a finished :class:`LayerSweep`) to the report and its exports."""
+        if isinstance(sweep, LayerSweep):
+            if sweep.result is None:
+                raise RuntimeError("the layer sweep has not finished; call its wait() first")
+            sweep = sweep.result
+        self.sweep_result = sweep
+        if self.result is not None:
+            self._publish_report()
+
+    def open_item(self, index: int) -> Any:
+        """Open test item ``index`` in a Playground at the report's layer and ``open_strength``."""
+        index = int(index)
+        if not 0 <= index < len(self.test_items):
+            raise IndexError(f"item {index} does not exist; there are {len(self.test_items)} test items")
+        return self._open_playground(
+            self.test_items[index].question, self.layer, self.open_strength, f"item #{index}"
+        )
+
+    def export_html(self, path: str | Path = DEFAULT_HTML) -> Path:
+        """Write the standalone report page (no scripts, inline SVG; relative paths: next to the notebook)."""
+        return self._export(path, ".html")
+
+    def export_json(self, path: str | Path = DEFAULT_JSON) -> Path:
+        """Write the report's numbers, items and definitions as JSON."""
+        return self._export(path, ".json")
+
+    # --- work -------------------------------------------------------------------------------------
+    def _work(self, cancel: threading.Event) -> None:
+        model, layer = self.model, self.layer
+        timings: dict[str, float] = {}
+        pre = None
+        if self._train is not None:
+            start = time.perf_counter()
+            self._stage(f"building the CAA vector from {len(self._train)} training items", 0.02)
+            self.vector = caa(model, self._train, [layer])
+            self._check_cancel(cancel)
+            self._stage("pre-check (consistency and separation of the training differences)", 0.08)
+            pre = prechecks(model, self._train, [layer])[layer]
+            self.precheck_result = pre
+            self.precheck = _jsonable(asdict(pre))
+            timings["vector_and_precheck_s"] = round(time.perf_counter() - start, 2)
+            self._check_cancel(cancel)
+        assert self.vector is not None
+        self.vector_method = self.vector.method
+        want_gen = bool(self.shift_prefix) and self._train is not None
+        high = 0.7 if want_gen else 0.98
+        start = time.perf_counter()
+        result = propensity_sweep(
+            model,
+            self.test_items,
+            self.vector,
+            [layer],
+            self.strengths,
+            positions=self._positions,
+            progress=self._progress_between(0.12, high, "propensity sweep, items"),
+            cancel=cancel,
+        )
+        timings["sweep_s"] = round(time.perf_counter() - start, 2)
+        self._check_cancel(cancel)
+        gen: dict[str, Any] = {}
+        if self.shift_prefix and self._train is None:
+            gen = {
+                "skipped": "the generalisation check builds a second vector on the shifted training "
+                "items, so it needs training items rather than a ready vector"
+            }
+        elif want_gen:
+            start = time.perf_counter()
+            self._stage(f"generalisation under the prefix {self.shift_prefix!r}", high)
+            self.generalisation_result = generalisation(
+                model, self._train, self.test_items, layer, self.shift_prefix, self.strengths, self._positions
+            )
+            gen = _jsonable(self.generalisation_result)
+            timings["generalisation_s"] = round(time.perf_counter() - start, 2)
+            self._check_cancel(cancel)
+        self.result = result
+        with self.hold_sync():
+            self.generalisation = gen
+            self.timings = timings
+            self._publish_report()
+            self.stage = (
+                f"Done: {len(self.test_items)} items × {len(self.strengths)} strengths at layer {layer} "
+                f"in {sum(timings.values()):.1f} s."
+            )
+
+    def _publish_report(self) -> None:
+        assert self.result is not None and self.vector is not None
+        rep = R.build_report(
+            self.result,
+            self.layer,
+            precheck=self.precheck_result,
+            sweep=self.sweep_result,
+            generalisation=self.generalisation_result,
+            model_name=self.model_name,
+            vector_method=self.vector.method,
+        )
+        rep = _jsonable(rep)
+        self._report = rep
+        with self.hold_sync():
+            self.report = rep
+            self.anti = anti_summary(rep)
+            self.items = listed_items(rep, self.test_items)
+            self.propensity_spec = R.propensity_chart(rep)
+            self.slopes_spec = R.slopes_chart(rep)
+
+    # --- front-end messages -----------------------------------------------------------------------
+    def _on_custom(self, kind: str | None, content: dict) -> None:
+        if kind == "open":
+            self.open_item(int(content["index"]))
+        elif kind == "export":
+            fmt = content.get("format")
+            if fmt not in ("html", "json"):
+                raise ValueError(f"unknown export format {fmt!r}")
+            self.export_html() if fmt == "html" else self.export_json()
+
+    def _export(self, path: str | Path, suffix: str) -> Path:
+        path = Path(path)
+        if path.suffix.lower() != suffix and not (suffix == ".html" and path.suffix.lower() == ".htm"):
+            raise ValueError(f"{path.name}: use a file name ending in {suffix}")
+        out = R.save(self.report_dict, path).resolve()
+        self.message = f"Saved {out.name} ({out.stat().st_size / 1024:.0f} kB) in {out.parent}"
+        return out
+
+    # --- static snapshot --------------------------------------------------------------------------
+    def snapshot_html(self) -> str:
+        """Escaped HTML of the current state, charts as inline SVG: what viewers without a kernel show."""
+        from .charts import to_svg
+
+        esc = html.escape
+        head = (
+            f"<b>Reliability report</b> — {esc(self.model_name)}, {esc(self.vector_method)} vector, layer "
+            f"{self.layer}, positions <code>{esc(self.positions)}</code>, {self.n_test} test items, "
+            f"strengths {esc(', '.join(f'{s:+g}' for s in self.strengths))}"
+        )
+        parts = [f"<div class='sw-reliability-snapshot' style='{_SNAP_STYLE}'>", f"<div>{head}</div>"]
+        if self.error:
+            parts.append(f"<div style='color:#d32f2f'><b>Error:</b> {esc(self.error)}</div>")
+        if self.precheck:
+            pre = self.precheck
+            colour = LEVEL_COLOURS.get(pre.get("level", ""), "#555")
+            parts.append(
+                f"<div><b>Pre-check:</b> <span style='color:{colour}'>● "
+                f"{esc(str(pre['level']).upper())}</span> — {esc(pre['reason'])}; effect size d = "
+                f"{pre['effect_size']:.2f}</div>"
+            )
+        rep = self.report
+        if not rep:
+            parts.append(f"<div><i>{esc(self.status)}: {esc(self.stage)}</i></div></div>")
+            return "\n".join(parts)
+        r2 = rep.get("ab_bias_r2")
+        parts.append(
+            f"<div>Steerability <b>{rep['steerability']:.3f}</b> per unit λ · anti-steerable "
+            f"<b>{rep['anti_steerable_fraction']:.0%}</b> · non-monotonic {rep['non_monotonic_fraction']:.0%}"
+            f" · A/B-bias R² {'–' if r2 is None else f'{r2:.2f}'}</div>"
+        )
+        parts.append(f"<div>{esc(self.anti.get('message', ''))}</div>")
+        for warning in rep.get("warnings", []):
+            colour = "#d32f2f" if warning["level"] == "warning" else "#b06000"
+            parts.append(f"<div style='color:{colour}'>{esc(warning['message'])}</div>")
+        parts.append(f"<div>{to_svg(self.propensity_spec)}</div><div>{to_svg(self.slopes_spec)}</div>")
+        gen = self.generalisation
+        if gen.get("skipped"):
+            parts.append(f"<div><b>Generalisation:</b> skipped — {esc(gen['skipped'])}</div>")
+        elif gen:
+            parts.append(
+                f"<div><b>Generalisation</b> under <code>{esc(gen['prefix'])}</code>: relative "
+                f"steerability {esc(_fmt(gen['relative_steerability']))} ({esc(gen['definition'])})</div>"
+            )
+        parts.append(_items_table(self.items))
+        parts.append(
+            "<div style='color:#888'><i>Static snapshot; run the notebook for the live widget.</i></div>"
+        )
+        parts.append("</div>")
+        return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# LayerSweep
+# ----------------------------------------------------------------------------------------------
+class LayerSweep(_LabWidget):
+    """Steerability, propensity, anti-steerable fraction and KL side effects for every layer × strength.
+
+    ``vector_or_train_items``: a :class:`~steerwidgets.SteeringVector` with a direction at every swept
+    layer, or A/B training items (a CAA vector is built at every swept layer). ``layers=None`` sweeps all
+    layers. The sweep starts at once (``autostart=False``: press Run); Cancel stops it at the next item.
+    Clicking a heatmap cell opens that layer and strength in the Playground, on the test item with the
+    lowest slope at that layer (the one most worth looking at).
+    """
+
+    _esm = bundle("layersweep")
+    _css = css()
+
+    layers = traitlets.List(traitlets.Int()).tag(sync=True)
+    n_test = traitlets.Int(0).tag(sync=True)
+    n_train = traitlets.Int(0).tag(sync=True)
+    sweep = traitlets.Dict().tag(sync=True)  # LayerSweepResult.to_json(), JSON-safe
+    heatmap_spec = traitlets.Dict().tag(sync=True)
+    anti_spec = traitlets.Dict().tag(sync=True)
+    suggested_layer = traitlets.Int(None, allow_none=True).tag(sync=True)
+    reason = traitlets.Unicode("").tag(sync=True)
+    thresholds = traitlets.Dict().tag(sync=True)
+
+    def __init__(
+        self,
+        model: Any,
+        vector_or_train_items: SteeringVector | Sequence[ABItem],
+        test_items: Sequence[ABItem],
+        layers: Sequence[int] | None = None,
+        strengths: Sequence[float] = DEFAULT_STRENGTHS,
+        positions: Any = "last",
+        *,
+        autostart: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._setup(model, vector_or_train_items, test_items, strengths, positions)
+        layer_list = list(range(model.n_layers)) if layers is None else [int(x) for x in layers]
+        if not layer_list:
+            raise SteeringError("give at least one layer to sweep")
+        for layer in layer_list:
+            model.check_layer(layer)
+        if self.vector is not None:
+            self.vector.check_model(model)
+            missing = [layer for layer in layer_list if layer not in self.vector.layers]
+            if missing:
+                raise SteeringError(
+                    f"the vector has no direction at layers {missing}; it has {self.vector.layers}"
+                )
+        self.layers = layer_list
+        self.n_test = len(self.test_items)
+        self.n_train = len(self._train or [])
+        self.thresholds = {"notice": metrics.NOTICE_AT, "warning": metrics.WARNING_AT}
+        self.result: LayerSweepResult | None = None
+        self.stage = "Press Run to sweep the layers." if not autostart else "starting…"
+        if autostart:
+            self.run()
+
+    def open_cell(self, layer: int, strength: float | None = None, index: int | None = None) -> Any:
+        """Open ``layer`` and ``strength`` in a Playground, on test item ``index`` (default: the item
+        with the lowest slope at that layer, or the first one before the sweep has finished)."""
+        layer = int(layer)
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer} was not swept; swept layers: {self.layers}")
+        if strength is None:
+            strength = abs(max(self.strengths, key=abs))
+        if index is None:
+            index = 0
+            if self.result is not None and self.result.propensity is not None:
+                index = int(np.argmin(self.result.propensity.slopes(layer)))
+        index = int(index)
+        if not 0 <= index < len(self.test_items):
+            raise IndexError(f"item {index} does not exist; there are {len(self.test_items)} test items")
+        return self._open_playground(
+            self.test_items[index].question, layer, float(strength), f"item #{index}"
+        )
+
+    def _work(self, cancel: threading.Event) -> None:
+        timings: dict[str, float] = {}
+        if self._train is not None:
+            start = time.perf_counter()
+            self._stage(
+                f"building CAA vectors at {len(self.layers)} layers from {len(self._train)} items", 0.02
+            )
+            self.vector = caa(self.model, self._train, self.layers)
+            self.vector_method = self.vector.method
+            timings["vector_s"] = round(time.perf_counter() - start, 2)
+            self._check_cancel(cancel)
+        assert self.vector is not None
+        start = time.perf_counter()
+        result = layer_sweep(
+            self.model,
+            self.test_items,
+            self.vector,
+            self.layers,
+            self.strengths,
+            positions=self._positions,
+            progress=self._progress_between(0.05, 0.99, "items (then neutral prompts for KL)"),
+            cancel=cancel,
+        )
+        timings["sweep_s"] = round(time.perf_counter() - start, 2)
+        self.result = result
+        sweep = _jsonable(result.to_json())
+        with self.hold_sync():
+            self.sweep = sweep
+            self.heatmap_spec = R.heatmap_chart(sweep)
+            self.anti_spec = anti_chart(sweep)
+            self.suggested_layer = result.suggested_layer
+            self.reason = result.reason
+            self.timings = timings
+            self.stage = (
+                f"Done: {len(self.layers)} layers × {len(self.strengths)} strengths × {len(self.test_items)} "
+                f"items in {timings['sweep_s']:.1f} s."
+            )
+
+    def _on_custom(self, kind: str | None, content: dict) -> None:
+        if kind == "open":
+            strength = content.get("strength")
+            index = content.get("index")
+            self.open_cell(
+                int(content["layer"]),
+                None if strength is None else float(strength),
+                None if index is None else int(index),
+            )
+
+    def snapshot_html(self) -> str:
+        """Escaped HTML of the current state, charts as inline SVG."""
+        from .charts import to_svg
+
+        esc = html.escape
+        head = (
+            f"<b>Layer sweep</b> — {esc(self.model_name)}, {esc(self.vector_method)} vector, layers "
+            f"{esc(_layer_range(self.layers))}, positions <code>{esc(self.positions)}</code>, "
+            f"{self.n_test} test items, strengths {esc(', '.join(f'{s:+g}' for s in self.strengths))}"
+        )
+        parts = [f"<div class='sw-layersweep-snapshot' style='{_SNAP_STYLE}'>", f"<div>{head}</div>"]
+        if self.error:
+            parts.append(f"<div style='color:#d32f2f'><b>Error:</b> {esc(self.error)}</div>")
+        if not self.sweep:
+            parts.append(f"<div><i>{esc(self.status)}: {esc(self.stage)}</i></div></div>")
+            return "\n".join(parts)
+        suggested = "none" if self.suggested_layer is None else str(self.suggested_layer)
+        parts.append(f"<div><b>Suggested layer: {esc(suggested)}</b> — {esc(self.reason)}</div>")
+        parts.append(f"<div>{to_svg(self.heatmap_spec)}</div><div>{to_svg(self.anti_spec)}</div>")
+        parts.append(
+            "<div style='color:#888'><i>Static snapshot; run the notebook for the live widget.</i></div>"
+        )
+        parts.append("</div>")
+        return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure helpers (testable without a model)
+# ----------------------------------------------------------------------------------------------
+def anti_summary(rep: dict[str, Any]) -> dict[str, Any]:
+    """The anti-steerable fraction with its level and the wording shown to the user."""
+    level = rep["warning_level"]
+    fraction = float(rep["anti_steerable_fraction"])
+    n_anti = len(rep["anti_steerable_items"])
+    notice, warning = metrics.NOTICE_AT, metrics.WARNING_AT
+    text = R.LEVEL_TEXT[level].format(notice=notice, warning=warning)
+    message = (
+        f"{text} Measured: {fraction:.0%} ({n_anti} of {rep['n_items']} items have slope ≤ 0). "
+        f"Thresholds: notice at ≥ {notice:.0%}, warning at ≥ {warning:.0%} (suggested defaults; no "
+        "standard exists)."
+    )
+    return {
+        "fraction": fraction,
+        "count": n_anti,
+        "n_items": rep["n_items"],
+        "level": level,
+        "message": message,
+        "notice": notice,
+        "warning": warning,
+    }
+
+
+def listed_items(rep: dict[str, Any], items: Sequence[ABItem]) -> list[dict[str, Any]]:
+    """The anti-steerable items (worst slope first), then the non-monotonic ones, for the item list."""
+    out = []
+    for kind, key in (("anti-steerable", "anti_steerable_items"), ("non-monotonic", "non_monotonic_items")):
+        for row in rep[key]:
+            item = items[row["index"]]
+            prop = row["propensity"]
+            out.append(
+                {
+                    "kind": kind,
+                    "index": row["index"],
+                    "slope": row["slope"],
+                    "question": row["question"],
+                    "matching": item.matching,
+                    "propensity_min": min(prop),
+                    "propensity_max": max(prop),
+                }
+            )
+    return out
+
+
+def anti_chart(sweep: dict[str, Any]) -> dict:
+    """Anti-steerable fraction per layer, with the notice and warning thresholds as rules."""
+    import altair as alt
+
+    rows = [
+        {
+            "layer": layer,
+            "anti": anti,
+            "level": metrics.warning_level(anti),
+        }
+        for layer, anti in zip(sweep["layers"], sweep["anti_steerable_fraction"])
+    ]
+    bars = (
+        alt.Chart(alt.Data(values=rows))
+        .mark_bar()
+        .encode(
+            x=alt.X("layer:O"),
+            y=alt.Y("anti:Q", title="anti-steerable fraction", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color(
+                "level:N",
+                title="level",
+                scale=alt.Scale(domain=["ok", "notice", "warning"], range=["#4c78a8", "#f9a825", "#e45756"]),
+            ),
+            tooltip=["layer:O", alt.Tooltip("anti:Q", format=".0%"), "level:N"],
+        )
+    )
+    rules = (
+        alt.Chart(
+            alt.Data(
+                values=[
+                    {"y": metrics.NOTICE_AT, "label": f"notice ≥ {metrics.NOTICE_AT:.0%}"},
+                    {"y": metrics.WARNING_AT, "label": f"warning ≥ {metrics.WARNING_AT:.0%}"},
+                ]
+            )
+        )
+        .mark_rule(strokeDash=[4, 4], color="#888")
+        .encode(y="y:Q", tooltip=["label:N"])
+    )
+    width = max(180, 16 * len(rows))
+    return (
+        (bars + rules)
+        .properties(title="Anti-steerable fraction per layer", width=width, height=120)
+        .to_dict()
+    )
+
+
+def _check_items(items: Any, what: str) -> list[ABItem]:
+    out = list(items)
+    for i, item in enumerate(out):
+        if not isinstance(item, ABItem):
+            raise TypeError(f"{what}[{i}] is a {type(item).__name__}, not an ABItem (see sw.builtin_ab)")
+    return out
+
+
+def _positions_str(positions: Any) -> str:
+    if isinstance(positions, str):
+        return positions
+    if isinstance(positions, slice):
+        start = "" if positions.start is None else str(positions.start)
+        stop = "" if positions.stop is None else str(positions.stop)
+        return f"{start}:{stop}"
+    if isinstance(positions, (list, tuple)):
+        return ",".join(str(int(i)) for i in positions)
+    return str(positions)
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types only: NaN and infinities become None (the front end's JSON cannot read them)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, slice):
+        return _positions_str(value)
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "– (skipped: in-distribution steerability of the shifted vector < 0.25)"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _layer_range(layers: Sequence[int]) -> str:
+    layers = list(layers)
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}–{layers[-1]}"
+    return ", ".join(str(x) for x in layers)
+
+
+_SNAP_STYLE = "font-family:sans-serif;font-size:13px;line-height:1.45"
+
+
+def _items_table(items: Sequence[dict[str, Any]]) -> str:
+    esc = html.escape
+    if not items:
+        return "<div>No anti-steerable or non-monotonic items.</div>"
+    rows = "".join(
+        f"<tr><td>{esc(row['kind'])}</td><td>#{int(row['index'])}</td><td>{row['slope']:+.3f}</td>"
+        f"<td style='white-space:pre-wrap'>{esc(row['question'])}</td></tr>"
+        for row in items
+    )
+    return (
+        "<table style='border-collapse:collapse'><tr><th align='left'>kind</th><th align='left'>item</th>"
+        f"<th align='left'>slope</th><th align='left'>question</th></tr>{rows}</table>"
+    )

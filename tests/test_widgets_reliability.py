@@ -1,0 +1,322 @@
+"""ReliabilityReport and LayerSweep on the real default model (small sizes): traits after the run, the
+item list against the metrics, "open in Playground" through the front end's message, cancel, and exports
+that carry no script and escape dataset text. Pure helpers and the front end's helpers run without it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import steerwidgets as sw
+from steerwidgets import metrics
+from steerwidgets.widgets import reliability as RW
+from steerwidgets.widgets.playground import Playground
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYER = 9
+EVIL = "<script>alert('x')</script> & <b>bold</b>"
+
+
+@pytest.fixture(scope="module")
+def ab_items() -> list[sw.ABItem]:
+    return sw.builtin_ab("sentiment")
+
+
+@pytest.fixture(scope="module")
+def report(smol, ab_items):
+    widget = RW.ReliabilityReport(smol, ab_items[:8], ab_items[40:50], layer=LAYER)
+    assert widget.wait(600), "the report did not finish"
+    yield widget
+    widget.close()
+
+
+def _close_opened(widget) -> None:
+    widget._stop_playground()  # and wait for its last request: one trace on the model at a time
+
+
+# --- ReliabilityReport --------------------------------------------------------------------------------
+@pytest.mark.model
+def test_report_fills_its_traits(report):
+    assert report.status == "done" and report.error == "" and not report.running
+    assert report.progress == 1.0 and report.stage.startswith("Done")
+    rep = report.report
+    json.dumps(rep, allow_nan=False)  # what the front end can parse
+    assert rep["layer"] == LAYER and rep["n_items"] == 10 and rep["positions"] == "last"
+    assert rep["strengths"] == list(sw.DEFAULT_STRENGTHS)
+    assert report.precheck["level"] in ("green", "amber", "red") and report.precheck["layer"] == LAYER
+    assert {"mean_cosine", "separation", "effect_size", "reason"} <= set(report.precheck)
+    assert report.propensity_spec["hconcat"] and report.slopes_spec["layer"]
+    assert report.anti["level"] == metrics.warning_level(rep["anti_steerable_fraction"])
+    assert f"{rep['anti_steerable_fraction']:.0%}" in report.anti["message"]
+    assert "10%" in report.anti["message"] and "30%" in report.anti["message"]
+    assert report.vector is not None and report.vector.method == "caa" and report.vector.layers == [LAYER]
+    assert report.generalisation == {}  # not asked for
+    assert set(report.timings) == {"vector_and_precheck_s", "sweep_s"}
+
+
+@pytest.mark.model
+def test_anti_steerable_items_come_first_and_match_the_metrics(report):
+    result = report.result
+    m = result.propensity[LAYER]
+    slopes = metrics.slopes(m, result.strengths)
+    anti = metrics.anti_steerable(slopes)
+    nonmono = metrics.non_monotonic(m) & ~anti
+    kinds = [row["kind"] for row in report.items]
+    n_anti = int(anti.sum())
+    assert kinds == ["anti-steerable"] * n_anti + ["non-monotonic"] * int(nonmono.sum())
+    listed_anti = [row["index"] for row in report.items[:n_anti]]
+    assert sorted(listed_anti) == [int(i) for i in np.flatnonzero(anti)]
+    assert [row["slope"] for row in report.items[:n_anti]] == sorted(float(slopes[i]) for i in listed_anti)
+    assert {row["index"] for row in report.items[n_anti:]} == {int(i) for i in np.flatnonzero(nonmono)}
+    for row in report.items:
+        assert row["question"] == report.test_items[row["index"]].question
+        assert row["slope"] == pytest.approx(float(slopes[row["index"]]))
+    assert report.anti["count"] == n_anti
+    assert report.anti["fraction"] == pytest.approx(metrics.anti_steerable_fraction(slopes))
+
+
+@pytest.mark.model
+def test_open_message_creates_a_playground_for_that_item(report):
+    index = report.items[0]["index"] if report.items else 0
+    report._on_message(report, {"type": "open", "index": index})
+    first = report.opened_playground
+    try:
+        assert isinstance(first, Playground)
+        assert first.prompt == report.test_items[index].question
+        assert first.layer == LAYER and first.strength == report.open_strength == 1.5
+        assert first.positions == "last"
+        assert str(index) in report.message
+        assert first.wait(120) and first.error == "" and first.steered_text
+        # A second click replaces (and closes) the first Playground.
+        other = (index + 1) % report.n_test
+        report._on_message(report, {"type": "open", "index": other})
+        assert report.opened_playground is not first
+        assert report.opened_playground.prompt == report.test_items[other].question
+        assert first._closed
+        # A bad index is reported, not raised into the comm.
+        report._on_message(report, {"type": "open", "index": 999})
+        assert "IndexError" in report.message
+    finally:
+        _close_opened(report)
+
+
+@pytest.mark.model
+def test_report_from_a_vector_escapes_text_and_exports(smol, report, ab_items, tmp_path, monkeypatch):
+    # Dataset text and the model name carry markup; a zero vector lists every item (slope ≤ 0 or wobbling).
+    items = [sw.ABItem(f"{it.question}\n{EVIL}", it.matching, it.not_matching) for it in ab_items[40:44]]
+    zero = sw.SteeringVector({LAYER: torch.zeros(smol.d_model)}, model_id=smol.name, method="zero")
+    widget = RW.ReliabilityReport(smol, zero, items, LAYER, strengths=[-1, 0, 1], autostart=False)
+    widget.model_name = f"model {EVIL}"
+    widget.run(wait=True)
+    try:
+        assert widget.status == "done", widget.error
+        assert widget.precheck == {}  # no training items, no pre-check
+        assert widget.items, "a zero vector must list items"
+        monkeypatch.chdir(tmp_path)
+        widget._on_message(widget, {"type": "export", "format": "html"})
+        widget._on_message(widget, {"type": "export", "format": "json"})
+        assert "reliability_report.json" in widget.message
+        page = (tmp_path / RW.DEFAULT_HTML).read_text(encoding="utf-8")
+        data = json.loads((tmp_path / RW.DEFAULT_JSON).read_text())
+        assert data["n_items"] == 4 and data["anti_steerable_items"][0]["question"].endswith(EVIL)
+        snapshot = widget._repr_mimebundle_()[0]["text/html"]
+        for text in (page, snapshot):
+            assert "<script" not in text.lower() and "<b>bold" not in text
+            assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;" in text
+            assert "<svg" in text  # charts inline, rendered in Python
+        path = widget.export_html(tmp_path / "custom.html")
+        assert path == (tmp_path / "custom.html").resolve() and "<script" not in path.read_text(
+            encoding="utf-8"
+        )
+        with pytest.raises(ValueError, match=".html"):
+            widget.export_html(tmp_path / "report.txt")
+    finally:
+        widget.close()
+
+
+@pytest.mark.model
+def test_generalisation_block_and_its_skip(smol, ab_items):
+    widget = RW.ReliabilityReport(
+        smol, ab_items[:4], ab_items[40:44], LAYER, strengths=[-1, 0, 1], shift_prefix="Answer briefly. "
+    )
+    assert widget.wait(600) and widget.status == "done", widget.error
+    gen = widget.generalisation
+    assert gen["prefix"] == "Answer briefly. " and gen["layer"] == LAYER
+    expected = metrics.relative_steerability(gen["steerability_shifted_vA"], gen["steerability_shifted_vB"])
+    assert gen["relative_steerability"] == (None if expected is None else pytest.approx(expected))
+    assert widget.report["generalisation"]["prefix"] == "Answer briefly. "
+    widget.close()
+    vec = widget.vector
+    skipped = RW.ReliabilityReport(smol, vec, ab_items[40:42], LAYER, [-1, 1], shift_prefix="Hi. ")
+    assert skipped.wait(600) and skipped.status == "done"
+    assert "training items" in skipped.generalisation["skipped"]
+    skipped.close()
+
+
+@pytest.mark.model
+def test_bad_arguments_raise_early(smol, ab_items):
+    with pytest.raises(TypeError, match="SteeringVector or a list"):
+        RW.ReliabilityReport(smol, "sentiment", ab_items[:2], LAYER, autostart=False)
+    with pytest.raises(TypeError, match="ABItem"):
+        RW.ReliabilityReport(smol, ab_items[:2], ["a question"], LAYER, autostart=False)
+    with pytest.raises(sw.SteeringError, match="strengths"):
+        RW.ReliabilityReport(smol, ab_items[:2], ab_items[2:4], LAYER, strengths=[1, 1], autostart=False)
+    with pytest.raises(sw.SteeringError, match="test items"):
+        RW.LayerSweep(smol, ab_items[:2], [], autostart=False)
+    vec = sw.SteeringVector({3: torch.zeros(smol.d_model)}, model_id=smol.name)
+    with pytest.raises(sw.SteeringError, match="layers \\[4\\]"):
+        RW.LayerSweep(smol, vec, ab_items[:2], layers=[3, 4], autostart=False)
+
+
+# --- LayerSweep -------------------------------------------------------------------------------------
+@pytest.mark.model
+def test_layer_sweep_cancel_leaves_it_usable_and_the_model_unsteered(smol, report, ab_items, monkeypatch):
+    prompt, completion = ab_items[0].question, " Yes"
+    before = sw.score(smol, [prompt], [completion])[0].clone()
+    layers = [3, LAYER, 15]
+    vec = sw.caa(smol, ab_items[:8], layers)
+    widget = RW.LayerSweep(smol, vec, ab_items[40:46], layers=layers, strengths=[-1, 0, 1], autostart=False)
+    assert widget.status == "idle" and widget.sweep == {}
+
+    real = RW.layer_sweep
+
+    def click_cancel_after_first_item(*args, **kwargs):
+        inner = kwargs["progress"]
+
+        def progress(done, total):
+            inner(done, total)
+            if done == 1:
+                widget._on_message(widget, {"type": "cancel"})  # the Cancel button, mid-sweep
+
+        return real(*args, **{**kwargs, "progress": progress})
+
+    monkeypatch.setattr(RW, "layer_sweep", click_cancel_after_first_item)
+    widget.run(wait=True)
+    assert widget.status == "cancelled" and not widget.running and widget.error == ""
+    assert "Cancelled" in widget.stage and widget.result is None and widget.sweep == {}
+    assert torch.equal(sw.score(smol, [prompt], [completion])[0], before)  # unsteered, bit for bit
+
+    monkeypatch.setattr(RW, "layer_sweep", real)
+    widget._on_message(widget, {"type": "run"})
+    assert widget.wait(600)
+    try:
+        assert widget.status == "done" and widget.error == "" and widget.progress == 1.0
+        sweep = widget.sweep
+        json.dumps(sweep, allow_nan=False)
+        assert sweep["layers"] == layers and len(sweep["kl"]) == 3 and len(sweep["kl"][0]) == 3
+        assert widget.suggested_layer == widget.result.suggested_layer and widget.reason
+        assert widget.heatmap_spec["hconcat"] and widget.anti_spec["layer"]
+        anti = [metrics.anti_steerable_fraction(widget.result.propensity.slopes(layer)) for layer in layers]
+        assert sweep["anti_steerable_fraction"] == pytest.approx(anti)
+        assert widget._repr_mimebundle_()[0]["text/html"].count("<svg") == 2
+
+        # Clicking a heatmap cell: {layer, strength} from the vega listener.
+        widget._on_message(widget, {"type": "open", "layer": 15, "strength": -1.0})
+        pg = widget.opened_playground
+        worst = int(np.argmin(widget.result.propensity.slopes(15)))
+        assert pg.layer == 15 and pg.strength == -1.0 and pg.prompt == widget.test_items[worst].question
+        # A bar carries no strength: the largest |λ| is used.
+        widget._on_message(widget, {"type": "open", "layer": 3, "strength": None})
+        assert widget.opened_playground.layer == 3 and widget.opened_playground.strength == 1.0
+        widget._on_message(widget, {"type": "open", "layer": 7, "strength": 1.0})
+        assert "not swept" in widget.message
+
+        # The report takes the finished sweep into its exports.
+        report.include_sweep(widget)
+        assert report.report_dict["layer_sweep"]["layers"] == layers
+    finally:
+        _close_opened(widget)
+        widget.close()
+        report.sweep_result = None
+
+
+@pytest.mark.model
+def test_two_widgets_on_one_model_take_turns(smol, ab_items):
+    # Two nnsight traces on one model from two threads break each other; the widgets queue instead.
+    first = RW.ReliabilityReport(smol, ab_items[:4], ab_items[40:44], LAYER, strengths=[-1, 0, 1])
+    second = RW.LayerSweep(smol, ab_items[:4], ab_items[40:44], layers=[3, LAYER], strengths=[-1, 0, 1])
+    try:
+        assert first.wait(600) and second.wait(600)
+        assert (first.status, second.status) == ("done", "done"), (first.error, second.error)
+    finally:
+        first.close()
+        second.close()
+
+
+# --- pure helpers ------------------------------------------------------------------------------------
+def _fake_report(fraction: float) -> dict:
+    return {
+        "warning_level": metrics.warning_level(fraction),
+        "anti_steerable_fraction": fraction,
+        "n_items": 10,
+        "anti_steerable_items": [
+            {"index": 2, "slope": -0.5, "propensity": [1.0, 0.0], "question": "q2"},
+        ],
+        "non_monotonic_items": [{"index": 0, "slope": 0.1, "propensity": [0.0, 1.0, 0.5], "question": "q0"}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("fraction", "level", "word"),
+    [(0.05, "ok", "Few inputs"), (0.1, "notice", "Notice"), (0.3, "warning", "Warning")],
+)
+def test_anti_summary_levels_and_wording(fraction, level, word):
+    out = RW.anti_summary(_fake_report(fraction))
+    assert out["level"] == level and out["message"].startswith(word)
+    assert f"Measured: {fraction:.0%}" in out["message"] and "notice at ≥ 10%" in out["message"]
+
+
+def test_listed_items_put_anti_steerable_first():
+    items = [sw.ABItem(f"q{i}", "A", "B") for i in range(3)]
+    rows = RW.listed_items(_fake_report(0.1), items)
+    assert [(r["kind"], r["index"]) for r in rows] == [("anti-steerable", 2), ("non-monotonic", 0)]
+    assert rows[1]["propensity_min"] == 0.0 and rows[1]["propensity_max"] == 1.0
+
+
+def test_jsonable_replaces_nan_and_numpy():
+    out = RW._jsonable({"a": float("nan"), "b": np.float32(1.5), "c": (np.arange(2), slice(-3, None))})
+    assert out == {"a": None, "b": 1.5, "c": [[0, 1], "-3:"]}
+    json.dumps(out, allow_nan=False)
+
+
+def test_bundles_are_built():
+    assert RW.bundle("reliability").is_file() and RW.bundle("layersweep").is_file()
+
+
+NODE_CHECK = """
+import { cellFromDatum, topIndex } from "./js/src/layersweep.js";
+import { fmt, pct } from "./js/src/reliability.js";
+console.log(JSON.stringify({
+  cell: cellFromDatum({ layer: 4, strength: -0.5, propensity: 1 }),
+  bar: cellFromDatum({ layer: 4, steerability: 0.2 }),
+  rule: cellFromDatum({ y: 0.3 }),
+  top: [topIndex([-1.5, 0, 1.5]), topIndex([-1, 0, 2])],
+  fmt: [fmt(null), fmt(0.12345), fmt(NaN), pct(0.305)],
+}));
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (ROOT / "js" / "node_modules").is_dir(), reason="needs Node.js"
+)
+def test_front_end_helpers():
+    proc = subprocess.run(
+        ["node", "--input-type=module", "-e", NODE_CHECK],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cell"] == {"layer": 4, "strength": -0.5}
+    assert out["bar"] == {"layer": 4, "strength": None}
+    assert out["rule"] is None
+    assert out["top"] == [0, 2]
+    assert out["fmt"] == ["–", "0.123", "–", "31%"]
