@@ -332,17 +332,20 @@ def _upload_notebook(base_url: str, notebook_path: Path | str) -> str:
 
 
 # JS: the current NotebookPanel once its context is ready and its kernel idle (Lab and Notebook 7).
-_JS_NOTEBOOK_READY = """() => {
+# (The current tab must be *this* notebook: a restored workspace can bring back another one.)
+_JS_NOTEBOOK_READY = """(name) => {
   const app = window.jupyterapp;
   const w = app && app.shell && app.shell.currentWidget;
   if (!w || !w.context || !w.context.isReady || !w.sessionContext || !w.content) return false;
+  if (w.context.path !== name) return false;
   const kernel = w.sessionContext.session && w.sessionContext.session.kernel;
   return !!kernel && kernel.status === 'idle' && kernel.connectionStatus === 'connected';
 }"""
 
 # JS: true once every code cell ran and the kernel is idle again.
-_JS_ALL_CELLS_RAN = """() => {
+_JS_ALL_CELLS_RAN = """(name) => {
   const w = window.jupyterapp.shell.currentWidget;
+  if (!w.context || w.context.path !== name) throw new Error(`the current tab is not ${name}`);
   const kernel = w.sessionContext.session && w.sessionContext.session.kernel;
   if (!kernel || kernel.status !== 'idle') return false;
   const cells = w.content.model.cells;
@@ -387,7 +390,8 @@ def run_notebook(
     name = _upload_notebook(base_url, notebook_path)
     quoted = urllib.parse.quote(name)
     if ui == "lab":
-        page.goto(f"{base_url}/lab/tree/{quoted}")
+        # ?reset: start from an empty workspace, not the tabs an earlier test left open.
+        page.goto(f"{base_url}/lab/tree/{quoted}?reset")
     elif ui == "notebook":
         page.goto(f"{base_url}/tree")
         # The file browser lists the uploaded notebook: Notebook 7's tree page works.
@@ -395,9 +399,9 @@ def run_notebook(
         page.goto(f"{base_url}/notebooks/{quoted}")
     else:
         raise ValueError(f"ui must be 'lab' or 'notebook', not {ui!r}")
-    page.wait_for_function(_JS_NOTEBOOK_READY, timeout=timeout_ms, polling=100)
+    page.wait_for_function(_JS_NOTEBOOK_READY, arg=name, timeout=timeout_ms, polling=100)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    page.wait_for_function(_JS_ALL_CELLS_RAN, timeout=timeout_ms, polling=100)
+    page.wait_for_function(_JS_ALL_CELLS_RAN, arg=name, timeout=timeout_ms, polling=100)
     errors = page.evaluate(_JS_CELL_ERRORS)
     assert not errors, f"{name} raised in {ui}: " + "; ".join(errors)
     return name
