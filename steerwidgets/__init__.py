@@ -74,6 +74,7 @@ def __getattr__(name: str):
         return getattr(module, name)
     raise AttributeError(f"module 'steerwidgets' has no attribute {name!r}")
 
+
 __all__ = [
     "ABItem",
     "AffineMap",

@@ -119,8 +119,7 @@ def _read_rows(source: Source) -> tuple[str, list[Any]]:
         return "<list>", list(source)
     if not isinstance(source, (str, Path)):
         raise DatasetError(
-            f"<{type(source).__name__}>: expected a file path or a list of dicts, "
-            f"got {type(source).__name__}"
+            f"<{type(source).__name__}>: expected a file path or a list of dicts, got {type(source).__name__}"
         )
     path = Path(source)
     name = str(path)
@@ -160,8 +159,7 @@ def _read_rows(source: Source) -> tuple[str, list[Any]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise DatasetError(
-                    f"{name}: invalid JSON on line {lineno}: {exc.msg}; "
-                    "each line must hold one JSON object"
+                    f"{name}: invalid JSON on line {lineno}: {exc.msg}; each line must hold one JSON object"
                 ) from exc
     else:
         # newline="" keeps newlines inside quoted fields (CAA questions contain "\n\nChoices:")
@@ -177,8 +175,7 @@ def _read_rows(source: Source) -> tuple[str, list[Any]]:
 def _field(source: str, index: int, row: Any, name: str, hint: str = "") -> str:
     if not isinstance(row, dict):
         raise DatasetError(
-            f"{source}: item {index}: expected an object with field {name!r}, "
-            f"got a {type(row).__name__}"
+            f"{source}: item {index}: expected an object with field {name!r}, got a {type(row).__name__}"
         )
     if name not in row or row[name] is None:
         raise DatasetError(f"{source}: item {index}: field {name!r} is missing; {hint or 'add it'}")
@@ -210,8 +207,7 @@ def _ab_from_row(source: str, index: int, row: Any) -> ABItem:
         for name, match in matches.items():
             if match is None:
                 raise DatasetError(
-                    f"{source}: item {index}: field {name!r} must end in '(A)' or '(B)' "
-                    "(the answer letter)"
+                    f"{source}: item {index}: field {name!r} must end in '(A)' or '(B)' (the answer letter)"
                 )
         pos_m, neg_m = matches["positive"], matches["negative"]
         question = pos[: pos_m.start()].rstrip()
@@ -241,9 +237,7 @@ def _ab_from_row(source: str, index: int, row: Any) -> ABItem:
 
 
 def _pair_from_row(source: str, index: int, row: Any) -> ContrastPair:
-    return ContrastPair(
-        _field(source, index, row, "positive"), _field(source, index, row, "negative")
-    )
+    return ContrastPair(_field(source, index, row, "positive"), _field(source, index, row, "negative"))
 
 
 def _open_from_row(source: str, index: int, row: Any) -> OpenEndedItem:

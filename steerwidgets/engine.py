@@ -148,28 +148,45 @@ class _Plan:
     mean_norm: torch.Tensor | None = None  # [B]
 
 
-def _plans(model: Any, steerings: list[Steering], enc: Encoded, total: int) -> list[_Plan]:
+@dataclass
+class _Row:
+    """Where one sequence sits in a batch: it starts at ``offset`` (after left padding), its prompt has
+    ``prompt_len`` tokens, ``length`` positions in all (prompt + completion or generated) and the user's
+    text starts at ``user_start`` (relative to the sequence)."""
+
+    offset: int
+    prompt_len: int
+    length: int
+    user_start: int
+
+
+def _plans(
+    model: Any, steerings: list[tuple[Steering, set[int] | None]], rows: list[_Row], width: int
+) -> list[_Plan]:
+    """Resolve steerings for a batch; a steering with a row set applies to those rows only."""
     plans = []
-    for item in sorted(steerings, key=lambda s: s.layer):
+    for item, only in sorted(steerings, key=lambda pair: pair[0].layer):
         item.validate(model)
         vec = item.direction()
         front_len = vec.shape[0] if vec.ndim == 2 else 0
         spec = "front" if vec.ndim == 2 else item.positions
-        masks = torch.zeros((len(enc.lengths), total), dtype=torch.bool)
-        front = torch.zeros((len(enc.lengths), total, vec.shape[-1])) if vec.ndim == 2 else None
-        for row, (length, start) in enumerate(zip(enc.lengths, enc.user_start)):
-            pad = enc.width - length
-            own = position_mask(spec, length, total - pad, user_start=start, front_len=front_len)
-            masks[row, pad:] = own
+        masks = torch.zeros((len(rows), width), dtype=torch.bool)
+        front = torch.zeros((len(rows), width, vec.shape[-1])) if vec.ndim == 2 else None
+        for r, row in enumerate(rows):
+            if only is not None and r not in only:
+                continue
+            own = position_mask(spec, row.prompt_len, row.length, row.user_start, front_len)
+            masks[r, row.offset : row.offset + row.length] = own
             if front is not None:
-                front[row, pad + start : pad + start + front_len] = vec
+                at = row.offset + row.user_start
+                front[r, at : at + front_len] = vec
         plans.append(_Plan(item, vec, masks, front))
     return plans
 
 
 def _mean_norm(hidden: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
     """Mean residual norm per row over real tokens, skipping each row's first token (attention sink)."""
-    norms = hidden.norm(dim=-1)
+    norms = hidden.float().norm(dim=-1)
     keep = attention.bool().clone()
     first = keep.float().argmax(dim=1)
     keep[torch.arange(keep.shape[0]), first] = False
@@ -178,26 +195,38 @@ def _mean_norm(hidden: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
 
 
 def _steer_in_trace(model: Any, plans: list[_Plan], start: int, attention: torch.Tensor) -> None:
-    """Edit block outputs for one forward step covering positions ``start .. start+width``."""
+    """Edit block outputs for one forward step covering positions ``start .. start+width``.
+
+    Each steered block's output is read and written once; several plans at one layer (e.g. one per row)
+    edit it in turn, and relative strengths are measured on the unedited output.
+    """
+    by_layer: dict[int, list[_Plan]] = {}
     for plan in plans:
-        envoy = model.block(plan.steering.layer)
+        by_layer.setdefault(plan.steering.layer, []).append(plan)
+    for layer in sorted(by_layer):
+        envoy = model.block(layer)
         out = envoy.output
-        hidden = _hidden(out)
+        original = hidden = _hidden(out)
         width = hidden.shape[1]
-        if plan.mean_norm is None:
-            plan.mean_norm = _mean_norm(hidden, attention[:, start : start + width])
-            vnorm = plan.vec.norm(dim=-1).mean().clamp_min(1e-12)
-            factor = plan.mean_norm / vnorm if plan.steering.relative else torch.ones_like(plan.mean_norm)
-            plan.scale = (plan.steering.strength * factor).reshape(-1, 1, 1)
-        mask = plan.masks[:, start : start + width]
-        if not bool(mask.any()):
-            continue
-        if plan.front is not None:
-            edited = hidden + plan.scale.to(hidden.dtype) * plan.front[:, start : start + width]
-        else:
-            operand = plan.steering.operand() if plan.steering.operator == "affine" else plan.vec
-            edited = apply_operator(hidden, operand, plan.scale, plan.steering.operator)
-        _set_hidden(envoy, out, torch.where(mask[..., None], edited, hidden))
+        changed = False
+        for plan in by_layer[layer]:
+            if plan.mean_norm is None:
+                plan.mean_norm = _mean_norm(original, attention[:, start : start + width])
+                vnorm = plan.vec.norm(dim=-1).mean().clamp_min(1e-12)
+                factor = plan.mean_norm / vnorm if plan.steering.relative else torch.ones_like(plan.mean_norm)
+                plan.scale = (plan.steering.strength * factor).reshape(-1, 1, 1)
+            mask = plan.masks[:, start : start + width]
+            if not bool(mask.any()):
+                continue
+            if plan.front is not None:
+                edited = (hidden.float() + plan.scale * plan.front[:, start : start + width]).to(hidden.dtype)
+            else:
+                operand = plan.steering.operand() if plan.steering.operator == "affine" else plan.vec
+                edited = apply_operator(hidden, operand, plan.scale, plan.steering.operator)
+            hidden = torch.where(mask[..., None], edited, hidden)
+            changed = True
+        if changed:
+            _set_hidden(envoy, out, hidden)
 
 
 def _norm_ratio(plan: _Plan) -> float:
@@ -284,7 +313,11 @@ def _run_generation(
     cancel: threading.Event | None,
 ) -> Continuation:
     total = enc.width + max_new_tokens
-    plans = _plans(model, steerings, enc, total)
+    rows = [
+        _Row(enc.width - length, length, total - (enc.width - length), start)
+        for length, start in zip(enc.lengths, enc.user_start)
+    ]
+    plans = _plans(model, [(item, None) for item in steerings], rows, total)
     streamer = _Streamer(run, on_token, cancel)
     offset = [0]
     attention_full = torch.cat(
@@ -303,14 +336,15 @@ def _run_generation(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*was never reached.*")
         warnings.filterwarnings("ignore", message=".*generation flags.*")
-        with model.nn.generate(enc.input_ids, remote=model.remote, **kwargs) as tracer:
-            for _ in tracer.all():
-                start = offset[0]
-                _steer_in_trace(model, plans, start, attention_full)
-                logits = model.nn.lm_head.output
-                width = logits.shape[1] if start == 0 else 1
-                offset[0] = start + (enc.width if start == 0 else width)
-                streamer.step_logprobs.append(logits[:, -1].float().log_softmax(-1))
+        with model.lock:
+            with model.nn.generate(enc.input_ids, remote=model.remote, **kwargs) as tracer:
+                for _ in tracer.all():
+                    start = offset[0]
+                    _steer_in_trace(model, plans, start, attention_full)
+                    logits = model.nn.lm_head.output
+                    width = logits.shape[1] if start == 0 else 1
+                    offset[0] = start + (enc.width if start == 0 else width)
+                    streamer.step_logprobs.append(logits[:, -1].float().log_softmax(-1))
     return _finish_continuation(model, streamer, plans)
 
 
@@ -392,6 +426,7 @@ def score(
     completions: str | Sequence[str],
     steering: Steering | Sequence[Steering] | None = None,
     *,
+    row_steerings: Sequence[Steering | Sequence[Steering] | None] | None = None,
     chat: bool | None = None,
     batch_size: int = 16,
 ) -> list[torch.Tensor]:
@@ -399,6 +434,8 @@ def score(
 
     The completion is tokenised on its own and appended to the prompt's tokens, so its tokens are the
     ``"generated"`` positions for steering. Sum or average the result as the metric requires.
+    ``steering`` applies to every pair; ``row_steerings`` (one entry per pair, ``None`` for none) adds
+    steerings to single pairs, so many strengths or vectors are scored in one batched pass.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     completions = [completions] if isinstance(completions, str) else list(completions)
@@ -406,8 +443,13 @@ def score(
         raise SteeringError(
             f"got {len(prompts)} prompts but {len(completions)} completions; pass one of each per pair"
         )
+    per_row = [[] for _ in prompts] if row_steerings is None else [as_list(x) for x in row_steerings]
+    if len(per_row) != len(prompts):
+        raise SteeringError(
+            f"got {len(per_row)} row_steerings for {len(prompts)} pairs; give one entry (or None) per pair"
+        )
     steerings = active_steerings(model) + as_list(steering)
-    for item in steerings:
+    for item in [*steerings, *(x for row in per_row for x in row)]:
         item.validate(model)
     tok = model.tokenizer
     rows = []
@@ -420,11 +462,17 @@ def score(
         rows.append((ids, comp, start))
     results: list[torch.Tensor] = []
     for chunk_start in range(0, len(rows), batch_size):
-        results.extend(_score_batch(model, rows[chunk_start : chunk_start + batch_size], steerings))
+        chunk = range(chunk_start, min(chunk_start + batch_size, len(rows)))
+        applied: list[tuple[Steering, set[int] | None]] = [(item, None) for item in steerings]
+        for r, i in enumerate(chunk):
+            applied += [(item, {r}) for item in per_row[i]]
+        results.extend(_score_batch(model, [rows[i] for i in chunk], applied))
     return results
 
 
-def _score_batch(model: Any, rows: list, steerings: list[Steering]) -> list[torch.Tensor]:
+def _score_batch(
+    model: Any, rows: list, steerings: list[tuple[Steering, set[int] | None]]
+) -> list[torch.Tensor]:
     width = max(len(p) + len(c) for p, c, _ in rows)
     pad = model.tokenizer.pad_token_id
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -432,23 +480,12 @@ def _score_batch(model: Any, rows: list, steerings: list[Steering]) -> list[torc
     for i, (p, c, _) in enumerate(rows):
         input_ids[i, : len(p) + len(c)] = torch.tensor(p + c)
         attention[i, : len(p) + len(c)] = 1
-    # Right padding: build masks per row from its own prompt length (no left pad).
-    plans = []
-    for item in sorted(steerings, key=lambda s: s.layer):
-        vec = item.direction()
-        front_len = vec.shape[0] if vec.ndim == 2 else 0
-        spec = "front" if vec.ndim == 2 else item.positions
-        masks = torch.zeros((len(rows), width), dtype=torch.bool)
-        front = torch.zeros((len(rows), width, vec.shape[-1])) if vec.ndim == 2 else None
-        for r, (p, c, start) in enumerate(rows):
-            n = len(p) + len(c)
-            masks[r, :n] = position_mask(spec, len(p), n, user_start=start, front_len=front_len)
-            if front is not None:
-                front[r, start : start + front_len] = vec
-        plans.append(_Plan(item, vec, masks, front))
+    # Right padding: every row starts at position 0.
+    layout = [_Row(0, len(p), len(p) + len(c), start) for p, c, start in rows]
+    plans = _plans(model, steerings, layout, width)
     first_read = min(len(p) for p, _, _ in rows) - 1
     keep = width - first_read
-    with torch.no_grad():
+    with torch.no_grad(), model.lock:
         with model.nn.trace(input_ids, attention_mask=attention, logits_to_keep=keep, remote=model.remote):
             _steer_in_trace(model, plans, 0, attention)
             logits = model.nn.lm_head.output.save()
@@ -643,9 +680,12 @@ def _sweep_item(
     prefix_norms: dict[int, tuple[float, int]] = {}
     with torch.no_grad():
         if first > 0:
-            with model.nn.trace(input_ids[:, :first], use_cache=True, logits_to_keep=1, remote=model.remote):
+            with (
+                model.lock,
+                model.nn.trace(input_ids[:, :first], use_cache=True, logits_to_keep=1, remote=model.remote),
+            ):
                 for layer in layer_list:
-                    h = _hidden(model.block(layer).output)[0, 1:]
+                    h = _hidden(model.block(layer).output)[0, 1:].float()
                     prefix_norms[layer] = (float(h.norm(dim=-1).sum()), int(h.shape[0]))
                 result = model.nn.output.save()
             cache = result["cache"] if "cache" in result else result["past_key_values"]
@@ -710,14 +750,14 @@ def _sweep_pass(
     ordered = sorted(group)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # past_key_values is deprecated in v5
-        with model.nn.trace(suffix, **kwargs):
+        with model.lock, model.nn.trace(suffix, **kwargs):
             for g, layer in enumerate(ordered):
                 envoy = model.block(layer)
                 out = envoy.output
                 hidden = _hidden(out)
                 own = hidden[:1] if hidden.shape[0] == 1 else hidden[g * n_s : g * n_s + 1]
                 total, count = prefix_norms.get(layer, (0.0, 0))
-                body = own[0, skip_first:]
+                body = own[0, skip_first:].float()
                 mean_norm = (total + float(body.norm(dim=-1).sum())) / max(1, count + body.shape[0])
                 vec = vector[layer]
                 vnorm = float(vec.norm())
@@ -766,7 +806,10 @@ def read_activations(
             attention[i, : len(seq)] = 1
         saved = {}
         with torch.no_grad():
-            with model.nn.trace(input_ids, attention_mask=attention, logits_to_keep=1, remote=model.remote):
+            with (
+                model.lock,
+                model.nn.trace(input_ids, attention_mask=attention, logits_to_keep=1, remote=model.remote),
+            ):
                 for layer in sorted(layers):
                     saved[layer] = _hidden(model.block(layer).output).save()
         lengths = torch.tensor([len(s) for s in chunk])

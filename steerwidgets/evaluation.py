@@ -33,10 +33,10 @@ from . import metrics
 from .data import ABItem, OpenEndedItem
 from .engine import (
     DEFAULT_STRENGTHS,
-    Encoded,
     GenerationCancelled,
     _check_strengths,
     _plans,
+    _Row,
     _steer_in_trace,
     ab_prompt,
     propensity_sweep,
@@ -122,9 +122,9 @@ def last_logprobs(
             input_ids[i, width - len(seq) :] = torch.tensor(seq)
             attention[i, width - len(seq) :] = 1
         positions = (attention.cumsum(1) - 1).clamp_min(0)
-        enc = Encoded(input_ids, attention, [len(s) for s in chunk], [0] * len(chunk), [""] * len(chunk))
-        plans = _plans(model, steerings, enc, width)
-        with torch.no_grad():
+        rows = [_Row(width - len(seq), len(seq), len(seq), 0) for seq in chunk]
+        plans = _plans(model, [(item, None) for item in steerings], rows, width)
+        with torch.no_grad(), model.lock:
             with model.nn.trace(
                 input_ids,
                 attention_mask=attention,

@@ -238,7 +238,17 @@ def apply_operator(
     """The edited hidden states at every position (the caller masks where it applies).
 
     ``scale`` broadcasts against ``hidden[..., :1]`` (one multiplier per row, per position, or both).
+    The edit is computed in float32 and returned in ``hidden``'s dtype, so bf16/fp16 models work and
+    a float32 model's numbers are unchanged.
     """
+    if hidden.dtype == torch.float32:
+        return _apply_operator(hidden, vec, scale, operator)
+    return _apply_operator(hidden.float(), vec, scale, operator).to(hidden.dtype)
+
+
+def _apply_operator(
+    hidden: torch.Tensor, vec: torch.Tensor | AffineMap, scale: torch.Tensor, operator: str
+) -> torch.Tensor:
     if operator == "affine" or isinstance(vec, AffineMap):
         if not isinstance(vec, AffineMap) or operator != "affine":
             raise SteeringError("operator 'affine' needs an AffineMap (and an AffineMap needs 'affine')")

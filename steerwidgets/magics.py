@@ -86,15 +86,11 @@ class SteerMagics(Magics):
         try:
             argv = shlex.split(line)
         except ValueError as exc:
-            raise UsageError(
-                f"cannot parse the %%steer options: {exc}\nusage: {STEER_USAGE}"
-            ) from exc
+            raise UsageError(f"cannot parse the %%steer options: {exc}\nusage: {STEER_USAGE}") from exc
         args = _steer_parser().parse_args(argv)
         prompt = cell.strip("\n")
         if not prompt.strip():
-            raise UsageError(
-                "%%steer needs a prompt: write it in the cell body, below the %%steer line"
-            )
+            raise UsageError("%%steer needs a prompt: write it in the cell body, below the %%steer line")
         if args.max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
         if self.model is None:

@@ -619,7 +619,7 @@ def head_means(model: Any, prompts: Sequence[list[int]], layers: Sequence[int]) 
     with torch.no_grad():
         for ids in prompts:
             saved = {}
-            with model.nn.trace(torch.tensor([ids]), logits_to_keep=1, remote=model.remote):
+            with model.lock, model.nn.trace(torch.tensor([ids]), logits_to_keep=1, remote=model.remote):
                 for layer in sorted(layers):
                     envoy, _, _ = attention_out_proj(model, layer)
                     saved[layer] = envoy.input[0, -1].save()
@@ -643,7 +643,7 @@ def patched_answer_probs(
     for r, patch in enumerate(patches):
         if patch is not None:
             by_layer.setdefault(patch[0], []).append((r, patch[1]))
-    with torch.no_grad():
+    with torch.no_grad(), model.lock:
         with model.nn.trace(torch.tensor([ids]).expand(rows, -1), logits_to_keep=1, remote=model.remote):
             for layer in sorted(by_layer):
                 envoy, _, _ = attention_out_proj(model, layer)

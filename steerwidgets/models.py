@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,9 @@ class SteerableModel:
     remote: bool = False
     source: str = ""
     extra: dict = field(default_factory=dict)
+    # One trace at a time: nnsight cannot run two traces of one model concurrently, and widgets trace
+    # from background threads. Re-entrant, so a caller may hold it across several traces.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def hf(self) -> torch.nn.Module:

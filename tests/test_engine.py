@@ -234,3 +234,75 @@ def test_actadd_front_aligned(tiny_llama):
             seq.append(int(tiny_llama.hf(torch.tensor([seq])).logits[0, -1].argmax()))
         handle.remove()
     assert result.steered.token_ids[0] == seq[n : n + len(result.steered.token_ids[0])]
+
+
+def test_row_steerings_equal_separate_calls(tiny):
+    """Per-pair steerings in one batch give what one call per pair gives (strengths, layers, none)."""
+    vec = random_vector(tiny)
+    prompts = [PROMPT, PROMPT, "Another prompt here", PROMPT]
+    completions = [" sunny", " rainy today", " ok", " sunny"]
+    row = [
+        sw.Steering(vec, 1, 2.0),
+        sw.Steering(vec, 1, -1.0, positions="generated"),
+        None,
+        [sw.Steering(vec, 0, 0.5), sw.Steering(vec, 1, 1.5, relative=True)],
+    ]
+    batched = sw.score(tiny, prompts, completions, row_steerings=row, chat=False)
+    for prompt, completion, steering, got in zip(prompts, completions, row, batched):
+        alone = sw.score(tiny, prompt, completion, steering, chat=False)[0]
+        assert torch.allclose(got, alone, atol=1e-4), (steering, got, alone)
+    # a steering for every pair combines with the per-pair ones
+    shared = sw.Steering(vec, 2 if tiny.n_layers > 2 else 0, 1.0)
+    both = sw.score(tiny, prompts[:1], completions[:1], shared, row_steerings=row[:1], chat=False)[0]
+    expected = sw.score(tiny, prompts[0], completions[0], [shared, row[0]], chat=False)[0]
+    assert torch.allclose(both, expected, atol=1e-4)
+    with pytest.raises(sw.SteeringError, match="one entry"):
+        sw.score(tiny, prompts, completions, row_steerings=row[:2], chat=False)
+
+
+def test_half_precision_model_steers(tokenizer):
+    """A bfloat16 model (as many hub checkpoints load) steers: edits are made in float32, stored in bf16."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    model = sw.load_model(LlamaForCausalLM(config).to(torch.bfloat16).eval(), tokenizer=tokenizer)
+    vec = random_vector(model, scale=10.0)
+    base = sw.score(model, PROMPT, " sunny", chat=False)[0]
+    steered = sw.score(model, PROMPT, " sunny", sw.Steering(vec, 1, 1.0), chat=False)[0]
+    assert base.dtype == torch.float32 and not torch.allclose(base, steered)
+    out = sw.generate(model, PROMPT, sw.Steering(vec, 1, 1.0, relative=True), max_new_tokens=4, chat=False)
+    assert len(out.steered.token_ids[0]) == 4 and np.isfinite(out.steered.norm_ratio)
+    result = sw.propensity_sweep(model, ITEMS, vec, 1, (-1.0, 0.0, 1.0))
+    assert np.isfinite(result.propensity[1]).all()
+
+
+def test_traces_from_two_threads_take_turns(tiny_llama):
+    """Widgets trace from background threads; concurrent calls on one model must not collide."""
+    vec = random_vector(tiny_llama)
+    expected = sw.score(tiny_llama, PROMPT, " sunny", sw.Steering(vec, 1, 1.0), chat=False)[0]
+    results, errors = [], []
+
+    def work() -> None:
+        try:
+            for _ in range(5):
+                sw.generate(tiny_llama, PROMPT, sw.Steering(vec, 2, 1.0), max_new_tokens=3, chat=False)
+                results.append(sw.score(tiny_llama, PROMPT, " sunny", sw.Steering(vec, 1, 1.0), chat=False)[0])
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(results) == 15 and all(torch.allclose(r, expected, atol=1e-5) for r in results)

@@ -44,7 +44,7 @@ TOP_K = 8
 STREAM_INTERVAL_S = 0.05  # at most 20 streamed text updates per second
 AB_LIMIT = 20
 AB_GRID = (-1.0, -0.5, 0.0, 0.5, 1.0)  # times the strength
-SWEEP_GRID = (-2.0, -1.0, 0.0, 1.0, 2.0)  # times the strength, for the targets chart
+SWEEP_GRID = (-2.0, -1.0, 0.0, 1.0, 2.0)  # times the chart's unit (the strength it was first drawn at)
 AGAINST_EPS = 0.05  # log-odds changes smaller than this are noise, not "against the sign"
 DEFAULT_PROMPT = "Tell me about your day."
 
@@ -99,6 +99,41 @@ def positions_to_str(positions: Any) -> str:
 
 class _Stale(Exception):
     """A newer request exists; this run's results would be dropped anyway."""
+
+
+@dataclass
+class _Chart:
+    """The target-vs-contrast chart's points for one setting: cache keys and their steerings."""
+
+    setting: tuple
+    grid: list[float]
+    vector: sw.SteeringVector
+    random: sw.SteeringVector
+    controls: dict[str, Any]
+
+    def key(self, series: str, strength: float) -> tuple:
+        # every series shares the unsteered point at strength 0
+        return self.setting[:2] if strength == 0 else (*self.setting, series, strength)
+
+    def steering(self, series: str, strength: float) -> sw.Steering | None:
+        if strength == 0:
+            return None
+        c = self.controls
+        vec = self.vector if series == "vector" else self.random
+        return sw.Steering(vec, c["layer"], strength, c["positions"], relative=c["relative"])
+
+    def missing(self, cache: Mapping[tuple, Any]) -> list[tuple[tuple, sw.Steering | None]]:
+        out: dict[tuple, sw.Steering | None] = {}
+        for series in ("vector", "random"):
+            for s in self.grid:
+                key = self.key(series, s)
+                if key not in cache and key not in out:
+                    out[key] = self.steering(series, s)
+        return list(out.items())
+
+    def curve(self, series: str, cache: Mapping[tuple, tuple[float, float]]) -> list[float]:
+        """log p(target) − log p(contrast) at each grid strength."""
+        return [cache[self.key(series, s)][0] - cache[self.key(series, s)][1] for s in self.grid]
 
 
 @dataclass
@@ -194,8 +229,7 @@ class Playground(anywidget.AnyWidget):
             chosen = vector
         else:
             raise TypeError(
-                "vector must be a SteeringVector, a built-in name or None, got "
-                f"{type(vector).__name__}"
+                f"vector must be a SteeringVector, a built-in name or None, got {type(vector).__name__}"
             )
         self._targets = _check_targets(targets)
         self._ab_items = list(ab_items or [])[:AB_LIMIT]
@@ -206,6 +240,7 @@ class Playground(anywidget.AnyWidget):
         self._base_cache: OrderedDict[tuple, Any] = OrderedDict()
         self._token_cache: OrderedDict[str, tuple] = OrderedDict()
         self._point_cache: OrderedDict[tuple, tuple[float, float]] = OrderedDict()
+        self._chart_units: dict[tuple, float] = {}
         self._ab_cache: dict[tuple, list[dict]] = {}
         self._actadd_cache: dict[tuple[str, str], sw.SteeringVector] = {}
         self._landed: list[int] = []  # requests whose results completed (newest last), for tests
@@ -292,9 +327,7 @@ class Playground(anywidget.AnyWidget):
     # ------------------------------------------------------------------------------------------
     def _add_vector(self, name: str, vector: sw.SteeringVector) -> None:
         if not isinstance(vector, sw.SteeringVector):
-            raise TypeError(
-                f"vectors[{name!r}] must be a SteeringVector, got {type(vector).__name__}"
-            )
+            raise TypeError(f"vectors[{name!r}] must be a SteeringVector, got {type(vector).__name__}")
         if name in BUILTIN_VECTORS or name == ACTADD:
             raise ValueError(f"the vector name {name!r} is reserved; pick another name")
         self._vectors[name] = vector
@@ -402,9 +435,11 @@ class Playground(anywidget.AnyWidget):
             while len(self._base_cache) > 32:
                 self._base_cache.popitem(last=False)
         self._check(job)
-        # 3. per-token likelihood shift and top-k next-token shifts
+        # 3. one batched scoring pass: the unsteered model on the steered text (per-token shift) and
+        #    every chart point not cached yet (target and contrast, vector and random reference)
         self._publish(job, status="scoring")
-        tokens = self._token_shifts(c, steered, steering)
+        chart = self._chart_points(c, vector) if self._targets else None
+        tokens = self._score_batch(job, c, steered, steering, chart)
         self._publish(
             job,
             steered_tokens=tokens,
@@ -412,11 +447,10 @@ class Playground(anywidget.AnyWidget):
             norm_ratio=_finite_or_none(steered.norm_ratio),
             code=self._code_for(c),
         )
-        # 4. strength sweep against a random vector of equal norm
+        # 4. the strength chart against a random vector of equal norm, and its warnings
         warnings: list[dict] = []
-        if self._targets:
-            self._publish(job, status="charting")
-            warnings += self._target_chart(job, c, vector)
+        if chart is not None:
+            warnings += self._target_chart(job, c, chart)
         else:
             self._publish(job, chart_spec={})
         job.timings["charts_ms"] = _ms(job.started)
@@ -466,13 +500,10 @@ class Playground(anywidget.AnyWidget):
         text, char_start = sw.engine.prompt_text(model, prompt)
         user_end = len(ids)
         if char_start or text != prompt:
-            user_end = len(
-                tok(text[: char_start + len(prompt)], add_special_tokens=False)["input_ids"]
-            )
+            user_end = len(tok(text[: char_start + len(prompt)], add_special_tokens=False)["input_ids"])
         pieces = _pieces(tok, ids)
         chips = [
-            {"i": i, "text": piece, "user": user_start <= i < user_end}
-            for i, piece in enumerate(pieces)
+            {"i": i, "text": piece, "user": user_start <= i < user_end} for i, piece in enumerate(pieces)
         ]
         hit = (ids, user_start, chips)
         self._token_cache[prompt] = hit
@@ -512,36 +543,63 @@ class Playground(anywidget.AnyWidget):
         self._publish(job, **{trait: out.text})
         return out
 
-    def _token_shifts(self, c: dict[str, Any], steered: Any, steering: Any) -> list[dict]:
-        """log p_steered − log p_base of each steered token (the base scores the steered text)."""
+    def _score_batch(
+        self, job: _Job, c: dict[str, Any], steered: Any, steering: Any, chart: _Chart | None
+    ) -> list[dict]:
+        """Score everything the update needs in one batched pass; fills the chart's point cache and
+        returns the per-token shifts log p_steered − log p_base of the steered text."""
         tok = self.model.tokenizer
+        prompts: list[str] = []
+        completions: list[str] = []
+        rows: list[Any] = []
+
+        def add(completion: str, row_steering: Any) -> int:
+            prompts.append(c["prompt"])
+            completions.append(completion)
+            rows.append(row_steering)
+            return len(rows) - 1
+
         text = steered.text
-        if not text:
-            return []
         stop = {tok.eos_token_id, tok.pad_token_id} - {None}
         gen_ids = list(steered.token_ids[0])
         gen_lp = list(steered.token_logprobs[0])
         while gen_ids and gen_ids[-1] in stop:
             gen_ids.pop()
             gen_lp.pop()
-        base_lp = sw.score(self.model, c["prompt"], text)[0].tolist()
-        retok = tok(text, add_special_tokens=False)["input_ids"]
-        if retok == gen_ids:
+        base_row = steered_row = None
+        if text:
+            base_row = add(text, None)
+            if tok(text, add_special_tokens=False)["input_ids"] != gen_ids:
+                # the text does not re-tokenise to the generated ids: score both on the same tokens
+                steered_row = add(text, steering)
+        missing = chart.missing(self._point_cache) if chart is not None else []
+        point_rows = []
+        for key, point_steering in missing:
+            target, contrast = self._targets
+            point_rows.append((key, add(target, point_steering), add(contrast, point_steering)))
+        self._check(job)
+        lp = sw.score(self.model, prompts, completions, row_steerings=rows, batch_size=64) if rows else []
+        for key, t_row, k_row in point_rows:
+            self._point_cache[key] = (float(lp[t_row].sum()), float(lp[k_row].sum()))
+        while len(self._point_cache) > 512:
+            self._point_cache.popitem(last=False)
+        if base_row is None:
+            return []
+        base_lp = lp[base_row].tolist()
+        if steered_row is None:
             ids, steered_lp = gen_ids, gen_lp
-        else:  # the text does not re-tokenise to the generated ids: score both on the same tokens
-            ids = retok
-            steered_lp = sw.score(self.model, c["prompt"], text, steering)[0].tolist()
-        out = []
-        for piece, lp_s, lp_b in zip(_pieces(tok, ids), steered_lp, base_lp):
-            out.append(
-                {
-                    "text": piece,
-                    "shift": _round(lp_s - lp_b),
-                    "lp_steered": _round(lp_s),
-                    "lp_base": _round(lp_b),
-                }
-            )
-        return out
+        else:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            steered_lp = lp[steered_row].tolist()
+        return [
+            {
+                "text": piece,
+                "shift": _round(lp_s - lp_b),
+                "lp_steered": _round(lp_s),
+                "lp_base": _round(lp_b),
+            }
+            for piece, lp_s, lp_b in zip(_pieces(tok, ids), steered_lp, base_lp)
+        ]
 
     def _topk(self, base: Any, steered: Any) -> list[dict]:
         """The k next tokens whose probability changed most at the first generated position."""
@@ -564,56 +622,31 @@ class Playground(anywidget.AnyWidget):
         ]
         return sorted(rows, key=lambda r: -r["delta"])
 
-    def _target_scores(self, c: dict[str, Any], steering: Any) -> tuple[float, float]:
-        target, contrast = self._targets
-        lp = sw.score(self.model, [c["prompt"]] * 2, [target, contrast], steering)
-        return float(lp[0].sum()), float(lp[1].sum())
+    def _chart_points(self, c: dict[str, Any], vector: sw.SteeringVector) -> _Chart:
+        """The chart's grid: ±U, ±2U and 0 around a unit U kept while the strength stays near it, plus
+        the current strength, so moving the strength slider reuses the cached points."""
+        strength = float(c["strength"])
+        setting = (
+            c["prompt"], tuple(self._targets), _vector_key(c), c["layer"], c["positions"], c["relative"]
+        )  # fmt: skip
+        unit = self._chart_units.get(setting)
+        if unit is None or (strength != 0 and not unit / 4 <= abs(strength) <= 2 * unit):
+            unit = abs(strength) if strength != 0 else (0.25 if c["relative"] else 1.0)
+            self._chart_units[setting] = unit
+        grid = sorted({k * unit + 0.0 for k in SWEEP_GRID} | {strength + 0.0})  # + 0.0: no -0
+        return _Chart(setting, grid, vector, sw.random_like(vector, seed=0), c)
 
-    def _target_chart(self, job: _Job, c: dict[str, Any], vector: sw.SteeringVector) -> list[dict]:
+    def _target_chart(self, job: _Job, c: dict[str, Any], chart: _Chart) -> list[dict]:
         from .charts import strength_sweep_spec
 
-        strength = float(c["strength"])
-        unit = strength if strength != 0 else 1.0
-        grid = sorted(k * unit + 0.0 for k in SWEEP_GRID)  # + 0.0: no -0
-        random_vec = sw.random_like(vector, seed=0)
-        setting = (
-            c["prompt"],
-            tuple(self._targets),
-            _vector_key(c),
-            c["layer"],
-            c["positions"],
-            c["relative"],
-        )
-
-        def point(vec: sw.SteeringVector, series: str, s: float) -> tuple[float, float]:
-            # One score call per point; points are cached so moving the slider reuses them.
-            key = (c["prompt"], tuple(self._targets)) if s == 0 else (*setting, series, s)
-            if key not in self._point_cache:
-                steer = None
-                if s != 0:
-                    steer = sw.Steering(vec, c["layer"], s, c["positions"], relative=c["relative"])
-                self._point_cache[key] = self._target_scores(c, steer)
-                while len(self._point_cache) > 512:
-                    self._point_cache.popitem(last=False)
-            return self._point_cache[key]
-
-        def curve(vec: sw.SteeringVector, series: str) -> list[float]:
-            values = []
-            for s in grid:
-                self._check(job)
-                t, k = point(vec, series, s)
-                values.append(t - k)
-            return values
-
+        self._check(job)
+        vec_curve = chart.curve("vector", self._point_cache)
+        rnd_curve = chart.curve("random", self._point_cache)
         title = f"layer {c['layer']}, sum of token log-probs"
-        vec_curve = curve(vector, "vector")
-        self._publish(
-            job, chart_spec=strength_sweep_spec(grid, vec_curve, None, strength, title=title)
-        )
-        rnd_curve = curve(random_vec, "random")
-        spec = strength_sweep_spec(grid, vec_curve, rnd_curve, strength, title=title)
+        strength = float(c["strength"])
+        spec = strength_sweep_spec(chart.grid, vec_curve, rnd_curve, strength, title=title)
         self._publish(job, chart_spec=spec)
-        return target_warnings(grid, vec_curve, rnd_curve, strength, self._targets)
+        return target_warnings(chart.grid, vec_curve, rnd_curve, strength, self._targets)
 
     def _ab_warnings(self, job: _Job, c: dict[str, Any], vector: sw.SteeringVector) -> list[dict]:
         strength = float(c["strength"])
@@ -672,8 +705,7 @@ class Playground(anywidget.AnyWidget):
             lines.append(f"vector = sw.mean_difference(model, {pairs}{layers})")
         elif name == ACTADD:
             lines.append(
-                f"vector = sw.actadd(model, {c['actadd_positive']!r}, {c['actadd_negative']!r}, "
-                f"{c['layer']})"
+                f"vector = sw.actadd(model, {c['actadd_positive']!r}, {c['actadd_negative']!r}, {c['layer']})"
             )
         else:
             path = f"{_safe_filename(name)}.safetensors"
@@ -708,18 +740,13 @@ class Playground(anywidget.AnyWidget):
             f"positions {esc(str(c['positions']))}, {int(c['max_new_tokens'])} new tokens, "
             f"seed {int(c['seed'])}"
         )
-        cell = (
-            "vertical-align:top;padding:4px 8px;border:1px solid #ccc;white-space:pre-wrap;"
-            "width:50%"
-        )
+        cell = "vertical-align:top;padding:4px 8px;border:1px solid #ccc;white-space:pre-wrap;width:50%"
         parts = [
             '<div class="sw-playground-snapshot" style="font-family:sans-serif;font-size:13px">',
             f"<div><b>Steering playground</b> ({esc(self.model_name)}): {head}</div>",
-            "<div><b>Prompt:</b> "
-            f"<span style='white-space:pre-wrap'>{esc(c['prompt'])}</span></div>",
+            f"<div><b>Prompt:</b> <span style='white-space:pre-wrap'>{esc(c['prompt'])}</span></div>",
             "<table style='border-collapse:collapse;width:100%;margin:4px 0'>",
-            "<tr><th style='text-align:left'>Unsteered</th>"
-            "<th style='text-align:left'>Steered</th></tr>",
+            "<tr><th style='text-align:left'>Unsteered</th><th style='text-align:left'>Steered</th></tr>",
             f"<tr><td style='{cell}'>{esc(self.base_text)}</td>"
             f"<td style='{cell}'>{esc(self.steered_text)}</td></tr></table>",
         ]
@@ -735,8 +762,7 @@ class Playground(anywidget.AnyWidget):
         if self.chart_spec:
             parts.append(f"<div>{to_svg(self.chart_spec)}</div>")
         parts.append(
-            "<div style='color:#888'><i>Static snapshot; run the notebook for the live "
-            "widget.</i></div>"
+            "<div style='color:#888'><i>Static snapshot; run the notebook for the live widget.</i></div>"
         )
         parts.append("</div>")
         return "\n".join(parts)
@@ -771,11 +797,7 @@ def target_warnings(
     zero = int(np.argmin(np.abs(lam)))
     here = int(np.argmin(np.abs(lam - strength)))
     effect = float(d[here] - d[zero])
-    if (
-        strength != 0
-        and abs(effect) > AGAINST_EPS
-        and math.copysign(1, effect) != math.copysign(1, strength)
-    ):
+    if strength != 0 and abs(effect) > AGAINST_EPS and math.copysign(1, effect) != math.copysign(1, strength):
         moved = "more" if effect > 0 else "less"
         out.append(
             {
