@@ -1,12 +1,16 @@
 """Benchmarks of the steering engine against plain PyTorch hooks, measured in one run.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--only P1,P2,P4] [--json out.json]
+    .venv/bin/python benchmarks/run.py [--quick] [--only P1,P2,P3,P4] [--json out.json]
 
 P1  propensity sweep (A/B items x strengths at one layer): naive per-(item, strength)
     forwards with a plain hook, hand-batched strengths, a plain-hook re-implementation of the
     engine's algorithm, and ``sw.propensity_sweep``; for positions "last" and "all".
 P2  steered greedy generation: plain hook + ``model.hf.generate`` vs
     ``sw.generate(baseline=False)``.
+P3  Playground update after a strength-slider release (the widget's own clock, Python level):
+    first steered token and complete update (32 tokens, per-token colouring, top-k, chart), for a
+    strength on the chart's grid and one off it, in float32 and bfloat16, beside the floor: plain
+    ``model.hf.generate`` of the same 32 tokens in the same dtype.
 P4  load: import time, ``sw.load_model()`` cold (de-quantising the GGUF) and warm
     (safetensors cache), each in a fresh subprocess.
 
@@ -51,6 +55,12 @@ GOALS = {
     "P1 last (d)/(c)": ("<=", 1.1),
     "P1 all (d)/(c)": ("<=", 1.1),
     "P2 engine/hook": ("<=", 1.05),
+    "P3 float32 first token s": ("<=", 0.15),
+    "P3 float32 complete (off grid) s": ("<=", 1.0),
+    "P3 float32 complete (off grid)/plain generate": ("<=", 1.3),
+    "P3 bfloat16 first token s": ("<=", 0.15),
+    "P3 bfloat16 complete (off grid) s": ("<=", 1.0),
+    "P3 bfloat16 complete (off grid)/plain generate": ("<=", 1.3),
     "P4 warm load_model() s": ("<=", 2.0),
 }
 P2_PROMPTS = [
@@ -469,9 +479,7 @@ def p2_engine(model: Any, vector: Any) -> tuple[Any, int]:
         steps[0] = step + 1
 
     steering = sw.Steering(vector, LAYER, P2_STRENGTH, "all")
-    res = sw.generate(
-        model, P2_PROMPTS, steering, max_new_tokens=P2_NEW, baseline=False, on_token=count
-    )
+    res = sw.generate(model, P2_PROMPTS, steering, max_new_tokens=P2_NEW, baseline=False, on_token=count)
     return res.steered, steps[0]
 
 
@@ -518,9 +526,7 @@ def run_p2(model: Any, plain: Any, quick: bool, report: dict, repeats: int | Non
     for name in ("hook_generate", "hook_generate_plain_model"):
         ids = outputs[name]
         steps[name] = int(ids.shape[1])
-        same = sum(
-            ids[row, : len(toks)].tolist() == toks for row, toks in enumerate(engine_out.token_ids)
-        )
+        same = sum(ids[row, : len(toks)].tolist() == toks for row, toks in enumerate(engine_out.token_ids))
         report["checks"].append(
             {
                 "check": f"P2 greedy tokens of engine == {name} (engine rows up to their EOS)",
@@ -556,6 +562,101 @@ def run_p2(model: Any, plain: Any, quick: bool, report: dict, repeats: int | Non
             "ratio of seconds per step (inverse tokens/s)"
         )
     report["meta"]["P2"] = {"repeats": repeats, "strength": P2_STRENGTH, "note": note}
+
+
+# ----------------------------------------------------------------------------------------------
+# P3: the Playground's update latency
+# ----------------------------------------------------------------------------------------------
+P3_PROMPT = "Tell me about your day."
+P3_TARGETS = (" I love it", " I hate it")
+
+
+class _Seconds(Timings):
+    """Timings filled from the widget's own clock (ms) rather than by calling a function."""
+
+    def add(self, ms: float) -> None:
+        self.wall.append(ms / 1000)
+        self.cpu.append(float("nan"))
+
+    @property
+    def cpu_median(self) -> float:
+        return float("nan")
+
+
+def _plain_generate(hf: Any, ids: torch.Tensor) -> Callable[[], Any]:
+    def plain() -> Any:
+        with torch.no_grad():
+            return hf.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
+
+    return plain
+
+
+def run_p3(quick: bool, report: dict, repeats: int | None = None) -> None:
+    import steerwidgets as sw
+    from steerwidgets.widgets.playground import Playground
+
+    repeats = repeats or (2 if quick else 5)
+    print(f"P3: Playground strength changes, 32 new tokens, layer 10; {repeats} repeat(s)", flush=True)
+    for dtype in ("float32", "bfloat16"):
+        model = sw.load_model(dtype=getattr(torch, dtype))
+        vector = sw.mean_difference(model, sw.builtin_pairs("sentiment"))
+        ids = torch.tensor([sw.engine.tokenize_prompt(model, P3_PROMPT)[0]])
+        widget = Playground(model, vector, prompt=P3_PROMPT, layer=10, strength=4.0, targets=P3_TARGETS)
+        widget.wait(600)
+
+        plain = _plain_generate(model.hf, ids)
+        plain()  # warm-up
+        times = {"plain_generate": Timings(), "first_token": _Seconds()}
+        times.update({"complete_on_grid": _Seconds(), "complete_off_grid": _Seconds()})
+        for r in range(repeats):
+            times["plain_generate"].run(plain)
+            # on the grid (±4, ±8 were drawn first): only the steered text is new
+            for kind, strength in (("complete_on_grid", -4.0 if r % 2 == 0 else 8.0),
+                                   ("complete_off_grid", 4.0 + 0.5 * (r + 1))):  # fmt: skip
+                widget.strength = strength
+                widget.wait(600)
+                if widget.error:
+                    raise RuntimeError(f"P3: the playground failed: {widget.error}")
+                times[kind].add(widget.timings["charts_ms"])
+                times["first_token"].add(widget.timings["first_token_ms"])
+            print(
+                f"  {dtype} repeat {r + 1}/{repeats} "
+                + ", ".join(f"{n} {t.wall[-1]:.3f} s" for n, t in times.items())
+                + f"  load {loadavg()}",
+                flush=True,
+            )
+        widget.close()
+        for name, t in times.items():
+            report["rows"].append(
+                {
+                    "bench": "P3",
+                    "positions": "all",
+                    "variant": f"{dtype} {name}",
+                    "label": P3_LABELS[name],
+                    **t.row(),
+                }
+            )
+        report["ratios"][f"P3 {dtype} first token s"] = times["first_token"].median
+        report["ratios"][f"P3 {dtype} complete (off grid) s"] = times["complete_off_grid"].median
+        report["ratios"][f"P3 {dtype} complete (on grid) s"] = times["complete_on_grid"].median
+        report["ratios"][f"P3 {dtype} complete (off grid)/plain generate"] = (
+            times["complete_off_grid"].median / times["plain_generate"].median
+        )
+        del widget, model, plain
+    report["meta"]["P3"] = {
+        "repeats": repeats,
+        "note": "widget timings from the slider change reaching Python; the browser adds the round "
+        "trip (tests/browser/test_playground.py measures it). bfloat16 is the speed option: it moves "
+        "A/B propensities by up to ~0.35 logits on SmolLM2, so measured numbers use float32.",
+    }
+
+
+P3_LABELS = {
+    "plain_generate": "floor: model.hf.generate, 32 greedy tokens, no steering, no nnsight",
+    "first_token": "slider change -> first steered token (widget clock)",
+    "complete_on_grid": "-> text, colouring, top-k and chart done; strength on the chart grid",
+    "complete_off_grid": "-> same, strength off the grid (2 new chart points x 2 completions)",
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -621,9 +722,7 @@ def _p4_timings(runs: list[dict[str, list[float]]], part: str) -> Timings:
 
 def run_p4(quick: bool, report: dict, repeats: int | None = None) -> None:
     repeats = repeats or (1 if quick else 3)
-    print(
-        f"P4: fresh subprocesses; cold once, then warm and warm-preimported x{repeats}", flush=True
-    )
+    print(f"P4: fresh subprocesses; cold once, then warm and warm-preimported x{repeats}", flush=True)
     with tempfile.TemporaryDirectory(prefix="sw-bench-cache-") as cache:
         cold = _p4_once(cache)
         print(f"  cold {cold}  load {loadavg()}", flush=True)
@@ -661,9 +760,7 @@ def run_p4(quick: bool, report: dict, repeats: int | None = None) -> None:
     report["cpu_ratios"]["P4 warm load_model() s, model classes pre-imported"] = timings[
         ("warm-pre", "load")
     ].cpu_median
-    add_ratio(
-        report, "P4 cold/warm load_model()", timings[("cold", "load")], timings[("warm", "load")]
-    )
+    add_ratio(report, "P4 cold/warm load_model()", timings[("cold", "load")], timings[("warm", "load")])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -671,8 +768,7 @@ def run_p4(quick: bool, report: dict, repeats: int | None = None) -> None:
 # ----------------------------------------------------------------------------------------------
 def markdown(report: dict) -> str:
     lines = [
-        "| bench | positions | variant | median s | min s | max s | median CPU s | n | GFLOP "
-        "| notes |",
+        "| bench | positions | variant | median s | min s | max s | median CPU s | n | GFLOP | notes |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in report["rows"]:
@@ -705,8 +801,7 @@ def markdown(report: dict) -> str:
         op, target = goal
         met = value >= target if op == ">=" else value <= target
         lines.append(
-            f"| {name} | {value:.2f} | {cpu_s} | {item_s} | {op} {target} "
-            f"| {'yes' if met else 'NO'} |"
+            f"| {name} | {value:.2f} | {cpu_s} | {item_s} | {op} {target} | {'yes' if met else 'NO'} |"
         )
     if report["checks"]:
         lines += ["", "| check | value | ok |", "|---|---|---|"]
@@ -727,21 +822,17 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="P1 on 8 items, fewer repeats")
-    parser.add_argument("--only", default="P1,P2,P4", help="comma-separated subset of P1,P2,P4")
+    parser.add_argument("--only", default="P1,P2,P3,P4", help="comma-separated subset of P1,P2,P3,P4")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument(
-        "--repeats", type=int, help="repeats for every benchmark (default P1 3, P2 5, P4 3)"
-    )
+    parser.add_argument("--repeats", type=int, help="repeats for every benchmark (default P1 3, P2 5, P4 3)")
     parser.add_argument("--items", type=int, help="P1 items (default 40, 8 with --quick)")
     args = parser.parse_args(argv)
     only = {part.strip().upper() for part in args.only.split(",") if part.strip()}
-    unknown = only - {"P1", "P2", "P4"}
+    unknown = only - {"P1", "P2", "P3", "P4"}
     if unknown:
-        parser.error(f"unknown benchmark(s) {sorted(unknown)}; use P1, P2, P4")
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; use P1, P2, P3, P4")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     torch.set_num_threads(2)
@@ -772,6 +863,8 @@ def main(argv: list[str] | None = None) -> int:
             run_p1(model, plain, args.quick, report, args.repeats, args.items)
         if "P2" in only:
             run_p2(model, plain, args.quick, report, args.repeats)
+    if "P3" in only:
+        run_p3(args.quick, report, args.repeats)
     if "P4" in only:
         run_p4(args.quick, report, args.repeats)
     report["meta"]["total_s"] = time.perf_counter() - t_start

@@ -295,7 +295,9 @@ def test_traces_from_two_threads_take_turns(tiny_llama):
         try:
             for _ in range(5):
                 sw.generate(tiny_llama, PROMPT, sw.Steering(vec, 2, 1.0), max_new_tokens=3, chat=False)
-                results.append(sw.score(tiny_llama, PROMPT, " sunny", sw.Steering(vec, 1, 1.0), chat=False)[0])
+                results.append(
+                    sw.score(tiny_llama, PROMPT, " sunny", sw.Steering(vec, 1, 1.0), chat=False)[0]
+                )
         except Exception as exc:  # reported below
             errors.append(exc)
 

@@ -54,9 +54,7 @@ def _done(w: Playground, timeout: float = 600.0) -> Playground:
 
 def _direct(smol, vector, strength, *, prompt=PROMPT, positions="all", n=6, seed=0, layer=LAYER):
     steering = sw.Steering(vector, layer, strength, positions)
-    return sw.generate(
-        smol, prompt, steering, max_new_tokens=n, seed=seed, baseline=False
-    ).steered.text
+    return sw.generate(smol, prompt, steering, max_new_tokens=n, seed=seed, baseline=False).steered.text
 
 
 class CountingGenerate:
@@ -267,6 +265,42 @@ def test_targets_chart_and_negative_strength_warning(make, sentiment):
     assert all(set(x) >= {"level", "message"} for x in w.warnings)
 
 
+def test_chart_is_one_scoring_pass_and_reuses_points_when_the_strength_moves(
+    make, smol, sentiment, monkeypatch
+):
+    calls = []
+    real = sw.score
+
+    def counting(model, prompts, completions, steering=None, **kwargs):
+        calls.append(len(prompts))
+        return real(model, prompts, completions, steering, **kwargs)
+
+    monkeypatch.setattr(sw, "score", counting)
+    w = _done(make(strength=4.0, targets=TARGETS, max_new_tokens=4))
+    # one pass: the steered text under the base model + 9 chart points (4 per series + the shared 0) × 2
+    assert calls == [1 + 9 * 2]
+    values = [
+        row for data in _datasets(w.chart_spec) for row in data if row.get("series") == charts.VECTOR_SERIES
+    ]
+    at = {row["strength"]: row["value"] for row in values}
+    for strength in (-8.0, 4.0):
+        lp = real(smol, [PROMPT] * 2, list(TARGETS), sw.Steering(sentiment, LAYER, strength))
+        assert at[strength] == pytest.approx(float(lp[0].sum() - lp[1].sum()), abs=1e-3)
+    calls.clear()
+    w.strength = -4.0  # on the grid: only the steered text is scored
+    _done(w)
+    assert calls == [1]
+    w.strength = 2.0  # inside the grid's range: two new points (vector, random) × 2
+    _done(w)
+    assert calls == [1, 1 + 2 * 2]
+    grid = sorted({row["strength"] for data in _datasets(w.chart_spec) for row in data if "series" in row})
+    assert grid == [-8, -4, 0, 2, 4, 8]
+    w.strength = 40.0  # far outside: the grid is redrawn around the new strength
+    _done(w)
+    grid = sorted({row["strength"] for data in _datasets(w.chart_spec) for row in data if "series" in row})
+    assert grid == [-80, -40, 0, 40, 80]
+
+
 def _datasets(spec):
     out = [d["values"] for d in spec.get("datasets", {}).values()] if "datasets" in spec else []
     for layer in spec.get("layer", []):
@@ -309,9 +343,7 @@ def test_ab_warning_lists_backfiring_items():
     assert warning["items"] == [items[1].question[:80], items[2].question[:80]]
     assert "2 of 4" in warning["message"] and "layer 5" in warning["message"]
     prop_ok = np.array([[0.0, 1.0, 2.0]] * 10)
-    ok = SimpleNamespace(
-        items=items * 3, slopes=lambda layer: sw.metrics.slopes(prop_ok, [-1, 0, 1])
-    )
+    ok = SimpleNamespace(items=items * 3, slopes=lambda layer: sw.metrics.slopes(prop_ok, [-1, 0, 1]))
     assert pg.ab_warnings(ok, layer=5) == []
 
 
