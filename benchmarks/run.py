@@ -1,6 +1,6 @@
 """Benchmarks of the steering engine against plain PyTorch hooks, measured in one run.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--only P1,P2,P3,P4] [--json out.json]
+    .venv/bin/python benchmarks/run.py [--quick] [--only P1,P2,P3,P4,P5] [--json out.json]
 
 P1  propensity sweep (A/B items x strengths at one layer): naive per-(item, strength)
     forwards with a plain hook, hand-batched strengths, a plain-hook re-implementation of the
@@ -11,6 +11,10 @@ P3  Playground update after a strength-slider release (the widget's own clock, P
     first steered token and complete update (32 tokens, per-token colouring, top-k, chart), for a
     strength on the chart's grid and one off it, in float32 and bfloat16, beside the floor: plain
     ``model.hf.generate`` of the same 32 tokens in the same dtype.
+P5  layer sweep: the [30 layers x 7 strengths x 40 items] propensity tensor (positions "last")
+    with ``sw.propensity_sweep`` vs the naive loop (one hooked forward per layer, strength and item),
+    the naive time extrapolated from a timed sample of its forwards (its whole 8,400 would take
+    ~25 min); the sampled cells are checked against the engine's.
 P4  load: import time, ``sw.load_model()`` cold (de-quantising the GGUF) and warm
     (safetensors cache), each in a fresh subprocess.
 
@@ -61,6 +65,7 @@ GOALS = {
     "P3 bfloat16 first token s": ("<=", 0.15),
     "P3 bfloat16 complete (off grid) s": ("<=", 1.0),
     "P3 bfloat16 complete (off grid)/plain generate": ("<=", 1.3),
+    "P5 naive (extrapolated)/engine": (">=", 5.0),
     "P4 warm load_model() s": ("<=", 2.0),
 }
 P2_PROMPTS = [
@@ -660,6 +665,93 @@ P3_LABELS = {
 
 
 # ----------------------------------------------------------------------------------------------
+# P5: a whole layer sweep
+# ----------------------------------------------------------------------------------------------
+P5_SAMPLE_LAYERS = (0, 15, 29)
+P5_SAMPLE_ITEMS = 4
+
+
+def p5_naive_cells(model: Any, items: list, vector: Any, layers: tuple[int, ...]) -> np.ndarray:
+    """[layers, items, strengths] propensities, one hooked full forward per cell."""
+    out = np.zeros((len(layers), len(items), len(STRENGTHS)))
+    prompts = _prompts(model, items)
+    with torch.no_grad():
+        for li, layer in enumerate(layers):
+            hook = AddHook(model.hf_block(layer))
+            try:
+                for i, (ids, y_pos, y_neg) in enumerate(prompts):
+                    mask = _mask("last", ids.shape[1])[None, :, None]
+                    for j, lam in enumerate(STRENGTHS):
+                        hook.add = lam * vector[layer] * mask
+                        logits = model.hf(ids).logits[0, -1]
+                        out[li, i, j] = float(logits[y_pos] - logits[y_neg])
+            finally:
+                hook.remove()
+    return out
+
+
+def run_p5(quick: bool, report: dict, n_items: int | None = None) -> None:
+    import steerwidgets as sw
+
+    model = sw.load_model()
+    items = list(sw.builtin_ab("sentiment"))[: n_items or (8 if quick else 40)]
+    layers = list(range(model.n_layers))
+    vector = sw.caa(model, items, layers)
+    print(
+        f"P5: {len(layers)} layers x {len(STRENGTHS)} strengths x {len(items)} items, positions='last'",
+        flush=True,
+    )
+    engine, naive = Timings(), Timings()
+    result = engine.run(
+        lambda: sw.propensity_sweep(model, items, vector, layers, STRENGTHS, positions="last")
+    )
+    sample = items[:P5_SAMPLE_ITEMS]
+    cells = naive.run(lambda: p5_naive_cells(model, sample, vector, P5_SAMPLE_LAYERS))
+    n_sample = len(P5_SAMPLE_LAYERS) * len(sample) * len(STRENGTHS)
+    n_full = len(layers) * len(items) * len(STRENGTHS)
+    per_forward = naive.median / n_sample
+    extrapolated = per_forward * n_full
+    diff = max(
+        float(np.abs(result.propensity[layer][: len(sample)] - cells[li]).max())
+        for li, layer in enumerate(P5_SAMPLE_LAYERS)
+    )
+    report["checks"].append(
+        {"check": "P5 engine == naive on the sampled cells (max abs diff)", "value": diff, "ok": diff < 1e-3}
+    )
+    report["rows"].append(
+        {
+            "bench": "P5",
+            "positions": "last",
+            "variant": "engine",
+            "label": P5_LABELS["engine"],
+            **engine.row(),
+        }
+    )
+    report["rows"].append(
+        {
+            "bench": "P5",
+            "positions": "last",
+            "variant": "naive sample",
+            "label": P5_LABELS["naive"].format(n=n_sample, per=per_forward, full=n_full, ext=extrapolated),
+            **naive.row(),
+        }
+    )
+    report["ratios"]["P5 engine sweep s"] = engine.median
+    report["ratios"]["P5 naive (extrapolated)/engine"] = extrapolated / engine.median
+    print(
+        f"  engine {engine.median:.1f} s; naive {per_forward:.3f} s/forward x {n_full} = "
+        f"{extrapolated:.0f} s; max abs diff {diff:.1e}  load {loadavg()}",
+        flush=True,
+    )
+
+
+P5_LABELS = {
+    "engine": "sw.propensity_sweep over every layer (one run)",
+    "naive": "{n} hooked forwards timed ({per:.3f} s each); x {full} cells = {ext:.0f} s extrapolated",
+}
+
+
+# ----------------------------------------------------------------------------------------------
 # P4: import and load in fresh processes
 # ----------------------------------------------------------------------------------------------
 _P4_CODE = """
@@ -824,15 +916,15 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="P1 on 8 items, fewer repeats")
-    parser.add_argument("--only", default="P1,P2,P3,P4", help="comma-separated subset of P1,P2,P3,P4")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5", help="comma-separated subset of P1..P5")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--repeats", type=int, help="repeats for every benchmark (default P1 3, P2 5, P4 3)")
     parser.add_argument("--items", type=int, help="P1 items (default 40, 8 with --quick)")
     args = parser.parse_args(argv)
     only = {part.strip().upper() for part in args.only.split(",") if part.strip()}
-    unknown = only - {"P1", "P2", "P3", "P4"}
+    unknown = only - {"P1", "P2", "P3", "P4", "P5"}
     if unknown:
-        parser.error(f"unknown benchmark(s) {sorted(unknown)}; use P1, P2, P3, P4")
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; use P1, P2, P3, P4, P5")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     torch.set_num_threads(2)
@@ -865,6 +957,8 @@ def main(argv: list[str] | None = None) -> int:
             run_p2(model, plain, args.quick, report, args.repeats)
     if "P3" in only:
         run_p3(args.quick, report, args.repeats)
+    if "P5" in only:
+        run_p5(args.quick, report, args.items)
     if "P4" in only:
         run_p4(args.quick, report, args.repeats)
     report["meta"]["total_s"] = time.perf_counter() - t_start

@@ -74,9 +74,7 @@ def test_normalise_letter_accepts_common_spellings(answer, letter):
     assert normalise_letter(answer) == letter
 
 
-@pytest.mark.parametrize(
-    "answer", ["(C)", "C", "a", "(a)", "", "  ", "(A", "A)", "(A)(B)", "AB", None, 1]
-)
+@pytest.mark.parametrize("answer", ["(C)", "C", "a", "(a)", "", "  ", "(A", "A)", "(A)(B)", "AB", None, 1])
 def test_normalise_letter_rejects_everything_else(answer):
     with pytest.raises(ValueError):
         normalise_letter(answer)
@@ -142,9 +140,7 @@ def test_jsonl_skips_blank_lines(tmp_path):
 
 def test_csv_keeps_newlines_inside_quoted_questions(tmp_path):
     fields = ["question", "answer_matching_behavior", "answer_not_matching_behavior"]
-    path = _write_csv(
-        tmp_path / "items.csv", [_caa(Q1, "(A)", "(B)"), _caa(Q2, " (B)", "A")], fields
-    )
+    path = _write_csv(tmp_path / "items.csv", [_caa(Q1, "(A)", "(B)"), _caa(Q2, " (B)", "A")], fields)
     items = load_ab_items(path)
     assert items == [ABItem(Q1, "A", "B"), ABItem(Q2, "B", "A")]
     assert "\n\nChoices:\n(A)" in items[0].question
@@ -269,9 +265,7 @@ def test_csv_row_missing_a_column_is_reported(tmp_path):
         "question,answer_matching_behavior,answer_not_matching_behavior\nq1,A,B\nq2,A\n",
         encoding="utf-8",
     )
-    with pytest.raises(
-        DatasetError, match=r"short\.csv: item 1: field 'answer_not_matching_behavior'"
-    ):
+    with pytest.raises(DatasetError, match=r"short\.csv: item 1: field 'answer_not_matching_behavior'"):
         load_ab_items(path)
 
 

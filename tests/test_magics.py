@@ -57,8 +57,7 @@ def test_steer_model_loads_and_remembers(ip, smol):
 def test_steer_cell_opens_a_playground(ip):
     w = ip.run_cell_magic(
         "steer",
-        "--layer 10 --strength -3 --vector sentiment --positions prompt --max-new-tokens 4 "
-        "--seed 2",
+        "--layer 10 --strength -3 --vector sentiment --positions prompt --max-new-tokens 4 --seed 2",
         "Tell me about your day.\n",
     )
     try:
@@ -74,9 +73,7 @@ def test_steer_cell_opens_a_playground(ip):
 
 
 def test_steer_cell_takes_a_vector_variable(ip, smol):
-    vec = sw.random_like(
-        sw.mean_difference(smol, sw.builtin_pairs("sentiment"), layers=[10]), seed=1
-    )
+    vec = sw.random_like(sw.mean_difference(smol, sw.builtin_pairs("sentiment"), layers=[10]), seed=1)
     ip.user_ns["my_vec"] = vec
     w = ip.run_cell_magic("steer", "--vector my_vec --max-new-tokens 2", "Hello there")
     try:

@@ -130,9 +130,7 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "IPYTHONDIR": str(base / "ipython"),
             "JUPYTER_PLATFORM_DIRS": "1",
             # The kernel must import this checkout's steerwidgets even without `pip install -e`.
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (env.get("PYTHONPATH", ""), str(REPO_ROOT)) if p
-            ),
+            "PYTHONPATH": os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO_ROOT)) if p),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -165,9 +163,7 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f"jupyter lab exited with code {proc.returncode}:\n{_log_tail(log_path)}"
-                )
+                raise RuntimeError(f"jupyter lab exited with code {proc.returncode}:\n{_log_tail(log_path)}")
             try:
                 with urllib.request.urlopen(f"{url}/api/status", timeout=2) as r:
                     if r.status == 200:
@@ -407,9 +403,7 @@ def run_notebook(
     return name
 
 
-def run_notebook_nb7(
-    page: Any, base_url: str, notebook_path: Path | str, *, timeout_s: float = 120.0
-) -> str:
+def run_notebook_nb7(page: Any, base_url: str, notebook_path: Path | str, *, timeout_s: float = 120.0) -> str:
     """``run_notebook`` in Notebook 7 (``/tree`` then ``/notebooks/<name>``)."""
     if importlib.util.find_spec("notebook") is None:
         unavailable("Notebook 7 (the `notebook` package) is not installed; pip install 'notebook>=7'")

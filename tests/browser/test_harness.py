@@ -110,9 +110,7 @@ def test_hello_widget_in_jupyterlab(
 
     # Python -> JS: trait changes in the kernel update the view (still as plain text).
     kernel_execute(page, "w.text = '<b>bold?</b> from python'; w.count = 41")
-    page.wait_for_function(
-        "() => document.querySelector('.sw-hello .sw-count').textContent === '41'"
-    )
+    page.wait_for_function("() => document.querySelector('.sw-hello .sw-count').textContent === '41'")
     assert root.locator(".sw-text").inner_text() == "<b>bold?</b> from python"
     assert root.locator(".sw-text b").count() == 0
     save_screenshot(page, "hello-lab-light")
@@ -123,8 +121,7 @@ def test_hello_widget_in_jupyterlab(
 
     # Dark theme: the CSS variables flip the widget, and the chart is re-rendered with them.
     page.evaluate(
-        "() => window.jupyterapp.commands.execute("
-        "'apputils:change-theme', {theme: 'JupyterLab Dark'})"
+        "() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})"
     )
     page.wait_for_function(
         "() => document.body.dataset.jpThemeName === 'JupyterLab Dark'"
@@ -148,16 +145,13 @@ def test_hello_widget_in_jupyterlab(
 
     # The theme is a user setting saved on the (session-wide) server: put it back.
     page.evaluate(
-        "() => window.jupyterapp.commands.execute("
-        "'apputils:change-theme', {theme: 'JupyterLab Light'})"
+        "() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})"
     )
     page.wait_for_function("() => document.body.dataset.jpThemeLight === 'true'")
     page.locator("#jupyterlab-splash").wait_for(state="detached")
 
 
-def test_hello_widget_in_notebook7(
-    tmp_path, page, page_log, lab_server, run_notebook_nb7, save_screenshot
-):
+def test_hello_widget_in_notebook7(tmp_path, page, page_log, lab_server, run_notebook_nb7, save_screenshot):
     notebook = _hello_notebook(tmp_path / "hello_nb7.ipynb")
     run_notebook_nb7(page, lab_server, notebook)
     root = _assert_hello_renders(page)
@@ -165,7 +159,5 @@ def test_hello_widget_in_notebook7(
     assert root.locator(".sw-count").inner_text() == "1"
     save_screenshot(page, "hello-notebook7")
     assert page_log.external_requests == [], page_log.external_requests
-    unexpected = [
-        e for e in page_log.page_errors if not any(re.search(k, e) for k in NB7_UPSTREAM_ERRORS)
-    ]
+    unexpected = [e for e in page_log.page_errors if not any(re.search(k, e) for k in NB7_UPSTREAM_ERRORS)]
     assert unexpected == [], unexpected

@@ -116,9 +116,7 @@ def test_quickstart_playground_in_jupyterlab(
     steered_after = _text(root, ".sw-pg-steered-text")
     assert steered_after and steered_after != steered_before
     assert _text(root, ".sw-pg-base-text") == base_before
-    py_timings = json.loads(
-        kernel_execute(page, "import json; print(json.dumps(playground.timings))")
-    )
+    py_timings = json.loads(kernel_execute(page, "import json; print(json.dumps(playground.timings))"))
     assert py_timings["base_cached"] is True
     # a second move, now that everything is warm
     timings2 = page.evaluate(_JS_MOVE, [".sw-pg-strength", 6, 240_000])
@@ -143,8 +141,7 @@ def test_quickstart_playground_in_jupyterlab(
     index = chip.get_attribute("data-index")
     chip.click()
     page.wait_for_function(
-        f"() => document.querySelector('{ROOT}').querySelectorAll('.sw-pg-chip.sw-pg-steered')"
-        ".length === 1"
+        f"() => document.querySelector('{ROOT}').querySelectorAll('.sw-pg-chip.sw-pg-steered').length === 1"
     )
     assert chip.get_attribute("aria-pressed") == "true"
     assert "sw-pg-steered" in (chip.get_attribute("class") or "")
@@ -165,9 +162,7 @@ def test_quickstart_playground_in_jupyterlab(
         f"playground.base_text = {XSS!r}\n"
         f"playground.warnings = [{{'level': 'warning', 'message': {XSS!r}}}]\n",
     )
-    page.wait_for_function(
-        f"() => document.querySelector('{ROOT} .sw-pg-base-text').textContent === {XSS!r}"
-    )
+    page.wait_for_function(f"() => document.querySelector('{ROOT} .sw-pg-base-text').textContent === {XSS!r}")
     assert root.locator(".sw-pg-warning").first.text_content() == f"warning: {XSS}"
     # and through the real path: a prompt the model is asked to repeat
     kernel_execute(page, f"playground.prompt = 'Repeat exactly this text: ' + {XSS!r}")
@@ -184,8 +179,7 @@ def test_quickstart_playground_in_jupyterlab(
 
     # --- dark theme --------------------------------------------------------------------------
     page.evaluate(
-        "() => window.jupyterapp.commands.execute("
-        "'apputils:change-theme', {theme: 'JupyterLab Dark'})"
+        "() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})"
     )
     page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
     page.locator("#jupyterlab-splash").wait_for(state="detached")
@@ -193,8 +187,7 @@ def test_quickstart_playground_in_jupyterlab(
     root.scroll_into_view_if_needed()
     save_screenshot(page, "playground-lab-dark")
     page.evaluate(
-        "() => window.jupyterapp.commands.execute("
-        "'apputils:change-theme', {theme: 'JupyterLab Light'})"
+        "() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})"
     )
     page.wait_for_function("() => document.body.dataset.jpThemeLight === 'true'")
     page.locator("#jupyterlab-splash").wait_for(state="detached")
@@ -227,14 +220,11 @@ def test_playground_in_notebook7(tmp_path, page, page_log, lab_server, run_noteb
     assert _text(root, ".sw-pg-steered-text") and _text(root, ".sw-pg-base-text")
     root.get_by_role("button", name="Steer last positions").click()
     page.wait_for_function(
-        f"() => document.querySelector('{ROOT}').querySelectorAll('.sw-pg-chip.sw-pg-steered')"
-        ".length === 1"
+        f"() => document.querySelector('{ROOT}').querySelectorAll('.sw-pg-chip.sw-pg-steered').length === 1"
     )
     _wait_done(page)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "playground-notebook7.png"), full_page=True)
     assert page_log.external_requests == [], page_log.external_requests
-    unexpected = [
-        e for e in page_log.page_errors if not any(re.search(k, e) for k in NB7_UPSTREAM_ERRORS)
-    ]
+    unexpected = [e for e in page_log.page_errors if not any(re.search(k, e) for k in NB7_UPSTREAM_ERRORS)]
     assert unexpected == [], unexpected
