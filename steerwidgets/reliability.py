@@ -56,10 +56,23 @@ class PreCheck:
     effect_size: float  # Cohen's d of the projections (positive vs negative)
     level: str  # "green" | "amber" | "red"
     reason: str
+    mean_to_single: float = float(
+        "nan"
+    )  # ‖v‖ / mean ‖d_i‖: how much of a single difference survives the mean
+    group_cosine: float | None = None  # cos(mean d of group A, mean d of group B), e.g. by matching letter
 
 
-def precheck(layer: int, positive: torch.Tensor, negative: torch.Tensor) -> PreCheck:
-    """Consistency of the differences and separation along v = mean difference (Braun et al. 2025)."""
+LETTER_CONFOUND_COSINE = -0.5  # below this the two letter groups' differences point opposite ways
+
+
+def precheck(
+    layer: int, positive: torch.Tensor, negative: torch.Tensor, groups: Sequence[bool] | None = None
+) -> PreCheck:
+    """Consistency of the differences and separation along v = mean difference (Braun et al. 2025).
+
+    ``groups`` (one bool per pair, e.g. "the matching letter is A") also checks whether the two groups'
+    differences point opposite ways: then the vector mostly encodes the answer letter, not the behaviour.
+    """
     diffs = (positive - negative).double()
     if diffs.shape[0] < 2:
         raise SteeringError("the pre-check needs at least two training pairs")
@@ -84,7 +97,26 @@ def precheck(layer: int, positive: torch.Tensor, negative: torch.Tensor) -> PreC
         f"{COSINE_AMBER}); {separation:.0%} of pairs separate along v (green ≥ "
         f"{SEPARATION_GREEN:.0%}, amber ≥ {SEPARATION_AMBER:.0%})"
     )
-    return PreCheck(layer, mean_cos, separation, effect, level, reason)
+    mean_to_single = float(v.norm() / diffs.norm(dim=1).mean().clamp_min(1e-12))
+    group_cos = None
+    if groups is not None:
+        g = torch.as_tensor(list(groups), dtype=torch.bool)
+        if g.shape[0] != diffs.shape[0]:
+            raise SteeringError(
+                f"groups has {g.shape[0]} entries for {diffs.shape[0]} pairs; give one per pair"
+            )
+        if bool(g.any()) and not bool(g.all()):
+            a, b = diffs[g].mean(0), diffs[~g].mean(0)
+            group_cos = float(a @ b / (a.norm() * b.norm()).clamp_min(1e-12))
+            if group_cos < LETTER_CONFOUND_COSINE:
+                reason += (
+                    ". The answer letter dominates: items whose matching letter is A and those where it "
+                    f"is B give opposite differences (cosine {group_cos:.2f}), which cancel to "
+                    f"{mean_to_single:.0%} of one difference's norm, so the vector is mostly the letter "
+                    "direction and noise. Read activations where the behaviour itself is expressed (e.g. "
+                    "mean_difference on contrast pairs read in context) or balance the letters per question"
+                )
+    return PreCheck(layer, mean_cos, separation, effect, level, reason, mean_to_single, group_cos)
 
 
 def prechecks(
@@ -92,7 +124,8 @@ def prechecks(
 ) -> dict[int, PreCheck]:
     """:func:`precheck` at each layer from one pass over the training items."""
     acts = ab_activations(model, items, layers)
-    return {layer: precheck(layer, pos, neg) for layer, (pos, neg) in acts.items()}
+    letters = [item.matching == "A" for item in items]
+    return {layer: precheck(layer, pos, neg, letters) for layer, (pos, neg) in acts.items()}
 
 
 @dataclass

@@ -32,6 +32,25 @@ def test_precheck_by_hand():
     assert flipped.level == "red"
 
 
+def test_precheck_flags_the_answer_letter_confound_by_hand():
+    # d_i = ±(letter direction e1) + small behaviour part 0.1·e2, the sign set by the matching letter
+    groups = [True, False, True, False]
+    diffs = torch.tensor([[1.0, 0.1], [-1.0, 0.1], [1.0, 0.1], [-1.0, 0.1]])
+    check = reliability.precheck(3, diffs, torch.zeros(4, 2), groups)
+    # group means (1, 0.1) and (−1, 0.1): cosine (−1 + 0.01) / 1.01
+    assert check.group_cosine == pytest.approx(-0.99 / 1.01)
+    # v = (0, 0.1); every ‖d_i‖ = √1.01
+    assert check.mean_to_single == pytest.approx(0.1 / 1.01**0.5)
+    assert check.level == "red" and "answer letter dominates" in check.reason
+    # the same behaviour part without the letter flip: no confound reported
+    clean = reliability.precheck(
+        3, torch.tensor([[0.2, 1.0], [0.1, 1.0], [0.3, 1.0], [0.2, 0.9]]), torch.zeros(4, 2), groups
+    )
+    assert clean.group_cosine > 0.9 and "letter" not in clean.reason
+    with pytest.raises(sw.SteeringError, match="one per pair"):
+        reliability.precheck(3, diffs, torch.zeros(4, 2), groups[:3])
+
+
 def test_suggest_layer_prefers_reliable_layers():
     layer, reason = reliability.suggest_layer([3, 4, 5], [2.0, 1.0, 3.0], [0.5, 0.0, 0.1], [0.1, 0.1, 5.0])
     assert layer == 4  # 3 backfires too often, 5 damages neutral prompts
@@ -117,5 +136,7 @@ def test_precheck_agrees_with_measured_steerability_on_the_builtin_sets(smol):
             check = checks[layer]
             assert check.level == "red", (name, layer, check)
             assert abs(check.mean_cosine + 1 / (len(train) - 1)) < 0.02, (name, layer, check.mean_cosine)
+            # ... because the two letter groups' differences point opposite ways, and the report says so
+            assert check.group_cosine < -0.9 and "answer letter dominates" in check.reason
             anti.append(float(steerwidgets.metrics.anti_steerable(sweep.slopes(layer)).mean()))
     assert 0.3 <= float(np.mean(anti)) <= 0.7, anti
