@@ -202,6 +202,24 @@ def _shutdown(proc: subprocess.Popen) -> None:
         pass
 
 
+@pytest.fixture(autouse=True)
+def _shut_down_kernels(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that used the server, shut its kernels down: the server lives for the whole
+    session, and a kernel left behind keeps its model in memory and its widget threads on the CPUs."""
+    yield
+    if "lab_server" not in request.fixturenames:
+        return
+    base = request.getfixturevalue("lab_server")
+    try:
+        with urllib.request.urlopen(f"{base}/api/kernels", timeout=10) as r:
+            kernels = json.load(r)
+        for kernel in kernels:
+            req = urllib.request.Request(f"{base}/api/kernels/{kernel['id']}", method="DELETE")
+            urllib.request.urlopen(req, timeout=30).close()
+    except (urllib.error.URLError, OSError) as exc:  # best effort: the test's outcome stands
+        print(f"could not shut kernels down: {exc}", file=sys.stderr)
+
+
 # ---------------------------------------------------------------------------------------------
 # Browser
 
