@@ -229,13 +229,13 @@ def _steer_in_trace(model: Any, plans: list[_Plan], start: int, attention: torch
             _set_hidden(envoy, out, hidden)
 
 
-def _norm_ratio(plan: _Plan, rows: slice = slice(None)) -> float:
-    """‖λv‖ / mean‖h‖ at the steered layer, averaged over ``rows``."""
+def _norm_ratio(plan: _Plan) -> float:
+    """‖λv‖ / mean‖h‖ at the steered layer, averaged over rows."""
     if plan.mean_norm is None or plan.scale is None:
         return float("nan")
     vnorm = plan.vec.norm(dim=-1).mean()
     ratio = plan.scale.reshape(-1).abs() * vnorm / plan.mean_norm.clamp_min(1e-12)
-    return float(ratio[rows].mean())
+    return float(ratio.mean())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,16 +268,10 @@ class GenerationResult:
 
 
 class _Streamer:
-    """Receives each step's new tokens from transformers' generate: callback, cancel, log-probs.
+    """Receives each step's new tokens from transformers' generate: callback, cancel, log-probs."""
 
-    ``runs`` names row ranges of the batch (e.g. base rows and steered rows generated together); the
-    callback gets each run's ids separately.
-    """
-
-    def __init__(
-        self, runs: list[tuple[str, slice]], on_token: Callable | None, cancel: threading.Event | None
-    ):
-        self.runs, self.on_token, self.cancel = runs, on_token, cancel
+    def __init__(self, run: str, on_token: Callable | None, cancel: threading.Event | None):
+        self.run, self.on_token, self.cancel = run, on_token, cancel
         self.prompt_seen = False
         self.tokens: list[torch.Tensor] = []
         self.step_logprobs: list[torch.Tensor] = []  # filled from inside the trace
@@ -298,8 +292,7 @@ class _Streamer:
             if step > 0:
                 self.step_logprobs[step] = None  # keep only the first full distribution
         if self.on_token is not None:
-            for run, rows in self.runs:
-                self.on_token(run, step, ids[rows].tolist())
+            self.on_token(self.run, step, ids.tolist())
 
     def end(self) -> None:
         pass
@@ -310,8 +303,7 @@ def _run_generation(
     enc: Encoded,
     steerings: list[Steering],
     *,
-    runs: list[tuple[str, slice]],
-    steered_rows: set[int] | None,
+    run: str,
     max_new_tokens: int,
     seed: int,
     do_sample: bool,
@@ -319,15 +311,14 @@ def _run_generation(
     top_p: float,
     on_token: Callable | None,
     cancel: threading.Event | None,
-) -> dict[str, Continuation]:
-    """One ``generate`` call; ``steerings`` apply to ``steered_rows`` (all rows if None)."""
+) -> Continuation:
     total = enc.width + max_new_tokens
     rows = [
         _Row(enc.width - length, length, total - (enc.width - length), start)
         for length, start in zip(enc.lengths, enc.user_start)
     ]
-    plans = _plans(model, [(item, steered_rows) for item in steerings], rows, total)
-    streamer = _Streamer(runs, on_token, cancel)
+    plans = _plans(model, [(item, None) for item in steerings], rows, total)
+    streamer = _Streamer(run, on_token, cancel)
     offset = [0]
     attention_full = torch.cat(
         [enc.attention_mask, torch.ones((len(enc.lengths), max_new_tokens), dtype=torch.long)], 1
@@ -354,18 +345,15 @@ def _run_generation(
                     width = logits.shape[1] if start == 0 else 1
                     offset[0] = start + (enc.width if start == 0 else width)
                     streamer.step_logprobs.append(logits[:, -1].float().log_softmax(-1))
-    return {
-        run: _finish_continuation(model, streamer, plans if run == "steered" else [], part)
-        for run, part in runs
-    }
+    return _finish_continuation(model, streamer, plans)
 
 
-def _finish_continuation(model: Any, streamer: _Streamer, plans: list[_Plan], rows: slice) -> Continuation:
+def _finish_continuation(model: Any, streamer: _Streamer, plans: list[_Plan]) -> Continuation:
     tok = model.tokenizer
     if not streamer.tokens:
         raise RuntimeError("generation produced no tokens")
-    ids = torch.stack(streamer.tokens, 1)[rows]  # [B, steps]
-    chosen = torch.stack(streamer.chosen, 1)[rows] if streamer.chosen else torch.zeros(ids.shape)
+    ids = torch.stack(streamer.tokens, 1)  # [B, steps]
+    chosen = torch.stack(streamer.chosen, 1) if streamer.chosen else torch.zeros(ids.shape)
     stop = {tok.eos_token_id, tok.pad_token_id} - {None}
     texts, all_ids, all_lp = [], [], []
     for row in range(ids.shape[0]):
@@ -379,8 +367,8 @@ def _finish_continuation(model: Any, streamer: _Streamer, plans: list[_Plan], ro
         texts=texts,
         token_ids=all_ids,
         token_logprobs=all_lp,
-        first_logprobs=streamer.step_logprobs[0][rows],
-        norm_ratio=_norm_ratio(plans[0], rows) if plans else None,
+        first_logprobs=streamer.step_logprobs[0],
+        norm_ratio=_norm_ratio(plans[0]) if plans else None,
     )
 
 
@@ -404,8 +392,6 @@ def generate(
     ``on_token(run, step, ids)`` is called for every new token (``run`` is ``"base"`` or ``"steered"``;
     ``ids`` has one id per prompt) and may raise to stop; setting ``cancel`` stops at the next token.
     Token log-probabilities are under the model's own distribution (temperature 1, no top-p).
-    Greedy base and steered runs share one batched ``generate`` (decoding is memory-bound, so the
-    second row costs little); sampled runs stay separate so both draw the same random numbers.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -426,20 +412,9 @@ def generate(
     )
     for item in steerings:
         item.validate(model)
-    n = len(prompts)
-    out: dict[str, Continuation] = {}
-    if baseline and steerings and not do_sample:
-        both = encode(model, prompts + prompts, chat)
-        runs = [("base", slice(0, n)), ("steered", slice(n, 2 * n))]
-        out = _run_generation(model, both, steerings, runs=runs, steered_rows=set(range(n, 2 * n)), **common)
-    else:
-        if baseline:
-            out |= _run_generation(model, enc, [], runs=[("base", slice(None))], steered_rows=None, **common)
-        if steerings:
-            out |= _run_generation(
-                model, enc, steerings, runs=[("steered", slice(None))], steered_rows=None, **common
-            )
-    return GenerationResult(prompts, out.get("base"), out.get("steered"), steerings, seed)
+    base = _run_generation(model, enc, [], run="base", **common) if baseline else None
+    steered = _run_generation(model, enc, steerings, run="steered", **common) if steerings else None
+    return GenerationResult(prompts, base, steered, steerings, seed)
 
 
 # ----------------------------------------------------------------------------------------------

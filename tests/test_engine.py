@@ -309,27 +309,3 @@ def test_traces_from_two_threads_take_turns(tiny_llama):
     assert not errors, errors
     assert len(results) == 15 and all(torch.allclose(r, expected, atol=1e-5) for r in results)
 
-
-def test_greedy_base_and_steered_share_one_batch_and_match_separate_runs(tiny):
-    vec = random_vector(tiny)
-    steering = sw.Steering(vec, 1, 2.0)
-    seen: list[tuple[str, int]] = []
-    both = sw.generate(
-        tiny, [PROMPT, "Another one"], steering, max_new_tokens=5, chat=False,
-        on_token=lambda run, step, ids: seen.append((run, step, len(ids))),
-    )  # fmt: skip
-    base = sw.generate(tiny, [PROMPT, "Another one"], max_new_tokens=5, chat=False).base
-    steered = sw.generate(
-        tiny, [PROMPT, "Another one"], steering, baseline=False, max_new_tokens=5, chat=False
-    )
-    assert both.base.token_ids == base.token_ids and both.steered.token_ids == steered.steered.token_ids
-    for a, b in ((both.base, base), (both.steered, steered.steered)):
-        for x, y in zip(a.token_logprobs, b.token_logprobs):
-            assert x == pytest.approx(y, abs=1e-4)
-        assert torch.allclose(a.first_logprobs, b.first_logprobs, atol=1e-4)
-    assert both.base.norm_ratio is None
-    assert both.steered.norm_ratio == pytest.approx(steered.steered.norm_ratio, rel=1e-5)
-    # one callback per run per step, each with one id per prompt
-    assert [s for s in seen if s[1] == 0] == [("base", 0, 2), ("steered", 0, 2)]
-    steps = {s[1] for s in seen}
-    assert seen == [(run, step, 2) for step in sorted(steps) for run in ("base", "steered")]

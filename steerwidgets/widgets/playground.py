@@ -425,12 +425,12 @@ class Playground(anywidget.AnyWidget):
         )
         job.timings["base_cached"] = base is not None
 
-        # 1. steered continuation, streamed; the unsteered one only when its key changed, then in the
-        #    same batch (greedy decoding is memory-bound: the second row costs little)
-        steered, fresh_base = self._generate(job, c, steering, with_base=base is None)
+        # 1. steered continuation, streamed (first, so the first steered token comes soonest)
+        steered = self._generate(job, c, steering, "steered")
         job.timings["steered_ms"] = _ms(job.started)
-        if fresh_base is not None:
-            base = fresh_base
+        # 2. unsteered continuation, only when its key changed
+        if base is None:
+            base = self._generate(job, c, None, "base")
             self._base_cache[base_key] = base
             while len(self._base_cache) > 32:
                 self._base_cache.popitem(last=False)
@@ -511,23 +511,23 @@ class Playground(anywidget.AnyWidget):
             self._token_cache.popitem(last=False)
         return hit
 
-    def _generate(self, job: _Job, c: dict[str, Any], steering: Any, with_base: bool) -> tuple[Any, Any]:
-        """The steered continuation (and the unsteered one if asked), streamed into ``steered_text`` /
-        ``base_text`` at most 20 times a second each."""
+    def _generate(self, job: _Job, c: dict[str, Any], steering: Any, run: str) -> Any:
+        """One continuation, streamed into ``<run>_text`` at most 20 times a second."""
         tok = self.model.tokenizer
-        ids: dict[str, list[int]] = {"base": [], "steered": []}
-        last = {"base": 0.0, "steered": 0.0}
+        trait = f"{run}_text"
+        ids: list[int] = []
+        last = [0.0]
 
-        def on_token(run: str, step: int, new_ids: list[int]) -> None:
-            ids[run].append(new_ids[0])
+        def on_token(_run: str, step: int, new_ids: list[int]) -> None:
+            ids.append(new_ids[0])
             now = time.perf_counter()
-            first = len(ids[run]) == 1
+            first = len(ids) == 1
             if first and run == "steered":
                 job.first_token = now
                 job.timings["first_token_ms"] = _ms(job.started, now)
-            if first or now - last[run] >= STREAM_INTERVAL_S:
-                last[run] = now
-                self._publish(job, **{f"{run}_text": tok.decode(ids[run], skip_special_tokens=True)})
+            if first or now - last[0] >= STREAM_INTERVAL_S:
+                last[0] = now
+                self._publish(job, **{trait: tok.decode(ids, skip_special_tokens=True)})
 
         result = sw.generate(
             self.model,
@@ -535,15 +535,13 @@ class Playground(anywidget.AnyWidget):
             steering,
             max_new_tokens=c["max_new_tokens"],
             seed=c["seed"],
-            baseline=with_base,
+            baseline=steering is None,
             on_token=on_token,
             cancel=job.cancel,
         )
-        texts = {"steered_text": result.steered.text}
-        if with_base:
-            texts["base_text"] = result.base.text
-        self._publish(job, **texts)
-        return result.steered, result.base
+        out = result.base if steering is None else result.steered
+        self._publish(job, **{trait: out.text})
+        return out
 
     def _score_batch(
         self, job: _Job, c: dict[str, Any], steered: Any, steering: Any, chart: _Chart | None
