@@ -26,6 +26,7 @@ from .engine import (
     score,
 )
 from .evaluation import (
+    BehaviourData,
     CompareResult,
     compare,
     compare_chart,
@@ -77,6 +78,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "ABItem",
+    "BehaviourData",
     "AffineMap",
     "CompareResult",
     "CompareWidget",

@@ -595,13 +595,34 @@ def summary_row(result: dict[str, Any], q: float = 0.5) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class BehaviourData:
-    """Training data for building vectors and held-out data for evaluating them."""
+    """Training data for building vectors and held-out data for evaluating them.
+
+    Build one for your own behaviour from :func:`~steerwidgets.load_ab_items`,
+    :func:`~steerwidgets.load_pairs` and :func:`~steerwidgets.load_open_ended`; keep the test items
+    out of the training items. ``pairs`` may be empty (pair-based methods then say they were skipped).
+    """
 
     name: str
     train_items: list[ABItem]
     test_items: list[ABItem]
-    pairs: list[Any]
-    open_items: list[OpenEndedItem]
+    pairs: list[Any] = field(default_factory=list)
+    open_items: list[OpenEndedItem] = field(default_factory=list)
+    instruction: str | None = None  # the prompting baseline: the behaviour asked for in words
+
+    def check(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise SteeringError("BehaviourData needs a name (it labels the table's rows)")
+        if len(self.train_items) < 2:
+            raise SteeringError(f"{self.name}: give at least 2 training A/B items to build vectors from")
+        if len(self.test_items) < 2:
+            raise SteeringError(f"{self.name}: give at least 2 held-out A/B items to measure steerability on")
+        if not self.open_items:
+            raise SteeringError(f"{self.name}: give at least one open-ended item for the likelihood shift")
+        overlap = {i.question for i in self.train_items} & {i.question for i in self.test_items}
+        if overlap:
+            raise SteeringError(
+                f"{self.name}: {len(overlap)} test item(s) also appear in training; hold them out"
+            )
 
 
 @dataclass
@@ -747,7 +768,7 @@ def _passages(n_passages: int | None) -> list[str]:
 
 def compare(
     methods: Sequence[str | tuple[str, MethodBuilder]] = ("caa", "pca", "mean_centring", "icv", "affine"),
-    behaviours: Sequence[str] = ("sentiment",),
+    behaviours: Sequence[str | BehaviourData] = ("sentiment",),
     *,
     model: Any = None,
     layer: int = 12,
@@ -767,7 +788,9 @@ def compare(
     Vectors are built at ``layer`` from the training split; A/B steerability and the anti-steerable
     fraction come from the held-out items over ``strengths``; the open-ended Δ+/Δ− (top ``quantile``,
     per-token mean), perplexity ratio and KL are read at ``open_strength`` (default: the largest
-    strength). ``methods`` are names from :data:`METHODS` or ``(name, builder)`` pairs;
+    strength). ``behaviours`` are built-in names or your own :class:`BehaviourData` (A/B items to train
+    and test on, contrast pairs, open-ended items; its ``instruction`` is the prompting baseline's).
+    ``methods`` are names from :data:`METHODS` or ``(name, builder)`` pairs;
     ``progress(done, total, label)`` is called after each step; setting ``cancel`` stops between steps
     (and inside sweeps) with ``GenerationCancelled``.
     """
@@ -801,10 +824,14 @@ def compare(
             raise GenerationCancelled("comparison cancelled")
 
     rows, details = [], {}
-    for behaviour in behaviours:
-        data = behaviour_data(behaviour, n_items, n_train)
+    used_instructions: dict[str, str | None] = {}
+    for spec in behaviours:
+        data = spec if isinstance(spec, BehaviourData) else behaviour_data(spec, n_items, n_train)
+        data.check()
+        behaviour = data.name
         ctx = EvalContext(model, data.test_items, data.open_items, passages, lam, open_at, cancel=cancel)
-        instruction = instr.get(behaviour)
+        instruction = data.instruction or instr.get(behaviour)
+        used_instructions[behaviour] = instruction
         prompting = prompting_baseline(ctx, instruction) if instruction else None
         zero = evaluate_steerer(ctx, zero_steerer([layer], model.d_model), full=False)
         tick(f"{behaviour}: baselines")
@@ -843,7 +870,7 @@ def compare(
         "seeds": list(seeds),
         "quantile": quantile,
         "reduction": "per-token mean log-likelihood",
-        "instructions": {b: instr.get(b) for b in behaviours},
+        "instructions": used_instructions,
         "pne_effect": EFFECT_NAME,
         "usable_ppl_ratio": USABLE_PPL_RATIO,
         "negated": "the method at −λ (for additive vectors: the vector −v)",

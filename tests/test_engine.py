@@ -308,4 +308,3 @@ def test_traces_from_two_threads_take_turns(tiny_llama):
         t.join(60)
     assert not errors, errors
     assert len(results) == 15 and all(torch.allclose(r, expected, atol=1e-5) for r in results)
-

@@ -263,6 +263,22 @@ def test_compare_accepts_a_custom_method(tiny_gpt2, monkeypatch):
     assert result.settings["instructions"] == {"formality": E.DEFAULT_INSTRUCTIONS["formality"]}
 
 
+def test_compare_on_your_own_behaviour_data(tiny_gpt2, monkeypatch):
+    """Not a built-in name: the user's items, pairs and instruction go straight in, checked first."""
+    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES[:1])
+    mine = E.BehaviourData("kindness", AB[2:], AB[:2], PAIRS, OPEN[:2], instruction="Be very kind.")
+    result = E.compare(["caa"], [mine], model=tiny_gpt2, layer=1, strengths=[-1, 0, 1], seeds=(0,))
+    (row,) = result.rows
+    assert row["behaviour"] == "kindness" and np.isfinite(row["steerability"])
+    assert np.isfinite(row["prompting_delta_pos_50"])
+    assert result.settings["instructions"] == {"kindness": "Be very kind."}
+    leaky = E.BehaviourData("kindness", AB, AB[:2], PAIRS, OPEN[:2])
+    with pytest.raises(sw.SteeringError, match="hold them out"):
+        E.compare(["caa"], [leaky], model=tiny_gpt2, layer=1, strengths=[-1, 1], seeds=(0,))
+    with pytest.raises(sw.SteeringError, match="open-ended"):
+        E.compare(["caa"], [E.BehaviourData("x", AB[2:], AB[:2])], model=tiny_gpt2, layer=1)
+
+
 def test_compare_reports_a_method_it_cannot_build(tiny_gpt2, monkeypatch):
     monkeypatch.setattr(
         E, "behaviour_data", lambda name, n, t=None: E.BehaviourData(name, AB[2:], AB[:2], [], OPEN[:2])
