@@ -4,13 +4,10 @@ against real rows, and the front end's sort and format helpers (run in Node when
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 from pathlib import Path
 
-import pytest
-
+from helpers import needs_node, node_json
 from steerwidgets import evaluation as E
 from steerwidgets.engine import GenerationCancelled
 from steerwidgets.widgets import compare as C
@@ -121,19 +118,9 @@ console.log(JSON.stringify(out));
 """
 
 
-@pytest.mark.skipif(
-    shutil.which("node") is None or not (ROOT / "js" / "node_modules").is_dir(), reason="needs Node.js"
-)
+@needs_node
 def test_front_end_sorting_and_formatting():
-    proc = subprocess.run(
-        ["node", "--input-type=module", "-e", NODE_CHECK],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = node_json(NODE_CHECK)
     assert out["asc"] == ["c", "b", "d", "a"]  # numeric order, missing last
     assert out["desc"] == ["d", "b", "c", "a"]  # missing stays last
     assert out["text"] == ["d", "c", "b", "a"]

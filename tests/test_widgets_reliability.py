@@ -5,8 +5,6 @@ that carry no script and escape dataset text. Pure helpers and the front end's h
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 import torch
 
 import steerwidgets as sw
+from helpers import needs_node, node_json
 from steerwidgets import metrics
 from steerwidgets.widgets import reliability as RW
 from steerwidgets.widgets.playground import Playground
@@ -302,19 +301,9 @@ console.log(JSON.stringify({
 """
 
 
-@pytest.mark.skipif(
-    shutil.which("node") is None or not (ROOT / "js" / "node_modules").is_dir(), reason="needs Node.js"
-)
+@needs_node
 def test_front_end_helpers():
-    proc = subprocess.run(
-        ["node", "--input-type=module", "-e", NODE_CHECK],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = node_json(NODE_CHECK)
     assert out["cell"] == {"layer": 4, "strength": -0.5}
     assert out["bar"] == {"layer": 4, "strength": None}
     assert out["rule"] is None
