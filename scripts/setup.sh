@@ -18,6 +18,9 @@ VPY=.venv/bin/python
 if [ -f scripts/build_js.sh ]; then
   bash scripts/build_js.sh
 fi
+# De-quantise the default model once into the user cache (a no-op when cached), so the first notebook cell
+# and the first test load it in about a second.
+"$VPY" -c "import steerwidgets as sw; sw.load_model()"
 if [ "${1:-}" = "--browser" ] && [ -f scripts/setup_browser.sh ]; then
   bash scripts/setup_browser.sh
 fi
