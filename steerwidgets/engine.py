@@ -1,8 +1,9 @@
 """The steering engine: every forward pass goes through an nnsight trace.
 
-Three entry points: :func:`generate` (unsteered and steered continuations, streamed), :func:`score`
-(per-token log-probabilities of given completions) and :func:`propensity_sweep` (the A/B propensity matrix
-over strengths and layers). Work is never repeated: strengths share one pass, the layers below the steered one
+Entry points: :func:`generate` (unsteered and steered continuations, streamed), :func:`score`
+(per-token log-probabilities of given completions), :func:`next_token_logprobs` (the next-token
+distribution after token sequences) and :func:`propensity_sweep` (the A/B propensity matrix over strengths
+and layers). Work is never repeated: strengths share one pass, the layers below the steered one
 run once, and what lies before the first steered position is cached and reused (keys/values).
 """
 
@@ -495,6 +496,44 @@ def _score_batch(
         pos = torch.arange(len(p) - 1, len(p) + len(c) - 1) - first_read
         out.append(logp[r, pos, torch.tensor(c)])
     return out
+
+
+def next_token_logprobs(
+    model: Any, sequences: Sequence[list[int]], steerings: Sequence[Steering] = (), batch_size: int = 16
+) -> torch.Tensor:
+    """Next-token log-distributions ``[n, vocab]`` after each token sequence, under ``steerings``.
+
+    Rows are left-padded with explicit position ids, so every row sees its own positions 0..n−1.
+    """
+    steerings = list(steerings)
+    for item in steerings:
+        item.validate(model)
+    pad = model.tokenizer.pad_token_id
+    pad = 0 if pad is None else pad
+    out = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = [list(s) for s in sequences[start : start + batch_size]]
+        width = max(len(s) for s in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, seq in enumerate(chunk):
+            input_ids[i, width - len(seq) :] = torch.tensor(seq)
+            attention[i, width - len(seq) :] = 1
+        positions = (attention.cumsum(1) - 1).clamp_min(0)
+        rows = [_Row(width - len(seq), len(seq), len(seq), 0) for seq in chunk]
+        plans = _plans(model, [(item, None) for item in steerings], rows, width)
+        with torch.no_grad(), model.lock:
+            with model.nn.trace(
+                input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                logits_to_keep=1,
+                remote=model.remote,
+            ):
+                _steer_in_trace(model, plans, 0, attention)
+                logits = model.nn.lm_head.output[:, -1].save()
+        out.append(logits.float().log_softmax(-1))
+    return torch.cat(out)
 
 
 # ----------------------------------------------------------------------------------------------

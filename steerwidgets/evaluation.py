@@ -35,10 +35,8 @@ from .engine import (
     DEFAULT_STRENGTHS,
     GenerationCancelled,
     _check_strengths,
-    _plans,
-    _Row,
-    _steer_in_trace,
     ab_prompt,
+    next_token_logprobs,
     propensity_sweep,
     score,
     tokenize_prompt,
@@ -100,44 +98,6 @@ def negated(steer: SteerFn) -> SteerFn:
 # ----------------------------------------------------------------------------------------------
 # Forward passes
 # ----------------------------------------------------------------------------------------------
-def last_logprobs(
-    model: Any, sequences: Sequence[list[int]], steerings: Sequence[Steering] = (), batch_size: int = 16
-) -> torch.Tensor:
-    """Next-token log-distributions ``[n, vocab]`` after each token sequence, under ``steerings``.
-
-    Rows are left-padded with explicit position ids, so every row sees its own positions 0..n−1.
-    """
-    steerings = list(steerings)
-    for item in steerings:
-        item.validate(model)
-    pad = model.tokenizer.pad_token_id
-    pad = 0 if pad is None else pad
-    out = []
-    for start in range(0, len(sequences), batch_size):
-        chunk = [list(s) for s in sequences[start : start + batch_size]]
-        width = max(len(s) for s in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, seq in enumerate(chunk):
-            input_ids[i, width - len(seq) :] = torch.tensor(seq)
-            attention[i, width - len(seq) :] = 1
-        positions = (attention.cumsum(1) - 1).clamp_min(0)
-        rows = [_Row(width - len(seq), len(seq), len(seq), 0) for seq in chunk]
-        plans = _plans(model, [(item, None) for item in steerings], rows, width)
-        with torch.no_grad(), model.lock:
-            with model.nn.trace(
-                input_ids,
-                attention_mask=attention,
-                position_ids=positions,
-                logits_to_keep=1,
-                remote=model.remote,
-            ):
-                _steer_in_trace(model, plans, 0, attention)
-                logits = model.nn.lm_head.output[:, -1].save()
-        out.append(logits.float().log_softmax(-1))
-    return torch.cat(out)
-
-
 def ab_propensities(
     model: Any,
     items: Sequence[ABItem],
@@ -167,10 +127,10 @@ def ab_propensities(
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("evaluation cancelled")
         if steer is None:
-            base = base if base is not None else last_logprobs(model, seqs, (), batch_size)
+            base = base if base is not None else next_token_logprobs(model, seqs, (), batch_size)
             logp = base
         else:
-            logp = last_logprobs(model, seqs, steer(strength), batch_size)
+            logp = next_token_logprobs(model, seqs, steer(strength), batch_size)
         index = torch.arange(len(rows))
         out[:, k] = (logp[index, pos] - logp[index, neg]).double().numpy()
     return out
@@ -342,13 +302,13 @@ def kl_on_neutral(
     """
     ids = neutral_ids(model, prompts)
     if base is None:
-        base = last_logprobs(model, ids)
+        base = next_token_logprobs(model, ids)
     base_np = base.double().numpy()
     out = []
     for strength in strengths:
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("evaluation cancelled")
-        steered = last_logprobs(model, ids, steer(strength)).double().numpy()
+        steered = next_token_logprobs(model, ids, steer(strength)).double().numpy()
         out.append(float(metrics.kl_divergence(steered, base_np).mean()))
     return np.array(out)
 
@@ -411,7 +371,9 @@ class EvalContext:
     @property
     def base_neutral(self) -> torch.Tensor:
         if self._base_neutral is None:
-            self._base_neutral = last_logprobs(self.model, neutral_ids(self.model, self.neutral_prompts))
+            self._base_neutral = next_token_logprobs(
+                self.model, neutral_ids(self.model, self.neutral_prompts)
+            )
         return self._base_neutral
 
     @property

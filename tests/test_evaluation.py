@@ -81,18 +81,18 @@ def test_pne_follows_von_ruette():
 
 
 # --- plumbing on tiny models ---------------------------------------------------------------------
-def test_last_logprobs_left_padding_is_exact(tiny):
+def test_next_token_logprobs_left_padding_is_exact(tiny):
     tok = tiny.tokenizer
     short = tok("Hi", add_special_tokens=False)["input_ids"]
     long = tok("A much longer sentence about the weather", add_special_tokens=False)["input_ids"]
     vec = random_vector(tiny)
     steer = [sw.Steering(vec, 1, 0.5)]
-    alone = E.last_logprobs(tiny, [short], steer)
-    batched = E.last_logprobs(tiny, [long, short], steer)
+    alone = sw.engine.next_token_logprobs(tiny, [short], steer)
+    batched = sw.engine.next_token_logprobs(tiny, [long, short], steer)
     assert torch.allclose(alone[0], batched[1], atol=1e-4)
     with torch.no_grad():
         plain = tiny.hf(torch.tensor([long])).logits[0, -1].float().log_softmax(-1)
-    assert torch.allclose(E.last_logprobs(tiny, [long, short])[0], plain, atol=1e-4)
+    assert torch.allclose(sw.engine.next_token_logprobs(tiny, [long, short])[0], plain, atol=1e-4)
 
 
 def test_general_propensities_match_propensity_sweep(tiny_llama):
