@@ -10,7 +10,7 @@ import {
   ensureStyle,
   fmt,
   h,
-  mountPlayground,
+  labChrome,
   pct,
   runBar,
   signed,
@@ -125,16 +125,6 @@ function render({ model, el, host }) {
   const heat = clickableChart(heatEl, onDatum, showError);
   const antiChart = clickableChart(antiEl, onDatum, showError);
 
-  const drawStatus = () => {
-    const running = Boolean(model.get("running"));
-    top.run.disabled = running;
-    top.cancel.disabled = !running;
-    top.progress.value = model.get("progress") ?? 0;
-    top.stage.textContent = model.get("stage") ?? "";
-    root.dataset.status = model.get("status") ?? "";
-    showError(model.get("error") ?? "");
-  };
-
   const drawSettings = () => {
     const layers = model.get("layers") ?? [];
     const strengths = model.get("strengths") ?? [];
@@ -179,31 +169,13 @@ function render({ model, el, host }) {
     }
   };
 
-  let unmount = () => {};
-  const drawPlayground = () => {
-    unmount();
-    unmount = mountPlayground(host, pgBox, model.get("opened_playground"), showError);
-  };
-  const drawMessage = () => {
-    message.textContent = model.get("message") ?? "";
-  };
-
-  const onRun = () => model.send({ type: "run" });
-  const onCancel = () => model.send({ type: "cancel" });
   const onOpen = () => open(parseInt(layerSelect.value, 10), parseFloat(strengthSelect.value));
-  top.run.addEventListener("click", onRun);
-  top.cancel.addEventListener("click", onCancel);
   openButton.addEventListener("click", onOpen);
 
   const drawHeat = () => heat.draw(model.get("heatmap_spec"));
   const drawAnti = () => antiChart.draw(model.get("anti_spec"));
   /** @type {[string, () => void][]} */
   const handlers = [
-    ["change:running", drawStatus],
-    ["change:status", drawStatus],
-    ["change:stage", drawStatus],
-    ["change:progress", drawStatus],
-    ["change:error", drawStatus],
     ["change:layers", drawSettings],
     ["change:vector_method", drawSettings],
     ["change:sweep", drawResults],
@@ -211,26 +183,20 @@ function render({ model, el, host }) {
     ["change:reason", drawResults],
     ["change:heatmap_spec", drawHeat],
     ["change:anti_spec", drawAnti],
-    ["change:opened_playground", drawPlayground],
-    ["change:message", drawMessage],
   ];
   for (const [name, handler] of handlers) model.on(name, handler);
-  drawStatus();
+  const chromeDown = labChrome(model, host, { top, root, message, playgroundBox: pgBox, showError });
   drawSettings();
   drawResults();
   drawHeat();
   drawAnti();
-  drawPlayground();
-  drawMessage();
 
   return () => {
-    top.run.removeEventListener("click", onRun);
-    top.cancel.removeEventListener("click", onCancel);
+    chromeDown();
     openButton.removeEventListener("click", onOpen);
     for (const [name, handler] of handlers) model.off(name, handler);
     heat.destroy();
     antiChart.destroy();
-    unmount();
   };
 }
 

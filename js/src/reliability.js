@@ -3,7 +3,7 @@
 // Thin by design: Python runs the engine on a background thread and writes results to synced traits;
 // this module draws them and sends button clicks as custom messages ({type: "run" | "cancel" |
 // "export" | "open"}). Model output and dataset text are shown with textContent only, never innerHTML.
-// The named exports (h, clickableChart, mountPlayground, ...) are shared with layersweep.js.
+// The named exports (h, clickableChart, labChrome, ...) are shared with layersweep.js.
 import { destroyChart, renderChart, themeConfig } from "./chart.js";
 
 /**
@@ -228,6 +228,56 @@ export function runBar(title) {
 }
 
 /**
+ * What both lab widgets share: Run / Cancel wired to Python, the progress and status line, errors, the
+ * message line and the opened Playground. Registers its trait handlers; returns the teardown.
+ * @param {any} model
+ * @param {import("@anywidget/types").Host} host
+ * @param {{top: ReturnType<typeof runBar>, root: HTMLElement, message: HTMLElement,
+ *          playgroundBox: HTMLElement, showError: (text: string) => void}} parts
+ */
+export function labChrome(model, host, { top, root, message, playgroundBox, showError }) {
+  let unmount = () => {};
+  const drawStatus = () => {
+    const running = Boolean(model.get("running"));
+    top.run.disabled = running;
+    top.cancel.disabled = !running;
+    top.progress.value = model.get("progress") ?? 0;
+    top.stage.textContent = model.get("stage") ?? "";
+    root.dataset.status = model.get("status") ?? "";
+    showError(model.get("error") ?? "");
+  };
+  const drawPlayground = () => {
+    unmount();
+    unmount = mountPlayground(host, playgroundBox, model.get("opened_playground"), showError);
+  };
+  const drawMessage = () => {
+    message.textContent = model.get("message") ?? "";
+  };
+  const onRun = () => model.send({ type: "run" });
+  const onCancel = () => model.send({ type: "cancel" });
+  top.run.addEventListener("click", onRun);
+  top.cancel.addEventListener("click", onCancel);
+  /** @type {[string, () => void][]} */
+  const handlers = [
+    ...["running", "status", "stage", "progress", "error"].map(
+      (name) => /** @type {[string, () => void]} */ ([`change:${name}`, drawStatus]),
+    ),
+    ["change:opened_playground", drawPlayground],
+    ["change:message", drawMessage],
+  ];
+  for (const [name, handler] of handlers) model.on(name, handler);
+  drawStatus();
+  drawPlayground();
+  drawMessage();
+  return () => {
+    top.run.removeEventListener("click", onRun);
+    top.cancel.removeEventListener("click", onCancel);
+    for (const [name, handler] of handlers) model.off(name, handler);
+    unmount();
+  };
+}
+
+/**
  * @param {ListedItem} item
  * @param {(index: number) => void} onOpen
  */
@@ -318,17 +368,10 @@ function render({ model, el, host }) {
     showError,
   );
 
-  const drawStatus = () => {
-    const running = Boolean(model.get("running"));
-    top.run.disabled = running;
-    top.cancel.disabled = !running;
+  const drawExports = () => {
     const ready = Object.keys(model.get("report") ?? {}).length > 0;
-    exportHtml.disabled = running || !ready;
-    exportJson.disabled = running || !ready;
-    top.progress.value = model.get("progress") ?? 0;
-    top.stage.textContent = model.get("stage") ?? "";
-    root.dataset.status = model.get("status") ?? "";
-    showError(model.get("error") ?? "");
+    exportHtml.disabled = Boolean(model.get("running")) || !ready;
+    exportJson.disabled = exportHtml.disabled;
   };
 
   const drawSettings = () => {
@@ -425,18 +468,6 @@ function render({ model, el, host }) {
     gen.append(prefix, nums, h("div", "sw-label", {}, g.definition ?? ""));
   };
 
-  let unmount = () => {};
-  const drawPlayground = () => {
-    unmount();
-    unmount = mountPlayground(host, pgBox, model.get("opened_playground"), showError);
-  };
-
-  const drawMessage = () => {
-    message.textContent = model.get("message") ?? "";
-  };
-
-  const onRun = () => model.send({ type: "run" });
-  const onCancel = () => model.send({ type: "cancel" });
   const onExportHtml = () => model.send({ type: "export", format: "html" });
   const onExportJson = () => model.send({ type: "export", format: "json" });
   const onStrength = () => {
@@ -446,8 +477,6 @@ function render({ model, el, host }) {
       model.save_changes();
     }
   };
-  top.run.addEventListener("click", onRun);
-  top.cancel.addEventListener("click", onCancel);
   exportHtml.addEventListener("click", onExportHtml);
   exportJson.addEventListener("click", onExportJson);
   strengthInput.addEventListener("change", onStrength);
@@ -456,12 +485,8 @@ function render({ model, el, host }) {
   const drawSlopeChart = () => slopeChart.draw(model.get("slopes_spec"));
   /** @type {[string, () => void][]} */
   const handlers = [
-    ["change:running", drawStatus],
-    ["change:status", drawStatus],
-    ["change:stage", drawStatus],
-    ["change:progress", drawStatus],
-    ["change:error", drawStatus],
-    ["change:report", drawStatus],
+    ["change:running", drawExports],
+    ["change:report", drawExports],
     ["change:report", drawReport],
     ["change:anti", drawReport],
     ["change:items", drawItems],
@@ -469,14 +494,13 @@ function render({ model, el, host }) {
     ["change:generalisation", drawGeneralisation],
     ["change:propensity_spec", drawPropChart],
     ["change:slopes_spec", drawSlopeChart],
-    ["change:opened_playground", drawPlayground],
-    ["change:message", drawMessage],
     ["change:open_strength", drawSettings],
     ["change:layer", drawSettings],
     ["change:vector_method", drawSettings],
   ];
   for (const [name, handler] of handlers) model.on(name, handler);
-  drawStatus();
+  const chromeDown = labChrome(model, host, { top, root, message, playgroundBox: pgBox, showError });
+  drawExports();
   drawSettings();
   drawPrecheck();
   drawReport();
@@ -484,19 +508,15 @@ function render({ model, el, host }) {
   drawGeneralisation();
   drawPropChart();
   drawSlopeChart();
-  drawPlayground();
-  drawMessage();
 
   return () => {
-    top.run.removeEventListener("click", onRun);
-    top.cancel.removeEventListener("click", onCancel);
+    chromeDown();
     exportHtml.removeEventListener("click", onExportHtml);
     exportJson.removeEventListener("click", onExportJson);
     strengthInput.removeEventListener("change", onStrength);
     for (const [name, handler] of handlers) model.off(name, handler);
     propChart.destroy();
     slopeChart.destroy();
-    unmount();
   };
 }
 
