@@ -25,7 +25,7 @@ from ._frontend import bundle, css
 # key, label, tooltip; "band" names the random baseline's min/max keys shown beside its mean
 COLUMNS: list[dict[str, Any]] = [
     {"key": "method", "label": "method", "title": "how the steering was built"},
-    {"key": "behaviour", "label": "behaviour", "title": "built-in behaviour data set"},
+    {"key": "behaviour", "label": "behaviour", "title": "built-in or your own BehaviourData"},
     {"key": "steerability", "label": "steerability", "title": "mean per-item OLS slope of m_i(λ) (A/B)"},
     {
         "key": "anti_steerable_fraction",
