@@ -455,6 +455,17 @@ def kernel_execute(page: Any, code: str, *, timeout_s: float = 60.0) -> str:
     return result["out"]
 
 
+def luminance_js(selector: str, prop: str) -> str:
+    """A JS expression: relative luminance (0-255) of a computed colour property (``"color"``,
+    ``"fill"``) of the first element matching ``selector``, -1 if none matches."""
+    return f"""((sel, prop) => {{
+  const el = document.querySelector(sel);
+  if (!el) return -1;
+  const [r, g, b] = getComputedStyle(el)[prop].match(/[\\d.]+/g).map(Number);
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+}})({json.dumps(selector)}, {json.dumps(prop)})"""
+
+
 # The helpers as fixtures, so test modules need no import:
 #     def test_x(page, lab_server, run_notebook): run_notebook(page, lab_server, path)
 
@@ -477,3 +488,8 @@ def _kernel_execute_fixture() -> Any:
 @pytest.fixture(name="save_screenshot")
 def _save_screenshot_fixture() -> Any:
     return save_screenshot
+
+
+@pytest.fixture(name="luminance_js")
+def _luminance_js_fixture() -> Any:
+    return luminance_js

@@ -56,13 +56,6 @@ def _hello_notebook(path: Path) -> Path:
 
 TEXT_SEL = ".sw-hello .sw-text"
 AXIS_LABEL_SEL = ".sw-hello .sw-chart-inner:not(.sw-chart-pending) svg .role-axis-label text"
-# JS: relative luminance (0-255) of a computed colour property of the first match, -1 if none.
-_JS_LUMINANCE = """((sel, prop) => {
-  const el = document.querySelector(sel);
-  if (!el) return -1;
-  const [r, g, b] = getComputedStyle(el)[prop].match(/[\\d.]+/g).map(Number);
-  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
-})"""
 
 
 def _assert_hello_renders(page: Any) -> Any:
@@ -89,7 +82,7 @@ def _assert_hello_renders(page: Any) -> Any:
 
 
 def test_hello_widget_in_jupyterlab(
-    tmp_path, page, page_log, lab_server, run_notebook, kernel_execute, save_screenshot
+    tmp_path, page, page_log, lab_server, run_notebook, kernel_execute, save_screenshot, luminance_js
 ):
     notebook = _hello_notebook(tmp_path / "hello_lab.ipynb")
     run_notebook(page, lab_server, notebook)
@@ -116,8 +109,8 @@ def test_hello_widget_in_jupyterlab(
     save_screenshot(page, "hello-lab-light")
 
     # Light theme: dark text and dark axis labels.
-    assert 0 <= page.evaluate(f"() => {_JS_LUMINANCE}('{TEXT_SEL}', 'color')") < 128
-    assert 0 <= page.evaluate(f"() => {_JS_LUMINANCE}('{AXIS_LABEL_SEL}', 'fill')") < 128
+    assert 0 <= page.evaluate(f"() => {luminance_js(TEXT_SEL, 'color')}") < 128
+    assert 0 <= page.evaluate(f"() => {luminance_js(AXIS_LABEL_SEL, 'fill')}") < 128
 
     # Dark theme: the CSS variables flip the widget, and the chart is re-rendered with them.
     page.evaluate(
@@ -127,9 +120,9 @@ def test_hello_widget_in_jupyterlab(
         "() => document.body.dataset.jpThemeName === 'JupyterLab Dark'"
         " && document.body.dataset.jpThemeLight === 'false'"
     )
-    page.wait_for_function(f"() => {_JS_LUMINANCE}('{TEXT_SEL}', 'color') > 128")
+    page.wait_for_function(f"() => {luminance_js(TEXT_SEL, 'color')} > 128")
     # Axis labels are redrawn with the dark theme's (light) font colour.
-    page.wait_for_function(f"() => {_JS_LUMINANCE}('{AXIS_LABEL_SEL}', 'fill') > 128")
+    page.wait_for_function(f"() => {luminance_js(AXIS_LABEL_SEL, 'fill')} > 128")
     assert root.locator(".sw-chart svg .mark-rect path").count() == 2
     assert root.locator(".sw-chart-inner").count() == 1
     # JupyterLab shows a splash screen while it switches themes.

@@ -55,13 +55,6 @@ _JS_MOVE = """async ([selector, value, timeoutMs]) => {
   });
 }"""
 
-_JS_LUMINANCE = """((sel, prop) => {
-  const el = document.querySelector(sel);
-  if (!el) return -1;
-  const [r, g, b] = getComputedStyle(el)[prop].match(/[\\d.]+/g).map(Number);
-  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
-})"""
-
 
 @pytest.fixture(autouse=True)
 def _built():
@@ -80,19 +73,25 @@ def _wait_done(page: Any, timeout_ms: float = 180_000) -> None:
     )
 
 
-def _text(root: Any, cls: str) -> str:
-    return root.locator(cls).first.text_content() or ""
-
-
-def test_quickstart_playground_in_jupyterlab(
-    page, page_log, lab_server, run_notebook, kernel_execute, save_screenshot
-):
-    run_notebook(page, lab_server, QUICKSTART, timeout_s=300)
+def _shown_playground(page: Any) -> Any:
+    """The first Playground on the page, scrolled into view, once its first update has finished."""
     root = page.locator(ROOT).first
     root.wait_for(state="attached", timeout=120_000)
     root.scroll_into_view_if_needed()
     root.wait_for(state="visible")
     _wait_done(page)
+    return root
+
+
+def _text(root: Any, cls: str) -> str:
+    return root.locator(cls).first.text_content() or ""
+
+
+def test_quickstart_playground_in_jupyterlab(
+    page, page_log, lab_server, run_notebook, kernel_execute, save_screenshot, luminance_js
+):
+    run_notebook(page, lab_server, QUICKSTART, timeout_s=300)
+    root = _shown_playground(page)
     assert root.locator(".sw-pg-error").first.is_hidden()
     # every control is labelled for assistive technology
     unlabelled = page.evaluate(
@@ -183,7 +182,8 @@ def test_quickstart_playground_in_jupyterlab(
     )
     page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
     page.locator("#jupyterlab-splash").wait_for(state="detached")
-    page.wait_for_function(f"() => {_JS_LUMINANCE}('{ROOT} .sw-pg-base-text', 'color') > 128")
+    base_luminance = luminance_js(f"{ROOT} .sw-pg-base-text", "color")
+    page.wait_for_function(f"() => {base_luminance} > 128")
     root.scroll_into_view_if_needed()
     save_screenshot(page, "playground-lab-dark")
     page.evaluate(
@@ -212,11 +212,7 @@ def test_playground_in_notebook7(tmp_path, page, page_log, lab_server, run_noteb
     path = tmp_path / "playground_nb7.ipynb"
     nbformat.write(nb, path)
     run_notebook_nb7(page, lab_server, path, timeout_s=240)
-    root = page.locator(ROOT).first
-    root.wait_for(state="attached", timeout=120_000)
-    root.scroll_into_view_if_needed()
-    root.wait_for(state="visible")
-    _wait_done(page)
+    root = _shown_playground(page)
     assert _text(root, ".sw-pg-steered-text") and _text(root, ".sw-pg-base-text")
     root.get_by_role("button", name="Steer last positions").click()
     page.wait_for_function(
