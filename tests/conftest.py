@@ -19,7 +19,7 @@ def tokenizer(smol):
     return smol.tokenizer
 
 
-def _tiny(kind: str, tokenizer) -> sw.SteerableModel:
+def _tiny(kind: str, tokenizer, dtype: torch.dtype = torch.float32) -> sw.SteerableModel:
     from transformers import (
         GPT2Config,
         GPT2LMHeadModel,
@@ -55,13 +55,19 @@ def _tiny(kind: str, tokenizer) -> sw.SteerableModel:
             max_position_embeddings=128,
         )
         hf = GPTNeoXForCausalLM(config)
-    hf.eval()
+    hf.to(dtype).eval()
     return sw.load_model(hf, tokenizer=tokenizer)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tokenizer) -> sw.SteerableModel:
     return _tiny("llama", tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_bf16(tokenizer) -> sw.SteerableModel:
+    """A bfloat16 model, as many hub checkpoints load."""
+    return _tiny("llama", tokenizer, torch.bfloat16)
 
 
 @pytest.fixture(scope="session")

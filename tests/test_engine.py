@@ -260,21 +260,9 @@ def test_row_steerings_equal_separate_calls(tiny):
         sw.score(tiny, prompts, completions, row_steerings=row[:2], chat=False)
 
 
-def test_half_precision_model_steers(tokenizer):
+def test_half_precision_model_steers(tiny_llama_bf16):
     """A bfloat16 model (as many hub checkpoints load) steers: edits are made in float32, stored in bf16."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    model = sw.load_model(LlamaForCausalLM(config).to(torch.bfloat16).eval(), tokenizer=tokenizer)
+    model = tiny_llama_bf16
     vec = random_vector(model, scale=10.0)
     base = sw.score(model, PROMPT, " sunny", chat=False)[0]
     steered = sw.score(model, PROMPT, " sunny", sw.Steering(vec, 1, 1.0), chat=False)[0]

@@ -567,9 +567,10 @@ class Playground(anywidget.AnyWidget):
             gen_ids.pop()
             gen_lp.pop()
         base_row = steered_row = None
+        ids = tok(text, add_special_tokens=False)["input_ids"] if text else []  # the tokens base scores
         if text:
             base_row = add(text, None)
-            if tok(text, add_special_tokens=False)["input_ids"] != gen_ids:
+            if ids != gen_ids:
                 # the text does not re-tokenise to the generated ids: score both on the same tokens
                 steered_row = add(text, steering)
         missing = chart.missing(self._point_cache) if chart is not None else []
@@ -586,11 +587,7 @@ class Playground(anywidget.AnyWidget):
         if base_row is None:
             return []
         base_lp = lp[base_row].tolist()
-        if steered_row is None:
-            ids, steered_lp = gen_ids, gen_lp
-        else:
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-            steered_lp = lp[steered_row].tolist()
+        steered_lp = gen_lp if steered_row is None else lp[steered_row].tolist()
         return [
             {
                 "text": piece,
