@@ -133,7 +133,7 @@ class _Chart:
 
     def curve(self, series: str, cache: Mapping[tuple, tuple[float, float]]) -> list[float]:
         """log p(target) − log p(contrast) at each grid strength."""
-        return [cache[self.key(series, s)][0] - cache[self.key(series, s)][1] for s in self.grid]
+        return [target - contrast for target, contrast in (cache[self.key(series, s)] for s in self.grid)]
 
 
 @dataclass
