@@ -795,8 +795,9 @@ def propensity_sweep(
     ``"add"`` operator, none for the others — pass K with ``null_method="sampled"`` for them; 0 skips it).
     ``null_method="gradient"`` (default) takes each direction's slope to first order, ∇_λ m · r from one
     backward pass per item (exact for a response linear in λ; ``tests/test_verdict_null.py`` checks it against
-    ``"sampled"``, which runs every direction at the grid's two end strengths and takes the two-point slope). ``option_swap`` (default: on with a null,
-    letter protocol) also reads each item with its options swapped, unsteered.
+    ``"sampled"``, which runs every direction at the grid's two end strengths and takes the two-point slope).
+    ``option_swap`` (default: on with a null, letter protocol) also reads each item with its options swapped,
+    unsteered.
 
     Per item, the tokens before the first steered position run once and their keys/values are reused; the
     blocks below the steered layer run once; the strengths (and sampled directions) share one batched pass;
