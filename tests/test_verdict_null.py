@@ -138,7 +138,7 @@ def test_null_arguments_are_checked_before_any_work(tiny_llama):
         sw.propensity_sweep(tiny_llama, ITEMS, vec, [1], LAMS, null_directions=2, null_method="exact")
     with pytest.raises(sw.SteeringError, match="unknown protocol"):
         sw.propensity_sweep(tiny_llama, ITEMS, vec, [1], LAMS, protocol="letters")
-    no_null = sw.propensity_sweep(tiny_llama, ITEMS[:1], vec, [1], LAMS)
+    no_null = sw.propensity_sweep(tiny_llama, ITEMS[:1], vec, [1], LAMS, null_directions=0)
     assert no_null.verdict(1).verdict == "cannot_judge" and "null_directions" in no_null.verdict(1).reason
     ids, _ = tokenize_prompt(tiny_llama, "x")  # the model is untouched by all of the above
     assert ids
