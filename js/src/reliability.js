@@ -380,7 +380,7 @@ function render({ model, el, host }) {
     settings.textContent =
       `${model.get("model_name")} · ${model.get("vector_method")} vector${train} · layer ${model.get("layer")} · ` +
       `positions ${model.get("positions")} · ${model.get("n_test")} test items · strengths ${strengths}`;
-    strengthInput.value = String(model.get("open_strength"));
+    if (document.activeElement !== strengthInput) strengthInput.value = String(model.get("open_strength"));
   };
 
   const drawPrecheck = () => {
@@ -470,16 +470,30 @@ function render({ model, el, host }) {
 
   const onExportHtml = () => model.send({ type: "export", format: "html" });
   const onExportJson = () => model.send({ type: "export", format: "json" });
+  // Enter (Chromium fires no `change` for it in a number input outside a form), change and blur
+  // (Tab, a click elsewhere) all commit; an invalid value is replaced by the trait's on blur.
   const onStrength = () => {
     const value = parseFloat(strengthInput.value);
-    if (Number.isFinite(value)) {
+    if (Number.isFinite(value) && value !== model.get("open_strength")) {
       model.set("open_strength", value);
       model.save_changes();
     }
   };
+  const onStrengthKey = (/** @type {KeyboardEvent} */ e) => {
+    if (e.key === "Enter") {
+      e.preventDefault();
+      onStrength();
+    }
+  };
+  const onStrengthBlur = () => {
+    onStrength();
+    strengthInput.value = String(model.get("open_strength"));
+  };
   exportHtml.addEventListener("click", onExportHtml);
   exportJson.addEventListener("click", onExportJson);
   strengthInput.addEventListener("change", onStrength);
+  strengthInput.addEventListener("keydown", onStrengthKey);
+  strengthInput.addEventListener("blur", onStrengthBlur);
 
   const drawPropChart = () => propChart.draw(model.get("propensity_spec"));
   const drawSlopeChart = () => slopeChart.draw(model.get("slopes_spec"));
@@ -514,6 +528,8 @@ function render({ model, el, host }) {
     exportHtml.removeEventListener("click", onExportHtml);
     exportJson.removeEventListener("click", onExportJson);
     strengthInput.removeEventListener("change", onStrength);
+    strengthInput.removeEventListener("keydown", onStrengthKey);
+    strengthInput.removeEventListener("blur", onStrengthBlur);
     for (const [name, handler] of handlers) model.off(name, handler);
     propChart.destroy();
     slopeChart.destroy();

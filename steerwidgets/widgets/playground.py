@@ -32,7 +32,7 @@ import traitlets
 import steerwidgets as sw
 
 from .. import metrics
-from ._frontend import bundle, css
+from ._frontend import bundle, css, shared_bundle_trait
 from ._worker import LatestWorker
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,7 @@ class Playground(anywidget.AnyWidget):
 
     _esm = bundle("playground")
     _css = css()
+    _bundle = shared_bundle_trait()  # the shared front-end bundle, sent to the page once
 
     # --- controls (front end -> Python) ---
     prompt = traitlets.Unicode(DEFAULT_PROMPT).tag(sync=True)
