@@ -188,20 +188,28 @@ function render({ model, el }) {
   };
 
   /**
-   * Commit a number box's value to `trait` on Enter (Chromium fires no `change` for Enter in a
-   * number input outside a form), on `change` and when the box loses focus (Tab, a click
-   * elsewhere). Commits only a valid value that differs from the trait, so Enter followed by Tab
-   * runs once; an invalid value (empty, NaN, out of range) is replaced by the trait's value on blur.
+   * Commit what the user typed into a number box to `trait` on Enter, on `change` and when the
+   * box loses focus (Tab, a click elsewhere). Inside JupyterLab, Enter in a number input fires no
+   * `change` (its keyboard handling prevents the key's default action), hence the keydown handler.
+   * Only an edited, valid value that differs from the trait is committed, so Enter then Tab runs
+   * once and a box that was merely focused never writes back a stale value; on blur the box shows
+   * the trait again (an invalid entry, e.g. empty, is dropped).
    * @param {HTMLInputElement} input
    * @param {string} trait
    * @param {(x: number) => number | null} parse  the value to commit, or null when invalid
    */
   const numberField = (input, trait, parse) => {
+    let edited = false;
     const commitValue = () => {
+      if (!edited) return;
+      edited = false;
       const raw = input.value.trim();
       const v = raw === "" ? null : parse(Number(raw));
       if (v !== null && v !== model.get(trait)) commit({ [trait]: v });
     };
+    on(input, "input", () => {
+      edited = true;
+    });
     on(input, "keydown", (/** @type {KeyboardEvent} */ e) => {
       if (e.key === "Enter") {
         e.preventDefault();

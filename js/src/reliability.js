@@ -470,9 +470,15 @@ function render({ model, el, host }) {
 
   const onExportHtml = () => model.send({ type: "export", format: "html" });
   const onExportJson = () => model.send({ type: "export", format: "json" });
-  // Enter (Chromium fires no `change` for it in a number input outside a form), change and blur
-  // (Tab, a click elsewhere) all commit; an invalid value is replaced by the trait's on blur.
+  // Enter (inside JupyterLab it fires no `change` in a number input), change and blur (Tab, a click
+  // elsewhere) commit what the user typed; on blur the box shows the trait again.
+  let strengthEdited = false;
+  const onStrengthInput = () => {
+    strengthEdited = true;
+  };
   const onStrength = () => {
+    if (!strengthEdited) return;
+    strengthEdited = false;
     const value = parseFloat(strengthInput.value);
     if (Number.isFinite(value) && value !== model.get("open_strength")) {
       model.set("open_strength", value);
@@ -491,6 +497,7 @@ function render({ model, el, host }) {
   };
   exportHtml.addEventListener("click", onExportHtml);
   exportJson.addEventListener("click", onExportJson);
+  strengthInput.addEventListener("input", onStrengthInput);
   strengthInput.addEventListener("change", onStrength);
   strengthInput.addEventListener("keydown", onStrengthKey);
   strengthInput.addEventListener("blur", onStrengthBlur);
@@ -527,6 +534,7 @@ function render({ model, el, host }) {
     chromeDown();
     exportHtml.removeEventListener("click", onExportHtml);
     exportJson.removeEventListener("click", onExportJson);
+    strengthInput.removeEventListener("input", onStrengthInput);
     strengthInput.removeEventListener("change", onStrength);
     strengthInput.removeEventListener("keydown", onStrengthKey);
     strengthInput.removeEventListener("blur", onStrengthBlur);

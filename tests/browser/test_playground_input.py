@@ -1,12 +1,12 @@
 """The Playground driven with real input in a real JupyterLab (headless Chromium): Playwright's mouse
 and keyboard, not synthetic DOM events.
 
-A strength slider dragged with the mouse, a strength typed into the number box and committed with
-Enter (Chromium fires no `change` for Enter in a number input outside a form, so this needs its own
-handler), a seed and a max-new-tokens value committed by Tab, a token chip clicked: each must reach
-the kernel and run a new update. Every wait is on a state the reaction produces (the widget's
-commit marker and its finished update, the kernel's trait), never on time.
-"""
+A strength slider dragged with the mouse; a strength typed into the number box and committed with
+Enter (inside JupyterLab, Enter in a number input fires no `change`: JupyterLab's keyboard handling
+prevents the key's default action, so the widget needs its own keydown handler); a seed and a
+max-new-tokens value committed by Tab; a token chip clicked. Each must reach the kernel and run a
+new update. Every wait is on a state the reaction produces (the widget's commit marker and its
+finished update, the kernel's trait), never on time."""
 
 from __future__ import annotations
 
