@@ -385,7 +385,7 @@ function render({ model, el, host }) {
     settings.textContent =
       `${model.get("model_name")} · ${model.get("vector_method")} vector${train} · layer ${model.get("layer")} · ` +
       `positions ${model.get("positions")} · ${model.get("n_test")} test items · strengths ${strengths}`;
-    strengthInput.value = String(model.get("open_strength"));
+    if (document.activeElement !== strengthInput) strengthInput.value = String(model.get("open_strength"));
   };
 
   const drawPrecheck = () => {
@@ -478,16 +478,37 @@ function render({ model, el, host }) {
 
   const onExportHtml = () => model.send({ type: "export", format: "html" });
   const onExportJson = () => model.send({ type: "export", format: "json" });
+  // Enter (inside JupyterLab it fires no `change` in a number input), change and blur (Tab, a click
+  // elsewhere) commit what the user typed; on blur the box shows the trait again.
+  let strengthEdited = false;
+  const onStrengthInput = () => {
+    strengthEdited = true;
+  };
   const onStrength = () => {
+    if (!strengthEdited) return;
+    strengthEdited = false;
     const value = parseFloat(strengthInput.value);
-    if (Number.isFinite(value)) {
+    if (Number.isFinite(value) && value !== model.get("open_strength")) {
       model.set("open_strength", value);
       model.save_changes();
     }
   };
+  const onStrengthKey = (/** @type {KeyboardEvent} */ e) => {
+    if (e.key === "Enter") {
+      e.preventDefault();
+      onStrength();
+    }
+  };
+  const onStrengthBlur = () => {
+    onStrength();
+    strengthInput.value = String(model.get("open_strength"));
+  };
   exportHtml.addEventListener("click", onExportHtml);
   exportJson.addEventListener("click", onExportJson);
+  strengthInput.addEventListener("input", onStrengthInput);
   strengthInput.addEventListener("change", onStrength);
+  strengthInput.addEventListener("keydown", onStrengthKey);
+  strengthInput.addEventListener("blur", onStrengthBlur);
 
   const drawPropChart = () => propChart.draw(model.get("propensity_spec"));
   const drawSlopeChart = () => slopeChart.draw(model.get("slopes_spec"));
@@ -521,7 +542,10 @@ function render({ model, el, host }) {
     chromeDown();
     exportHtml.removeEventListener("click", onExportHtml);
     exportJson.removeEventListener("click", onExportJson);
+    strengthInput.removeEventListener("input", onStrengthInput);
     strengthInput.removeEventListener("change", onStrength);
+    strengthInput.removeEventListener("keydown", onStrengthKey);
+    strengthInput.removeEventListener("blur", onStrengthBlur);
     for (const [name, handler] of handlers) model.off(name, handler);
     propChart.destroy();
     slopeChart.destroy();

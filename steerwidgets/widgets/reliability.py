@@ -43,7 +43,7 @@ from ..methods import caa
 from ..reliability import LayerSweepResult, PreCheck, generalisation, layer_sweep, prechecks
 from ..vectors import SteeringVector
 from ..verdicts import NULL_DIRECTIONS
-from ._frontend import bundle, css
+from ._frontend import bundle, css, shared_bundle_trait
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +311,7 @@ class ReliabilityReport(_LabWidget):
 
     _esm = bundle("reliability")
     _css = css()
+    _bundle = shared_bundle_trait()  # the shared front-end bundle, sent to the page once
 
     layer = traitlets.Int(0).tag(sync=True)
     n_test = traitlets.Int(0).tag(sync=True)
@@ -585,6 +586,7 @@ class LayerSweep(_LabWidget):
 
     _esm = bundle("layersweep")
     _css = css()
+    _bundle = shared_bundle_trait()  # the shared front-end bundle, sent to the page once
 
     layers = traitlets.List(traitlets.Int()).tag(sync=True)
     n_test = traitlets.Int(0).tag(sync=True)

@@ -79,8 +79,12 @@ def test_compare_widget_sorts_charts_runs_and_cancels(
     save_screenshot(page, "compare-widget")
 
     page.click(".sw-compare-run")
+    # The widget shows a finished run (progress 1) until Python's run starts: wait for the run's own
+    # progress ("<done>/100 · step <i>"), not for the bar alone.
     page.wait_for_function(
-        "() => document.querySelector('.sw-compare-progress').value > 0.05", timeout=30_000
+        "() => document.querySelector('.sw-compare-status').textContent.includes('/100 · step')"
+        " && document.querySelector('.sw-compare-progress').value > 0.05",
+        timeout=30_000,
     )
     assert page.is_disabled(".sw-compare-run") and not page.is_disabled(".sw-compare-cancel")
     page.click(".sw-compare-cancel")
