@@ -25,8 +25,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
+from .capabilities import paired_difference_ci
 from .data import ABItem, DatasetError, OpenEndedItem, _dataset_dir
-from .interventions import SteeringError
+from .engine import DEFAULT_STRENGTHS, propensity_sweep
+from .evaluation import open_ended_loglik
+from .interventions import Steering, SteeringError, as_list
+from .vectors import SteeringVector
 
 CONTEXT_KINDS = ("dialogue", "tool_use")
 _FILES = {"dialogue": "context_dialogues.json", "tool_use": "context_tool_use.json"}
@@ -148,3 +154,133 @@ def embed_all(
                 raise TypeError(f"expected ABItem or OpenEndedItem, got {type(item).__name__}")
         out[kind] = embedded
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The effect in context relative to the bare format
+# ----------------------------------------------------------------------------------------------
+MIN_BARE_EFFECT = 0.25  # below this bare effect a ratio is not reported (as relative steerability)
+
+
+def context_verdict(difference_ci: tuple[float, float]) -> str:
+    """Weaker / stronger in context only when the paired 95 % interval excludes 0."""
+    if difference_ci[1] < 0:
+        return "weaker in context"
+    if difference_ci[0] > 0:
+        return "stronger in context"
+    return "no detectable change"
+
+
+@dataclass(frozen=True)
+class ContextEffect:
+    """A per-item steering effect on the bare items and on the same items in each context kind.
+
+    ``effect[kind]`` holds one number per item (A/B: the propensity slope over strengths; open-ended: the
+    per-token-mean likelihood shift Δ+ + Δ− of that item); ``difference_ci[kind]`` is the paired bootstrap
+    95 % interval of mean(effect in context − effect bare).
+    """
+
+    measure: str
+    effect: dict[str, tuple[float, ...]]
+    difference_ci: dict[str, tuple[float, float]]
+    settings: dict[str, Any]
+
+    def mean(self, kind: str) -> float:
+        return float(np.mean(self.effect[kind]))
+
+    def ratio(self, kind: str) -> float | None:
+        bare = self.mean("bare")
+        return None if bare < MIN_BARE_EFFECT else self.mean(kind) / bare
+
+    @property
+    def kinds(self) -> list[str]:
+        return [k for k in self.effect if k != "bare"]
+
+    def verdicts(self) -> dict[str, str]:
+        return {k: context_verdict(self.difference_ci[k]) for k in self.kinds}
+
+    @property
+    def verdict(self) -> str:
+        parts = [f"{k.replace('_', '-')}: {v}" for k, v in self.verdicts().items()]
+        return f"Steering effect in realistic contexts vs the bare format — {'; '.join(parts)}."
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "measure": self.measure,
+            "n_items": len(self.effect["bare"]),
+            **self.settings,
+            "bare": self.mean("bare"),
+            "contexts": {
+                k: {
+                    "effect": self.mean(k),
+                    "ratio_to_bare": self.ratio(k),
+                    "difference": self.mean(k) - self.mean("bare"),
+                    "difference_ci": list(self.difference_ci[k]),
+                    "verdict": context_verdict(self.difference_ci[k]),
+                }
+                for k in self.kinds
+            },
+            "ratio_rule": f"ratio reported only where the bare effect ≥ {MIN_BARE_EFFECT}",
+            "verdict": self.verdict,
+        }
+
+
+def _effect(
+    measure: str, per_kind: dict[str, np.ndarray], settings: dict[str, Any], seed: int
+) -> ContextEffect:
+    bare = per_kind["bare"]
+    cis = {}
+    for kind, values in per_kind.items():
+        if kind != "bare":
+            _, low, high = paired_difference_ci(bare, values, seed=seed)
+            cis[kind] = (low, high)
+    effect = {k: tuple(float(x) for x in v) for k, v in per_kind.items()}
+    return ContextEffect(measure, effect, cis, settings)
+
+
+def context_effect_ab(
+    model: Any,
+    items: Sequence[ABItem],
+    vector: SteeringVector,
+    layer: int,
+    strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    *,
+    positions: Any = "last",
+    relative: bool = False,
+    contexts: Sequence[Context] | None = None,
+    seed: int = 0,
+) -> ContextEffect:
+    """Per-item steerability (Tan et al.'s slope) bare vs in each context kind, paired by item."""
+    embedded = embed_all(model, items, contexts)
+    slopes = {
+        kind: propensity_sweep(
+            model, its, vector, [layer], strengths, positions=positions, relative=relative
+        ).slopes(layer)
+        for kind, its in embedded.items()
+    }
+    settings = {"layer": layer, "positions": positions, "strengths": [float(x) for x in strengths]}
+    return _effect("steerability (propensity slope per unit strength)", slopes, settings, seed)
+
+
+def context_effect_open_ended(
+    model: Any,
+    items: Sequence[OpenEndedItem],
+    steering: Steering | Sequence[Steering],
+    *,
+    contexts: Sequence[Context] | None = None,
+    seed: int = 0,
+) -> ContextEffect:
+    """Per-item likelihood shift (per-token mean, Δ+ + Δ−) bare vs in each context kind, paired by item."""
+    steerings = as_list(steering)
+    if not steerings:
+        raise SteeringError("give a steering to measure")
+    embedded = embed_all(model, items, contexts)
+    shifts = {}
+    for kind, its in embedded.items():
+        base = open_ended_loglik(model, its)
+        steered = open_ended_loglik(model, its, steerings)
+        shifts[kind] = (steered.mean_pos - base.mean_pos) + (base.mean_neg - steered.mean_neg)
+    settings = {
+        "steering": [f"layer {s.layer}, strength {s.strength}, positions {s.positions}" for s in steerings]
+    }
+    return _effect("likelihood shift Δ+ + Δ− (per-token mean log-prob)", shifts, settings, seed)
