@@ -151,6 +151,7 @@ class CapabilityResult:
     metric: str
     steering: str | None
     seconds: float
+    cpu_seconds: float = float("nan")  # process CPU time, all threads: honest on a shared machine
 
     def __getitem__(self, name: str) -> CapabilitySetResult:
         for result in self.sets:
@@ -173,6 +174,23 @@ class CapabilityResult:
             "(every paired 95 % CI of the accuracy change reaches 0)."
         )
 
+    def side_effect_line(self) -> str:
+        """One line for a widget: ``capability: factual 0.68→0.42 (Δ -0.26 [-0.40, -0.12]) costs …``."""
+        if self.steering is None:
+            parts = [f"{r.name} {r.accuracy_base:.2f}" for r in self.sets]
+            return f"capability (unsteered): {', '.join(parts)}"
+        parts = [
+            f"{r.name} {r.accuracy_base:.2f}→{r.accuracy_steered:.2f} "
+            f"(Δ {r.difference:+.2f} [{r.difference_ci[0]:+.2f}, {r.difference_ci[1]:+.2f}])"
+            + (" costs capability" if r.verdict == "costs capability" else "")
+            for r in self.sets
+        ]
+        return "capability: " + "; ".join(parts)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per set (for ``compare`` tables)."""
+        return [{"steering": self.steering, "scoring": self.metric, **r.summary()} for r in self.sets]
+
     def summary(self) -> dict[str, Any]:
         return {
             "metric": f"accuracy; candidate chosen by per-token {self.metric} log-probability"
@@ -182,6 +200,7 @@ class CapabilityResult:
             "intervals": "Wilson 95 % per accuracy; paired bootstrap 95 % for the difference",
             "steering": self.steering,
             "seconds": round(self.seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
             "sets": [r.summary() for r in self.sets],
             "verdict": self.verdict,
         }
@@ -265,7 +284,7 @@ def capability_check(
 
     ``sets`` names built-in sets or maps names to your own items; ``n`` keeps the first n items of each.
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     named = {name: builtin_capability(name) for name in sets} if not isinstance(sets, dict) else dict(sets)
     if not named:
         raise SteeringError("no capability sets given")
@@ -313,4 +332,5 @@ def capability_check(
         metric=metric,
         steering=_describe(as_list(steering)),
         seconds=time.perf_counter() - start,
+        cpu_seconds=time.process_time() - cpu_start,
     )
