@@ -202,7 +202,12 @@ class ContextEffect:
     @property
     def verdict(self) -> str:
         parts = [f"{k.replace('_', '-')}: {v}" for k, v in self.verdicts().items()]
-        return f"Steering effect in realistic contexts vs the bare format — {'; '.join(parts)}."
+        caveat = (
+            f" (the bare effect {self.mean('bare'):.3g} is below {MIN_BARE_EFFECT}: too small to compare)"
+            if abs(self.mean("bare")) < MIN_BARE_EFFECT
+            else ""
+        )
+        return f"Steering effect in realistic contexts vs the bare format — {'; '.join(parts)}{caveat}."
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -157,6 +157,7 @@ def test_context_verdicts_by_hand():
     assert effect.verdicts() == {"dialogue": "weaker in context"}
     small = X._effect("m", {"bare": np.array([0.1, 0.1]), "tool_use": np.array([0.1, 0.1])}, {}, 0)
     assert small.ratio("tool_use") is None and small.verdicts() == {"tool_use": "no detectable change"}
+    assert "too small to compare" in small.verdict and "too small" not in effect.verdict
 
 
 def test_context_effect_ab_plumbing(tiny_llama):
