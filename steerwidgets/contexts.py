@@ -258,8 +258,8 @@ def context_effect_ab(
     """Per-item steerability (Tan et al.'s slope) bare vs in each context kind, paired by item."""
     embedded = embed_all(model, items, contexts)
     slopes = {
-        kind: propensity_sweep(
-            model, its, vector, [layer], strengths, positions=positions, relative=relative
+        kind: propensity_sweep(  # the paired bare-vs-context comparison is this check's own null
+            model, its, vector, [layer], strengths, positions=positions, relative=relative, null_directions=0
         ).slopes(layer)
         for kind, its in embedded.items()
     }
