@@ -146,9 +146,10 @@ def test_null_arguments_are_checked_before_any_work(tiny_llama):
 
 @pytest.mark.model
 def test_first_order_null_agrees_with_sampled_directions_on_the_default_model(smol):
-    """The default null (∇·r from one backward pass) against running the same random directions at the grid's
-    end strengths, on SmolLM2 with a real CAA vector at Tan et al.'s strengths: per item, the two nulls' spreads
-    and the slopes themselves must agree (measured: spread ratio 0.999–1.010, correlation 1.000)."""
+    """The default null (∇·r from one backward pass) against running the same random directions at the
+    grid's end strengths, on SmolLM2 with a real CAA vector at Tan et al.'s strengths: per item, the two
+    nulls' spreads and the slopes themselves must agree (measured: spread ratio 0.999–1.010, correlation
+    1.000)."""
     items = sw.builtin_ab("sentiment")
     vec = sw.caa(smol, items[:20], [12])
     common = dict(null_directions=16, option_swap=False)
