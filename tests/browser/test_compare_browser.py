@@ -21,7 +21,7 @@ rows = [
      "delta_pos_50": 0.1, "random_delta_pos_50_mean": 0.0, "random_delta_pos_50_min": -0.05,
      "random_delta_pos_50_max": 0.04, "negated_delta_pos_50": -0.1, "zero_delta_pos_50": 0.0,
      "prompting_delta_pos_50": 0.3, "ppl_ratio": 1.1, "kl": 0.05, "norm_ratio": 0.25,
-     "fluency": "1/3 degraded (repetition)", "fluency_reason": "<b>repeats</b> itself: distinct-2 0.18 < 0.5"},
+     "fluency": "1/3 degraded (repetition)", "fluency_reason": "<b>repeats</b> itself: distinct-2 0.18"},
     {"method": "caa", "behaviour": "sentiment", "steerability": 0.9, "delta_pos_50": 0.4,
      "random_delta_pos_50_mean": 0.01, "random_delta_pos_50_min": -0.02, "random_delta_pos_50_max": 0.03,
      "negated_delta_pos_50": -0.4, "zero_delta_pos_50": 0.0, "prompting_delta_pos_50": 0.3,
