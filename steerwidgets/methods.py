@@ -2,10 +2,11 @@
 
 - :func:`caa` — mean difference at the answer-letter token over A/B items (Panickssery et al. 2023).
 - :func:`mean_difference` — the same estimator on contrastive sentence pairs, read at the last token.
-- :func:`actadd` — the per-position difference of one prompt pair (Turner et al. 2023).
+- :func:`actadd` — per-position difference of one prompt pair, read where it is added (Turner et al. 2023).
 - :func:`pca` — first principal component of the paired differences, centred or not (RepE / repeng).
 - :func:`mean_centring` — mean of target texts minus mean of all texts (Jorgensen et al. 2023).
-- :func:`icv` — in-context vector, applied at every layer with norm preservation (Liu et al. 2023).
+- :func:`icv` — in-context vector: one PCA across all layers, added after every layer with norm
+  preservation (Liu et al. 2023).
 - :func:`function_vector` — summed outputs of the top attention heads by indirect effect (Todd et al. 2023).
 - :func:`affine` — mean + covariance matching, an :class:`AffineMap` (Singh et al. 2024).
 - :func:`ablation_steerings`, :func:`clamp_steering` — directional ablation and clamping.
