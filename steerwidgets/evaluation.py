@@ -967,7 +967,7 @@ def compare(
         used_instructions[behaviour] = instruction
         prompting = prompting_baseline(ctx, instruction) if instruction else None
         zero = evaluate_steerer(ctx, zero_steerer([layer], model.d_model), full=False)
-        caa_built = _build_caa(model, data, layer) if match is not None else None
+        caa_built, caa_is_row = _reference_caa(model, data, layer, resolved) if match else (None, False)
         target = _match_target(ctx, caa_built, match, open_at, norms, target_ratio, target_kl)
         targets[behaviour] = target
         judge = None
@@ -979,11 +979,8 @@ def compare(
             started = time.perf_counter()
             row = {"method": name, "behaviour": behaviour, "layer": layer, "open_strength": open_at}
             try:
-                built = (
-                    caa_built
-                    if builder is _build_caa and caa_built is not None
-                    else builder(model, data, layer)
-                )
+                reuse = name == "caa" and caa_is_row
+                built = caa_built if reuse else builder(model, data, layer)
             except SteeringError as exc:  # e.g. no contrast pairs for this behaviour: say so, go on
                 row.update(error=str(exc), note=f"not built: {exc}")
                 rows.append(row)
@@ -1044,6 +1041,20 @@ def _norms_for(model: Any, norms: dict[int, float], steerings: Sequence[Steering
     if missing:
         norms.update(residual_norms(model, missing))
     return norms
+
+
+def _reference_caa(
+    model: Any, data: BehaviourData, layer: int, methods: Sequence[tuple[str, MethodBuilder]]
+) -> tuple[Built, bool]:
+    """The CAA steerer sizes are matched to, and whether it is the compared method named "caa" (built
+    once, reused for its row); else a CAA vector from the training items."""
+    for name, builder in methods:
+        if name == "caa":
+            try:
+                return builder(model, data, layer), True
+            except SteeringError:
+                break
+    return _build_caa(model, data, layer), False
 
 
 def _match_target(
