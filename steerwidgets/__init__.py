@@ -35,6 +35,7 @@ from .evaluation import (
     open_ended_loglik,
     prompting_baseline,
 )
+from .fluency import FluencyVerdict, distinct_n, fluency_verdict, generation_fluency
 from .interop import export_gguf, from_steering_vectors, import_gguf, to_steering_vectors
 from .interventions import AffineMap, Steering, SteeringError, position_mask, steered
 from .magics import load_ipython_extension
@@ -111,6 +112,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_STRENGTHS",
     "DatasetError",
+    "FluencyVerdict",
     "GenerationCancelled",
     "GenerationResult",
     "LayerSweep",
@@ -137,11 +139,14 @@ __all__ = [
     "clamp_steering",
     "compare",
     "compare_chart",
+    "distinct_n",
     "export_gguf",
+    "fluency_verdict",
     "from_steering_vectors",
     "function_vector",
     "generalisation",
     "generate",
+    "generation_fluency",
     "icv",
     "icv_steerings",
     "import_gguf",

@@ -36,8 +36,10 @@ from .engine import (
     GenerationCancelled,
     _check_strengths,
     ab_prompt,
+    generate,
     next_token_logprobs,
     propensity_sweep,
+    read_activations,
     score,
     tokenize_prompt,
 )
@@ -632,14 +634,21 @@ def _build_pca(centred: bool) -> MethodBuilder:
     return build
 
 
+def generic_corpus() -> list[str]:
+    """Mean-centring's "all activations" (Jorgensen et al. 2023 centre on generic text, not on the
+    behaviour's own data): the built-in reference passages, plain prose unrelated to any behaviour."""
+    from .data import reference_passages
+
+    return list(reference_passages())
+
+
 def _build_mean_centring(model: Any, data: BehaviourData, layer: int) -> Built:
     _needs_pairs(data, "mean_centring")
     from .methods import mean_centring
 
-    positives = [p.positive for p in data.pairs]
-    everything = positives + [p.negative for p in data.pairs]
-    vec = mean_centring(model, positives, everything, [layer])
-    return Built(vector_steerer(vec), vec)
+    corpus = generic_corpus()
+    vec = mean_centring(model, [p.positive for p in data.pairs], corpus, [layer])
+    return Built(vector_steerer(vec), vec, f"centred on {len(corpus)} generic reference passages")
 
 
 def _build_icv(model: Any, data: BehaviourData, layer: int) -> Built:
@@ -647,10 +656,8 @@ def _build_icv(model: Any, data: BehaviourData, layer: int) -> Built:
     from .methods import icv
 
     vec = icv(model, [(p.negative, p.positive) for p in data.pairs], None)
-    # every layer, norm-preserving; the shared strength grid is spread over all layers
-    scaled = vec * (1.0 / model.n_layers)
-    scaled.meta = dict(vec.meta, per_layer_scale=f"1/{model.n_layers}")
-    return Built(vector_steerer(scaled, operator="add_norm_preserving"), None, "every layer, v/n_layers")
+    steer = vector_steerer(vec, operator="add_norm_preserving")
+    return Built(steer, None, "every layer, norm-preserving; one PCA across layers")
 
 
 def _build_affine(model: Any, data: BehaviourData, layer: int) -> Built:
@@ -730,6 +737,149 @@ def _passages(n_passages: int | None) -> list[str]:
     return passages if n_passages is None else passages[:n_passages]
 
 
+# ----------------------------------------------------------------------------------------------
+# Fair comparison: matched intervention size, and a fluency verdict per row
+# ----------------------------------------------------------------------------------------------
+MATCH_MODES = ("norm", "kl", None)
+FLUENCY_QUERIES = 3  # open-ended queries continued per row (greedy)
+FLUENCY_TOKENS = 24  # new tokens per continuation
+
+
+def residual_norms(
+    model: Any, layers: Sequence[int], prompts: Sequence[str] = NEUTRAL_PROMPTS
+) -> dict[int, float]:
+    """mean‖h_L‖ of the unsteered model on the neutral prompts (chat template), per layer: each prompt's
+    mean over its tokens except the first (an attention sink with a huge norm), then the mean over prompts."""
+    seqs = neutral_ids(model, prompts)
+    acts = read_activations(model, seqs, sorted(set(layers)), position="all")
+    out = {}
+    for layer, a in acts.items():
+        rows = [float(a[i, 1 : len(seq)].norm(dim=-1).mean()) for i, seq in enumerate(seqs) if len(seq) > 1]
+        out[layer] = float(np.mean(rows))
+    return out
+
+
+def steering_norm_ratio(steerings: Sequence[Steering], norms: dict[int, float]) -> float:
+    """Intervention size: Σ over the steerings of ‖λv‖ / mean‖h‖ at each one's layer.
+
+    One layer: the engine's ‖λv‖ / mean‖h‖. Several layers (ICV): the sum, the total displacement
+    if nothing cancels, so an every-layer method is not allowed 30 times the budget of a one-layer one.
+    An affine map counts its mean shift μ_tgt − μ_src (as the engine does); a relative strength is
+    already the ratio.
+    """
+    total = 0.0
+    for item in steerings:
+        if item.relative:
+            total += abs(float(item.strength))
+            continue
+        vnorm = float(item.direction().norm(dim=-1).mean())
+        total += abs(float(item.strength)) * vnorm / max(norms[item.layer], 1e-12)
+    return total
+
+
+def scaled(steer: SteerFn, factor: float) -> SteerFn:
+    """The steerer with every strength multiplied by ``factor`` (how sizes are matched)."""
+    return lambda strength: steer(float(factor) * float(strength))
+
+
+def kl_matched_scale(
+    ctx: EvalContext,
+    steer: SteerFn,
+    at: float,
+    target: float,
+    start: float = 1.0,
+    *,
+    tol: float = 0.05,
+    max_evals: int = 12,
+) -> tuple[float, float]:
+    """Factor c with KL(steer(c·at) ‖ unsteered) on the neutral prompts ≈ ``target`` (relative ``tol``).
+
+    Doubles or halves c from ``start`` until the target is bracketed, then bisects log c. Returns the
+    c whose KL came closest and that KL (each evaluation is one batched pass over the neutral prompts).
+    """
+    if not target > 0:
+        raise SteeringError(f"the KL to match must be > 0, got {target}")
+    seen: list[tuple[float, float]] = []
+
+    def kl(c: float) -> float:
+        value = float(
+            kl_on_neutral(ctx.model, steer, [c * at], ctx.neutral_prompts, base=ctx.base_neutral)[0]
+        )
+        seen.append((c, value))
+        ctx.check()
+        return value
+
+    c = max(float(start), 1e-6)
+    lo, hi = (c, None) if kl(c) < target else (None, c)
+    while (lo is None or hi is None) and len(seen) < max_evals:
+        c = c * 2 if hi is None else c / 2
+        if kl(c) < target:
+            lo = c
+        else:
+            hi = c
+    while lo is not None and hi is not None and len(seen) < max_evals:
+        if abs(seen[-1][1] - target) <= tol * target:
+            break
+        mid = float(np.sqrt(lo * hi))
+        if kl(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    best = min(seen, key=lambda pair: abs(pair[1] - target))
+    return best
+
+
+@dataclass
+class FluencyCheck:
+    """Greedy continuations of a few open-ended queries, each judged by
+    :func:`~steerwidgets.fluency.fluency_verdict` against the unsteered continuation (generated and
+    scored once per behaviour)."""
+
+    model: Any
+    queries: list[str]
+    max_new_tokens: int = FLUENCY_TOKENS
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    _base: list[list[float]] | None = field(default=None, repr=False)
+
+    def _texts(self, steerings: list[Steering] | None, cancel: threading.Event | None) -> list[str]:
+        common = dict(max_new_tokens=self.max_new_tokens, cancel=cancel)
+        if not steerings:
+            return generate(self.model, self.queries, None, **common).base.texts
+        return generate(self.model, self.queries, steerings, baseline=False, **common).steered.texts
+
+    def _logprobs(self, texts: list[str]) -> list[list[float]]:
+        todo = [i for i, text in enumerate(texts) if text]
+        out: list[list[float]] = [[] for _ in texts]
+        if todo:
+            lps = score(self.model, [self.queries[i] for i in todo], [texts[i] for i in todo])
+            for i, lp in zip(todo, lps):
+                out[i] = lp.tolist()
+        return out
+
+    def judge(self, steerings: list[Steering], cancel: threading.Event | None = None) -> dict[str, Any]:
+        from .fluency import fluency_verdict
+
+        if self._base is None:
+            self._base = self._logprobs(self._texts(None, cancel))
+        texts = self._texts(steerings, cancel)
+        lps = self._logprobs(texts)
+        tok = self.model.tokenizer
+        verdicts = []
+        for base_lp, lp, text in zip(self._base, lps, texts):
+            ids = tok(text, add_special_tokens=False)["input_ids"] if text else []
+            verdict = fluency_verdict(base_lp, lp, ids, **self.thresholds)
+            verdicts.append({**verdict.to_json(), "text": text})
+        bad = [v for v in verdicts if v["degraded"]]
+        kinds = sorted({v["kind"].replace("_", " ") for v in bad})
+        summary = f"{len(bad)}/{len(verdicts)} degraded" + (f" ({', '.join(kinds)})" if kinds else "")
+        return {
+            "degraded_fraction": len(bad) / len(verdicts),
+            "summary": summary,
+            "reason": bad[0]["reason"] if bad else verdicts[0]["reason"],
+            "verdicts": verdicts,
+        }
+
+
 def compare(
     methods: Sequence[str | tuple[str, MethodBuilder]] = ("caa", "pca", "mean_centring", "icv", "affine"),
     behaviours: Sequence[str | BehaviourData] = ("sentiment",),
@@ -744,6 +894,13 @@ def compare(
     n_passages: int | None = 3,
     instructions: dict[str, str] | None = None,
     quantile: float = 0.5,
+    match: str | None = "norm",
+    target_ratio: float | None = None,
+    target_kl: float | None = None,
+    fluency: bool = True,
+    fluency_queries: int = FLUENCY_QUERIES,
+    fluency_tokens: int = FLUENCY_TOKENS,
+    fluency_thresholds: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> CompareResult:
@@ -757,7 +914,19 @@ def compare(
     ``methods`` are names from :data:`METHODS` or ``(name, builder)`` pairs;
     ``progress(done, total, label)`` is called after each step; setting ``cancel`` stops between steps
     (and inside sweeps) with ``GenerationCancelled``.
+
+    Methods are compared at a matched intervention size, since a bigger push moves every number:
+    ``match="norm"`` (default) scales each method's strengths so that at ``open_strength`` its
+    :func:`steering_norm_ratio` (‖λv‖ / mean‖h‖ on the neutral prompts, summed over layers) equals
+    ``target_ratio`` (default: the CAA vector's at ``open_strength``); ``match="kl"`` instead equalises
+    KL(steered ‖ unsteered) on the neutral prompts with ``target_kl`` (default: CAA's), by a bracketing
+    search; ``match=None`` uses the strengths as given. Every row reports ``strength_scale``,
+    ``norm_ratio`` and ``kl``. With ``fluency``, each row also judges greedy continuations of the first
+    ``fluency_queries`` open-ended queries (``fluency_tokens`` tokens) at ``open_strength`` with
+    :func:`~steerwidgets.fluency.fluency_verdict` (``fluency_thresholds`` are its keywords).
     """
+    if match not in MATCH_MODES:
+        raise SteeringError(f"match must be 'norm', 'kl' or None, got {match!r}")
     if model is None:
         from .models import load_model
 
@@ -789,6 +958,8 @@ def compare(
 
     rows, details = [], {}
     used_instructions: dict[str, str | None] = {}
+    norms: dict[int, float] = {}  # mean‖h‖ per layer on the neutral prompts, filled as needed
+    targets: dict[str, dict[str, Any]] = {}
     for spec in behaviours:
         data = spec if isinstance(spec, BehaviourData) else behaviour_data(spec, n_items, n_train)
         data.check()
@@ -798,12 +969,20 @@ def compare(
         used_instructions[behaviour] = instruction
         prompting = prompting_baseline(ctx, instruction) if instruction else None
         zero = evaluate_steerer(ctx, zero_steerer([layer], model.d_model), full=False)
+        caa_built, caa_is_row = _reference_caa(model, data, layer, resolved) if match else (None, False)
+        target = _match_target(ctx, caa_built, match, open_at, norms, target_ratio, target_kl)
+        targets[behaviour] = target
+        judge = None
+        if fluency:
+            queries = [it.query for it in data.open_items[:fluency_queries]]
+            judge = FluencyCheck(model, queries, fluency_tokens, dict(fluency_thresholds or {}))
         tick(f"{behaviour}: baselines")
         for name, builder in resolved:
             started = time.perf_counter()
             row = {"method": name, "behaviour": behaviour, "layer": layer, "open_strength": open_at}
             try:
-                built = builder(model, data, layer)
+                reuse = name == "caa" and caa_is_row
+                built = caa_built if reuse else builder(model, data, layer)
             except SteeringError as exc:  # e.g. no contrast pairs for this behaviour: say so, go on
                 row.update(error=str(exc), note=f"not built: {exc}")
                 rows.append(row)
@@ -811,15 +990,27 @@ def compare(
                     tick(f"{behaviour}: {name} skipped")
                 continue
             tick(f"{behaviour}: {name} built")
+            factor = _match_scale(ctx, built.steer, match, open_at, norms, target)
+            steer = scaled(built.steer, factor)
             result = with_baselines(
                 ctx,
-                built.steer,
+                steer,
                 seeds=seeds,
                 prompting=prompting,
                 zero=zero,
                 tick=lambda label, n=name, b=behaviour: tick(f"{b}: {n} {label}"),
             )
             row.update(summary_row(result, quantile))
+            row["match"] = match or "none"
+            row["strength_scale"] = factor
+            row["matched_strength"] = factor * open_at
+            row["norm_ratio"] = steering_norm_ratio(steer(open_at), _norms_for(model, norms, steer(open_at)))
+            if judge is not None:
+                check = judge.judge(steer(open_at), cancel)
+                result["fluency"] = check
+                row["fluency"] = check["summary"]
+                row["fluency_degraded_fraction"] = check["degraded_fraction"]
+                row["fluency_reason"] = check["reason"]
             row["note"] = built.note
             row["seconds"] = round(time.perf_counter() - started, 2)
             rows.append(row)
@@ -838,8 +1029,100 @@ def compare(
         "pne_effect": EFFECT_NAME,
         "usable_ppl_ratio": USABLE_PPL_RATIO,
         "negated": "the method at −λ (for additive vectors: the vector −v)",
+        "match": match or "none",
+        "match_targets": targets,
+        "norm_ratio": "Σ over steered layers of ‖λv‖ / mean‖h‖ (neutral prompts, first token left out)",
+        "fluency": _fluency_settings(fluency, fluency_queries, fluency_tokens, fluency_thresholds),
     }
     return CompareResult(rows, details, settings)
+
+
+def _norms_for(model: Any, norms: dict[int, float], steerings: Sequence[Steering]) -> dict[int, float]:
+    """Fill ``norms`` (a cache) for the steerings' layers and return it."""
+    missing = sorted({item.layer for item in steerings} - set(norms))
+    if missing:
+        norms.update(residual_norms(model, missing))
+    return norms
+
+
+def _reference_caa(
+    model: Any, data: BehaviourData, layer: int, methods: Sequence[tuple[str, MethodBuilder]]
+) -> tuple[Built, bool]:
+    """The CAA steerer sizes are matched to, and whether it is the compared method named "caa" (built
+    once, reused for its row); else a CAA vector from the training items."""
+    for name, builder in methods:
+        if name == "caa":
+            try:
+                return builder(model, data, layer), True
+            except SteeringError:
+                break
+    return _build_caa(model, data, layer), False
+
+
+def _match_target(
+    ctx: EvalContext,
+    caa_built: Built | None,
+    match: str | None,
+    at: float,
+    norms: dict[int, float],
+    target_ratio: float | None,
+    target_kl: float | None,
+) -> dict[str, Any]:
+    """What every method is matched to: the given value, or the CAA vector's at strength ``at``."""
+    if match is None:
+        return {"match": "none"}
+    if match == "norm":
+        if target_ratio is not None:
+            return {"match": "norm", "norm_ratio": float(target_ratio), "from": "given"}
+        probe = caa_built.steer(at)
+        value = steering_norm_ratio(probe, _norms_for(ctx.model, norms, probe))
+        return {"match": "norm", "norm_ratio": value, "from": f"caa at λ = {at:g}"}
+    probe = caa_built.steer(at)
+    start = steering_norm_ratio(probe, _norms_for(ctx.model, norms, probe))  # the search starts here
+    if target_kl is not None:
+        return {"match": "kl", "kl": float(target_kl), "from": "given", "start_ratio": start}
+    value = float(
+        kl_on_neutral(ctx.model, caa_built.steer, [at], ctx.neutral_prompts, base=ctx.base_neutral)[0]
+    )
+    return {"match": "kl", "kl": value, "from": f"caa at λ = {at:g}", "start_ratio": start}
+
+
+def _match_scale(
+    ctx: EvalContext, steer: SteerFn, match: str | None, at: float, norms: dict[int, float], target: dict
+) -> float:
+    """The strength factor that gives this steerer the target size at ``at`` (1 when nothing to match)."""
+    if match is None or at == 0:
+        return 1.0
+    probe = steer(at)
+    size = steering_norm_ratio(probe, _norms_for(ctx.model, norms, probe))
+    if size == 0:
+        return 1.0  # a zero intervention cannot be scaled to any size
+    if match == "norm":
+        return float(target["norm_ratio"]) / size
+    start = float(target.get("start_ratio", 0.0)) / size if target.get("start_ratio") else 1.0
+    factor, _ = kl_matched_scale(ctx, steer, at, float(target["kl"]), start)
+    return factor
+
+
+def _fluency_settings(
+    on: bool, queries: int, tokens: int, thresholds: dict[str, Any] | None
+) -> dict[str, Any]:
+    from . import fluency as F
+
+    if not on:
+        return {"on": False}
+    values = dict(
+        max_drop=F.MAX_LOGPROB_DROP, min_distinct=F.MIN_DISTINCT, n=F.DISTINCT_N, min_tokens=F.MIN_TOKENS
+    )
+    values.update(thresholds or {})
+    return {
+        "on": True,
+        "queries": queries,
+        "max_new_tokens": tokens,
+        "decoding": "greedy",
+        "at": "open_strength (matched)",
+        **values,
+    }
 
 
 def compare_chart(rows: Sequence[dict[str, Any]], metric: str = "delta_pos_50") -> dict:

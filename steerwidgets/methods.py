@@ -2,10 +2,11 @@
 
 - :func:`caa` — mean difference at the answer-letter token over A/B items (Panickssery et al. 2023).
 - :func:`mean_difference` — the same estimator on contrastive sentence pairs, read at the last token.
-- :func:`actadd` — the per-position difference of one prompt pair (Turner et al. 2023).
+- :func:`actadd` — per-position difference of one prompt pair, read where it is added (Turner et al. 2023).
 - :func:`pca` — first principal component of the paired differences, centred or not (RepE / repeng).
 - :func:`mean_centring` — mean of target texts minus mean of all texts (Jorgensen et al. 2023).
-- :func:`icv` — in-context vector, applied at every layer with norm preservation (Liu et al. 2023).
+- :func:`icv` — in-context vector: one PCA across all layers, added after every layer with norm
+  preservation (Liu et al. 2023).
 - :func:`function_vector` — summed outputs of the top attention heads by indirect effect (Todd et al. 2023).
 - :func:`affine` — mean + covariance matching, an :class:`AffineMap` (Singh et al. 2024).
 - :func:`ablation_steerings`, :func:`clamp_steering` — directional ablation and clamping.
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from .data import ABItem, ContrastPair, fingerprint, swap_options
-from .engine import _use_chat, ab_prompt, read_activations, tokenize_prompt
+from .engine import _adds_bos, _use_chat, ab_prompt, prompt_text, read_activations, tokenize_prompt
 from .interventions import AffineMap, Steering, SteeringError
 from .vectors import SteeringVector
 
@@ -181,16 +182,33 @@ def mean_difference(
     )
 
 
+def actadd_context(model: Any, phrase: str, chat: bool | None = None) -> list[int]:
+    """Token ids before the user's text where ``positions="front"`` adds: the chat template up to the
+    user turn, or the BOS token (Turner et al. read and add right after it) for raw text."""
+    text, char_start = prompt_text(model, phrase, chat)
+    tok = model.tokenizer
+    prefix = tok(text[:char_start], add_special_tokens=False)["input_ids"] if char_start else []
+    if not _use_chat(model, chat) and tok.bos_token_id is not None and _adds_bos(tok):
+        prefix = [tok.bos_token_id] + prefix
+    return prefix
+
+
 def actadd(
     model: Any,
     positive_prompt: str,
     negative_prompt: str,
     layer: int | Sequence[int],
+    *,
+    chat: bool | None = None,
 ) -> SteeringVector:
     """h_A = a_L(p+) − a_L(p−) per position, the shorter prompt right-padded with spaces to equal length.
 
     The result has shape ``[n_positions, d_model]`` per layer and is added at the first positions of the
-    user's text (``positions="front"``), as in Turner et al. (2023).
+    user's text (``positions="front"``), as in Turner et al. (2023). The phrases are read where they are
+    added: after the same context (the chat template's opening up to the user turn when ``chat`` is on,
+    the model's default; BOS otherwise), so row k of h_A belongs to user-text position k. Reading them
+    alone, at sequence position 0, would give the activations of a different position (the attention
+    sink) for row 0.
     """
     if not positive_prompt.strip() or not negative_prompt.strip():
         raise SteeringError("ActAdd needs two non-empty phrases, e.g. 'Love' and 'Hate'")
@@ -203,15 +221,20 @@ def actadd(
     width = max(len(pos), len(neg))
     pos = pos + [filler] * (width - len(pos))
     neg = neg + [filler] * (width - len(neg))
-    acts = read_activations(model, [pos, neg], layer_list, position="all")
-    directions = {layer: a[0, :width] - a[1, :width] for layer, a in acts.items()}
+    pos_ctx = actadd_context(model, positive_prompt, chat)
+    neg_ctx = actadd_context(model, negative_prompt, chat)
+    acts = read_activations(model, [pos_ctx + pos, neg_ctx + neg], layer_list, position="all")
+    p0, n0 = len(pos_ctx), len(neg_ctx)
+    directions = {layer: a[0, p0 : p0 + width] - a[1, n0 : n0 + width] for layer, a in acts.items()}
+    use_chat = _use_chat(model, chat)
     return SteeringVector(
         directions=directions,
         model_id=model.name,
         method="actadd",
-        read_position=f"front-aligned, {width} positions",
+        read_position=f"front-aligned, {width} positions after the "
+        + ("chat template's user-turn opening" if use_chat else "start of the text"),
         dataset_fingerprint=fingerprint([ContrastPair(positive_prompt, negative_prompt)]),
-        meta={"positive": positive_prompt, "negative": negative_prompt},
+        meta={"positive": positive_prompt, "negative": negative_prompt, "chat": use_chat},
     )
 
 
@@ -453,6 +476,22 @@ def mean_centring(
     )
 
 
+def icv_directions(diffs: dict[int, torch.Tensor], centred: bool = True) -> dict[int, torch.Tensor]:
+    """Liu et al. (2023): ONE principal component of the differences concatenated across layers
+    (``[n, n_layers · d]``), cut back into per-layer vectors.
+
+    One PCA, not one per layer: the direction is the demonstrations' shared variation over the whole
+    depth, so each layer's part is weighted by how much that layer carries of it. Sign and length as
+    :func:`pca_direction` (the mean difference projects positively; length = that projection).
+    """
+    layers = sorted(diffs)
+    if not layers:
+        raise SteeringError("ICV needs the differences of at least one layer")
+    sizes = [int(diffs[layer].shape[-1]) for layer in layers]
+    joint = pca_direction(torch.cat([torch.as_tensor(diffs[layer]).double() for layer in layers], 1), centred)
+    return dict(zip(layers, joint.split(sizes)))
+
+
 def icv(
     model: Any,
     demonstrations: Sequence[tuple[str, str]],
@@ -461,10 +500,14 @@ def icv(
     centred: bool = True,
     batch_size: int = 16,
 ) -> SteeringVector:
-    """In-context vector (Liu et al. 2023): first PC of last-token differences h(y) − h(x) per layer.
+    """In-context vector (Liu et al. 2023): first PC of the last-token differences h(y) − h(x), taken
+    jointly over all ``layers`` (default: every layer) by :func:`icv_directions`.
 
-    ``demonstrations`` are (x, y) pairs, e.g. (neutral or negative text, its target-style rewrite). The
-    vector is meant to be added after *every* layer with norm preservation: use :func:`icv_steerings`.
+    ``demonstrations`` are (x, y) pairs, e.g. (neutral or negative text, its target-style rewrite). Apply
+    it after *every* layer with norm preservation: :func:`icv_steerings`. As in the paper, the residual
+    stream is steered and rescaled to its old norm; the authors' code instead edits each MLP's output,
+    adds a unit direction with a similarity-dependent weight and adds the mean difference to the PC:
+    those details are not reproduced.
     """
     demos = list(demonstrations)
     if len(demos) < 2:
@@ -472,11 +515,11 @@ def icv(
     layer_list = _layer_list(model, layers)
     seqs = _text_ids(model, [text for x, y in demos for text in (y, x)])
     acts = read_activations(model, seqs, layer_list, position=-1, batch_size=batch_size)
-    directions = {layer: pca_direction(a[0::2] - a[1::2], centred) for layer, a in acts.items()}
+    directions = icv_directions({layer: a[0::2] - a[1::2] for layer, a in acts.items()}, centred)
     return SteeringVector(
         directions=directions,
         model_id=model.name,
-        method=f"icv ({'centred' if centred else 'uncentred'} pca)",
+        method=f"icv ({'centred' if centred else 'uncentred'} pca across {len(layer_list)} layers)",
         read_position="last token of x and of y",
         dataset_fingerprint=fingerprint([ContrastPair(y, x) for x, y in demos]),
         meta={"n_demonstrations": len(demos), "apply": "every layer, operator add_norm_preserving"},

@@ -326,3 +326,90 @@ def test_prompting_baseline_and_steering_on_the_default_model(smol):
     assert table == one["likelihood_shift"]
     m = E.propensity_matrix(smol, AB[:2], E.vector_steerer(vec), [-1.0, 0.0, 1.0])
     assert np.allclose(m.mean(0), one["mean_propensity"], atol=1e-6)
+
+
+# --- fair comparison: matched intervention size, fluency column ----------------------------------
+def test_steering_norm_ratio_by_hand():
+    vec = sw.SteeringVector({1: torch.tensor([3.0, 4.0]), 2: torch.tensor([0.0, 1.0])})
+    norms = {1: 20.0, 2: 4.0}
+    assert E.steering_norm_ratio([sw.Steering(vec, 1, -2.0)], norms) == pytest.approx(0.5)  # 2·5/20
+    both = [sw.Steering(vec, 1, 2.0), sw.Steering(vec, 2, 2.0, operator="add_norm_preserving")]
+    assert E.steering_norm_ratio(both, norms) == pytest.approx(0.5 + 0.5)  # summed over layers
+    assert E.steering_norm_ratio([sw.Steering(vec, 1, 0.3, relative=True)], norms) == pytest.approx(0.3)
+    assert E.scaled(E.vector_steerer(vec, 1), 2.5)(2.0)[0].strength == 5.0
+
+
+def test_residual_norms_skip_the_first_token(tiny_llama):
+    prompts = ("Say hi.", "Name a colour.")
+    norms = E.residual_norms(tiny_llama, [1], prompts)
+    seqs = E.neutral_ids(tiny_llama, prompts)
+    acts = sw.engine.read_activations(tiny_llama, seqs, [1], position="all")[1]
+    expected = np.mean([float(acts[i, 1 : len(s)].norm(dim=-1).mean()) for i, s in enumerate(seqs)])
+    assert norms[1] == pytest.approx(expected, rel=1e-6)
+
+
+def test_compare_matches_the_norm_ratio_of_every_method(tiny_llama, monkeypatch):
+    monkeypatch.setattr(E, "behaviour_data", _tiny_data)
+    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES[:1])
+    monkeypatch.setattr(E, "generic_corpus", lambda: PASSAGES)
+    result = E.compare(
+        ["caa", "pca", "mean_centring", "icv", "affine"],
+        ["sentiment"],
+        model=tiny_llama,
+        layer=2,
+        strengths=[-1.0, 0.0, 1.0],
+        seeds=(0,),
+        fluency_queries=2,
+        fluency_tokens=6,
+    )
+    ratios = [row["norm_ratio"] for row in result.rows]
+    target = result.settings["match_targets"]["sentiment"]["norm_ratio"]
+    assert result.rows[0]["strength_scale"] == pytest.approx(1.0)  # CAA is the reference
+    assert ratios == pytest.approx([target] * 5, abs=1e-3)
+    assert len({round(row["strength_scale"], 6) for row in result.rows}) > 1  # sizes differed before
+    for row in result.rows:
+        assert np.isfinite(row["kl"]) and row["match"] == "norm"
+        assert row["fluency"].endswith(("degraded", ")")) and "/2 degraded" in row["fluency"]
+        assert 0.0 <= row["fluency_degraded_fraction"] <= 1.0 and row["fluency_reason"]
+    verdicts = result.details["caa/sentiment"]["fluency"]["verdicts"]
+    assert len(verdicts) == 2 and {"degraded", "reason", "text"} <= set(verdicts[0])
+    assert result.settings["fluency"]["max_drop"] == 2.0
+
+
+def test_compare_given_ratio_and_no_matching(tiny_gpt2, monkeypatch):
+    monkeypatch.setattr(E, "behaviour_data", _tiny_data)
+    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES[:1])
+    common = dict(model=tiny_gpt2, layer=1, strengths=[-1.0, 1.0], seeds=(0,), fluency=False)
+    given = E.compare(["caa", "pca"], ["sentiment"], target_ratio=0.05, **common)
+    assert [row["norm_ratio"] for row in given.rows] == pytest.approx([0.05, 0.05], abs=1e-6)
+    raw = E.compare(["caa", "pca"], ["sentiment"], match=None, **common)
+    assert [row["strength_scale"] for row in raw.rows] == [1.0, 1.0] and "fluency" not in raw.rows[0]
+    with pytest.raises(sw.SteeringError, match="match"):
+        E.compare(["caa"], ["sentiment"], match="size", **common)
+
+
+def test_compare_matches_kl(tiny_llama, monkeypatch):
+    monkeypatch.setattr(E, "behaviour_data", _tiny_data)
+    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES[:1])
+    result = E.compare(
+        ["caa", "pca"],
+        ["sentiment"],
+        model=tiny_llama,
+        layer=2,
+        strengths=[-1.0, 1.0],
+        seeds=(0,),
+        match="kl",
+        fluency=False,
+    )
+    target = result.settings["match_targets"]["sentiment"]["kl"]
+    caa, pca = result.rows
+    assert caa["kl"] == pytest.approx(target, rel=0.05) and pca["kl"] == pytest.approx(target, rel=0.05)
+
+
+def test_kl_matched_scale_brackets_and_bisects(tiny_llama):
+    ctx = E.EvalContext(tiny_llama, AB[:2], OPEN[:2], PASSAGES[:1], np.array([1.0]), 1.0)
+    steer = E.vector_steerer(random_vector(tiny_llama), [1])
+    want = float(E.kl_on_neutral(tiny_llama, steer, [3.0], base=ctx.base_neutral)[0])
+    factor, kl = E.kl_matched_scale(ctx, steer, 1.0, want, start=0.5, max_evals=20, tol=0.01)
+    # KL need not be monotone in the strength (here KL(4) ≈ KL(3)): the KL is what is matched
+    assert kl == pytest.approx(want, rel=0.01) and factor > 0.5

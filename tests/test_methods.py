@@ -179,16 +179,74 @@ def test_mean_centring_on_the_model_by_hand(tiny_gpt2):
     assert torch.allclose(vec[1], means[:2].mean(0) - means.mean(0), atol=1e-5)
 
 
+def test_icv_one_pca_across_layers_by_hand():
+    # layer 0 varies +,−,+,− with mean (0.5, 0); layer 1 varies +,+,−,− ten times more with mean (0, 1).
+    # One PCA over the concatenation: the PC is layer 1's axis (variance 100 ≫ 1), so layer 0's part
+    # is 0 (a per-layer PCA would give it (0.5, 0)); length = mean·PC = 1.
+    diffs = {
+        0: torch.tensor([[1.5, 0.0], [-0.5, 0.0], [1.5, 0.0], [-0.5, 0.0]]),
+        1: torch.tensor([[0.0, 11.0], [0.0, 11.0], [0.0, -9.0], [0.0, -9.0]]),
+    }
+    v = M.icv_directions(diffs)
+    assert torch.allclose(v[0], torch.zeros(2), atol=1e-6)
+    assert torch.allclose(v[1], torch.tensor([0.0, 1.0]), atol=1e-6)
+    assert torch.allclose(M.pca_direction(diffs[0]), torch.tensor([0.5, 0.0]), atol=1e-6)
+
+
 def test_icv_every_layer_with_norm_preservation(tiny_llama):
     demos = [(p.negative, p.positive) for p in PAIRS]
     vec = M.icv(tiny_llama, demos)
     assert vec.layers == list(range(tiny_llama.n_layers))
+    seqs = M._text_ids(tiny_llama, [t for x, y in demos for t in (y, x)])
+    acts = sw.engine.read_activations(tiny_llama, seqs, vec.layers, position=-1)
+    joint = M.icv_directions({layer: a[0::2] - a[1::2] for layer, a in acts.items()})
+    for layer in vec.layers:
+        assert torch.allclose(vec[layer], joint[layer], atol=1e-5)
     steerings = M.icv_steerings(vec, 0.5)
     assert [s.layer for s in steerings] == vec.layers
     assert {s.operator for s in steerings} == {"add_norm_preserving"}
     base = sw.score(tiny_llama, "Tell me a story.", " Once upon a time")[0]
     steered = sw.score(tiny_llama, "Tell me a story.", " Once upon a time", steerings)[0]
     assert torch.isfinite(steered).all() and not torch.allclose(base, steered)
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_actadd_reads_the_phrases_where_it_adds_them(tiny_llama, chat):
+    """Row k of h_A is the difference at user-text position k, after the same context the prompt has
+    (chat template opening, or BOS), i.e. exactly the positions positions="front" adds to."""
+    vec = M.actadd(tiny_llama, "I love it", "I hate it", [1, 2], chat=chat)  # 3 tokens each
+    for phrase in ("Love", "Hate"):
+        ids, start = sw.engine.tokenize_prompt(tiny_llama, phrase, chat=chat)
+        assert M.actadd_context(tiny_llama, phrase, chat) == ids[:start]
+    (pos_ids, start), (neg_ids, _) = (
+        sw.engine.tokenize_prompt(tiny_llama, p, chat=chat) for p in ("I love it", "I hate it")
+    )
+    width = vec[1].shape[0]
+    assert width == 3
+    acts = sw.engine.read_activations(tiny_llama, [pos_ids, neg_ids], [1, 2], position="all")
+    for layer in (1, 2):
+        expected = acts[layer][0, start : start + width] - acts[layer][1, start : start + width]
+        assert torch.allclose(vec[layer], expected, atol=1e-5)
+    assert vec.meta["chat"] is chat
+    if chat:
+        assert start > 1  # the template opening comes first: reading the phrase alone would be off
+        alone = sw.engine.read_activations(
+            tiny_llama, [pos_ids[start:], neg_ids[start:]], [1], position="all"
+        )
+        assert not torch.allclose(vec[1], alone[1][0, :width] - alone[1][1, :width], atol=1e-3)
+
+
+def test_mean_centring_in_compare_centres_on_a_generic_corpus(tiny_gpt2, monkeypatch):
+    from steerwidgets import evaluation as E
+
+    corpus = ["The river runs past the old mill.", "Tables are made of wood or metal."]
+    monkeypatch.setattr(E, "generic_corpus", lambda: corpus)
+    data = E.BehaviourData("sentiment", AB[1:], AB[:1], PAIRS, [])
+    built = E._build_mean_centring(tiny_gpt2, data, 1)
+    expected = M.mean_centring(tiny_gpt2, [p.positive for p in PAIRS], corpus, [1])
+    assert torch.allclose(built.vector[1], expected[1], atol=1e-6)
+    assert "2 generic" in built.note
+    assert E.generic_corpus is not None and len(sw.data.reference_passages()) >= 50
 
 
 def test_affine_steering_through_the_engine_matches_a_hook(tiny_llama):

@@ -94,6 +94,8 @@ def test_columns_exist_in_real_rows(tiny_llama, monkeypatch):
     widget.run(wait=True)
     assert widget.error == ""
     row = widget.rows[0]
+    assert "degraded" in row["fluency"] and isinstance(row["fluency_reason"], str)
+    assert row["norm_ratio"] > 0 and abs(row["matched_strength"] - row["strength_scale"]) < 1e-9  # λ = 1
     for column in widget.columns:
         assert column["key"] in row, column["key"]
         for key in column.get("band", []):

@@ -20,6 +20,7 @@ import traitlets
 
 from ..engine import DEFAULT_STRENGTHS, GenerationCancelled
 from ..evaluation import CompareResult, compare, compare_chart
+from ..fluency import DISTINCT_N, MAX_LOGPROB_DROP, MIN_DISTINCT
 from ._frontend import bundle, css, shared_bundle_trait
 
 # key, label, tooltip; "band" names the random baseline's min/max keys shown beside its mean
@@ -44,7 +45,29 @@ COLUMNS: list[dict[str, Any]] = [
         "title": "open-ended: mean(LL_base − LL_steered) on the most likely half of the negatives",
     },
     {"key": "ppl_ratio", "label": "ppl ratio", "title": "ppl(λ)/ppl(0) on reference passages"},
-    {"key": "kl", "label": "KL", "title": "KL(steered ‖ unsteered), next token, neutral prompts (nats)"},
+    {
+        "key": "norm_ratio",
+        "label": "‖λv‖/mean‖h‖",
+        "title": "intervention size at the compared strength: Σ over steered layers of ‖λv‖ / mean‖h‖ "
+        "(neutral prompts); equal on every row when match='norm' (the default)",
+    },
+    {
+        "key": "matched_strength",
+        "label": "λ used",
+        "title": "the strength that gives this method the matched size (the open-ended strength × scale)",
+    },
+    {
+        "key": "kl",
+        "label": "KL",
+        "title": "KL(steered ‖ unsteered), next token, neutral prompts (nats); equal when match='kl'",
+    },
+    {
+        "key": "fluency",
+        "label": "fluency",
+        "title": "greedy continuations of open-ended queries at the compared strength judged degraded: mean "
+        f"log-prob under the unsteered model more than {MAX_LOGPROB_DROP:g} nats/token below the unsteered "
+        f"text's, or distinct-{DISTINCT_N} below {MIN_DISTINCT:g}",
+    },
     {"key": "pne", "label": "PNE", "title": "(effect(λ) − effect(0)) / ppl ratio, effect = mean propensity"},
     {
         "key": "random_steerability_mean",
@@ -72,6 +95,7 @@ COLUMNS: list[dict[str, Any]] = [
         "label": "usable λ",
         "title": "contiguous strengths around 0 with ppl ratio < 10",
     },
+    {"key": "fluency_reason", "label": "fluency: why", "title": "the first degraded continuation's verdict"},
     {"key": "seconds", "label": "s", "title": "seconds for the method and its baselines"},
 ]
 CHART_METRICS = ["delta_pos_50", "delta_neg_50", "steerability", "ppl_ratio", "kl"]

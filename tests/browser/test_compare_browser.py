@@ -20,7 +20,8 @@ rows = [
     {"method": "<img src=x onerror=window.__pwned=1>", "behaviour": "sentiment", "steerability": 0.2,
      "delta_pos_50": 0.1, "random_delta_pos_50_mean": 0.0, "random_delta_pos_50_min": -0.05,
      "random_delta_pos_50_max": 0.04, "negated_delta_pos_50": -0.1, "zero_delta_pos_50": 0.0,
-     "prompting_delta_pos_50": 0.3, "ppl_ratio": 1.1, "kl": 0.05},
+     "prompting_delta_pos_50": 0.3, "ppl_ratio": 1.1, "kl": 0.05, "norm_ratio": 0.25,
+     "fluency": "1/3 degraded (repetition)", "fluency_reason": "<b>repeats</b> itself: distinct-2 0.18"},
     {"method": "caa", "behaviour": "sentiment", "steerability": 0.9, "delta_pos_50": 0.4,
      "random_delta_pos_50_mean": 0.01, "random_delta_pos_50_min": -0.02, "random_delta_pos_50_max": 0.03,
      "negated_delta_pos_50": -0.4, "zero_delta_pos_50": 0.0, "prompting_delta_pos_50": 0.3,
@@ -62,6 +63,9 @@ def test_compare_widget_sorts_charts_runs_and_cancels(
     methods = page.eval_on_selector_all(_METHOD_CELLS, _METHODS)
     assert methods[0].startswith("<img")  # shown as text ...
     assert page.evaluate("() => window.__pwned") is None  # ... never run as HTML
+    fluency = page.eval_on_selector_all(".sw-compare-table tbody td[data-key=fluency_reason]", _METHODS)
+    assert fluency[0].startswith("<b>repeats</b>")  # the verdict's sentence, as text
+    assert page.eval_on_selector_all(".sw-compare-table th[data-key=norm_ratio]", _METHODS)
 
     page.click(".sw-compare-table th[data-key=steerability]")
     assert page.eval_on_selector_all(_METHOD_CELLS, _METHODS)[::2] == ["pca", "caa"]  # ascending
