@@ -414,6 +414,7 @@ def evaluate_steerer(ctx: EvalContext, steer: SteerFn, *, full: bool = True) -> 
     result: dict[str, Any] = {
         "strengths": [float(x) for x in lam],
         "steerability": float(slopes.mean()),
+        **(ab_verdicts(ctx, steer, lam) if full else {}),
         "anti_steerable_fraction": metrics.anti_steerable_fraction(slopes),
         "mean_propensity": [float(x) for x in m.mean(0)],
         "open_strength": float(ctx.open_strength),
@@ -432,6 +433,37 @@ def evaluate_steerer(ctx: EvalContext, steer: SteerFn, *, full: bool = True) -> 
         result["pne_effect"] = EFFECT_NAME
         result["usable"] = usable_range(lam, ratio)
     return result
+
+
+def ab_verdicts(ctx: EvalContext, steer: SteerFn, strengths: np.ndarray) -> dict[str, Any]:
+    """Each A/B protocol's verdict against random directions of the vector's norm (docs/verdicts.md), at the
+    protocol's own positions. Only a single-layer additive vector has such a null; others say so."""
+    sweepable = _sweepable(steer, strengths)
+    if sweepable is None:
+        reason = (
+            "No random-direction null for this steering (several layers or a non-additive operator); read "
+            "the open-ended columns against their random band."
+        )
+        return {"ab_verdict": "cannot_judge", "ab_verdict_reason": reason, "answer_text_verdict": None}
+    vector, layer, effective = sweepable
+    out: dict[str, Any] = {}
+    for protocol, prefix in (("letter", "ab"), ("answer_text", "answer_text")):
+        try:
+            res = propensity_sweep(ctx.model, ctx.ab_items, vector, [layer], effective, protocol=protocol,
+                                   cancel=ctx.cancel)  # fmt: skip
+        except SteeringError as exc:
+            out.update({f"{prefix}_verdict": "cannot_judge", f"{prefix}_verdict_reason": str(exc)})
+            continue
+        verdict = res.verdict(layer)
+        out.update(
+            {
+                f"{prefix}_verdict": verdict.verdict,
+                f"{prefix}_verdict_reason": verdict.reason,
+                f"{prefix}_positions": res.positions,
+                f"{prefix}_steerability_ci95": list(verdict.steerability_ci95),
+            }
+        )
+    return out
 
 
 def prompting_baseline(ctx: EvalContext, instruction: str) -> dict[str, Any]:
@@ -523,6 +555,7 @@ def summary_row(result: dict[str, Any], q: float = 0.5) -> dict[str, Any]:
     main = result["method"]
     row: dict[str, Any] = {
         "steerability": main["steerability"],
+        **{k: v for k, v in main.items() if k.startswith(("ab_", "answer_text_"))},
         "anti_steerable_fraction": main["anti_steerable_fraction"],
         f"delta_pos_{key}": shift(main, "delta_pos"),
         f"delta_neg_{key}": shift(main, "delta_neg"),
@@ -1077,10 +1110,10 @@ def _match_target(
         probe = caa_built.steer(at)
         value = steering_norm_ratio(probe, _norms_for(ctx.model, norms, probe))
         return {"match": "norm", "norm_ratio": value, "from": f"caa at λ = {at:g}"}
+    if target_kl is not None:  # each method's search starts at its own strength
+        return {"match": "kl", "kl": float(target_kl), "from": "given"}
     probe = caa_built.steer(at)
     start = steering_norm_ratio(probe, _norms_for(ctx.model, norms, probe))  # the search starts here
-    if target_kl is not None:
-        return {"match": "kl", "kl": float(target_kl), "from": "given", "start_ratio": start}
     value = float(
         kl_on_neutral(ctx.model, caa_built.steer, [at], ctx.neutral_prompts, base=ctx.base_neutral)[0]
     )

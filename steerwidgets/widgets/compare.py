@@ -29,6 +29,22 @@ COLUMNS: list[dict[str, Any]] = [
     {"key": "behaviour", "label": "behaviour", "title": "built-in or your own BehaviourData"},
     {"key": "steerability", "label": "steerability", "title": "mean per-item OLS slope of m_i(λ) (A/B)"},
     {
+        "key": "ab_verdict",
+        "label": "A/B verdict (letter)",
+        "title": "letter protocol against random directions of the vector's norm, positions 'last' "
+        "(docs/verdicts.md); hover the reason column",
+    },
+    {
+        "key": "answer_text_verdict",
+        "label": "A/B verdict (answer text)",
+        "title": "answer-text protocol (no letters) against random directions, positions 'continuation'",
+    },
+    {
+        "key": "ab_verdict_reason",
+        "label": "A/B verdict: why",
+        "title": "the letter protocol's one-sentence reason",
+    },
+    {
         "key": "anti_steerable_fraction",
         "label": "anti-steerable",
         "title": "fraction of held-out A/B items with slope ≤ 0",
