@@ -8,6 +8,7 @@ import io
 import json
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -457,3 +458,27 @@ def test_close_stops_the_worker(make):
     assert w.wait(300)
     w.strength = 1.0  # after close: ignored, no error
     assert w.wait(5)
+
+
+def test_degraded_text_is_flagged(make):
+    """At λ = −13 (layer 10, the quickstart's sentiment vector) the steered text collapses into "you are you
+    you are you…"; at λ = 4 it is fluent. Only the first gets the fluency warning."""
+    broken = _done(make(strength=-13.0, max_new_tokens=32))
+    flagged = [w for w in broken.warnings if w.get("fluency")]
+    assert len(flagged) == 1 and flagged[0]["level"] == "warning", broken.steered_text
+    assert flagged[0]["message"].startswith("Degraded text: ")
+    fine = _done(make(strength=4.0, max_new_tokens=32))
+    assert not [w for w in fine.warnings if w.get("fluency")], fine.steered_text
+
+
+def test_fluency_warning_from_the_colouring_rows():
+    ids = [5, 6] * 10
+    base = SimpleNamespace(token_ids=[list(range(20))], token_logprobs=[[-1.0] * 20])
+    tok = SimpleNamespace(eos_token_id=0, pad_token_id=0)
+    loop = SimpleNamespace(token_ids=[ids])
+    (warning,) = pg.fluency_warnings(base, loop, [{"lp_base": -1.0}] * 20, tok)
+    assert warning["fluency"] == "repetition" and "distinct-2" in warning["message"]
+    unlikely = SimpleNamespace(token_ids=[list(range(30, 50))])
+    (warning,) = pg.fluency_warnings(base, unlikely, [{"lp_base": -6.0}] * 20, tok)
+    assert warning["fluency"] == "low_likelihood"
+    assert pg.fluency_warnings(base, unlikely, [{"lp_base": -1.5}] * 20, tok) == []

@@ -32,6 +32,7 @@ import traitlets
 import steerwidgets as sw
 
 from .. import metrics
+from ..fluency import fluency_verdict
 from ..verdicts import warnings_for
 from ._frontend import bundle, css, shared_bundle_trait
 from ._worker import LatestWorker
@@ -451,7 +452,7 @@ class Playground(anywidget.AnyWidget):
             code=self._code_for(c),
         )
         # 4. the strength chart against a random vector of equal norm, and its warnings
-        warnings: list[dict] = []
+        warnings: list[dict] = fluency_warnings(base, steered, tokens, self.model.tokenizer)
         if chart is not None:
             warnings += self._target_chart(job, c, chart)
         else:
@@ -834,6 +835,20 @@ def target_warnings(
                 }
             )
     return out
+
+
+def fluency_warnings(base: Any, steered: Any, tokens: list[dict], tok: Any) -> list[dict]:
+    """A warning when the steered text is degraded (``steerwidgets.fluency``'s thresholds): its mean
+    log-prob under the unsteered model far below the unsteered text's, or collapsed repetition. ``tokens``
+    are the colouring rows (``lp_base``: the steered text's tokens under the unsteered model)."""
+    stop = {tok.eos_token_id, tok.pad_token_id} - {None}
+    base_lp = [lp for t, lp in zip(base.token_ids[0], base.token_logprobs[0]) if t not in stop]
+    steered_ids = [t for t in steered.token_ids[0] if t not in stop]
+    steered_lp = [row["lp_base"] for row in tokens if row.get("lp_base") is not None]
+    verdict = fluency_verdict(base_lp, steered_lp, steered_ids)
+    if not verdict.degraded:
+        return []
+    return [{"level": "warning", "message": f"Degraded text: {verdict.reason}", "fluency": verdict.kind}]
 
 
 def ab_warnings(result: Any, layer: int, answer_text: Any = None, limit: int = 10) -> list[dict]:
