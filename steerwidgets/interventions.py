@@ -310,6 +310,11 @@ def as_list(steering: Steering | Sequence[Steering] | None) -> list[Steering]:
         return []
     if isinstance(steering, Steering):
         return [steering]
+    if not isinstance(steering, (list, tuple)):
+        raise SteeringError(
+            f"expected Steering objects, got {type(steering).__name__}; wrap a vector as "
+            "sw.Steering(vector, layer, strength)"
+        )
     items = list(steering)
     for item in items:
         if not isinstance(item, Steering):
