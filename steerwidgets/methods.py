@@ -20,11 +20,12 @@ import torch
 
 from .data import ABItem, ContrastPair, fingerprint
 from .engine import _use_chat, ab_prompt, read_activations, tokenize_prompt
-from .interventions import AffineMap, Steering, SteeringError
+from .interventions import AffineMap, Steering, SteeringError, require_model
 from .vectors import SteeringVector
 
 
 def _layer_list(model: Any, layers: int | Sequence[int] | None) -> list[int]:
+    require_model(model, "building a vector")
     if layers is None:
         return list(range(model.n_layers))
     out = [layers] if isinstance(layers, int) else list(layers)
@@ -166,6 +167,9 @@ def actadd(
     The result has shape ``[n_positions, d_model]`` per layer and is added at the first positions of the
     user's text (``positions="front"``), as in Turner et al. (2023).
     """
+    require_model(model, "actadd")
+    if not isinstance(positive_prompt, str) or not isinstance(negative_prompt, str):
+        raise TypeError("ActAdd needs two phrases as str, e.g. actadd(model, 'Love', 'Hate', layer)")
     if not positive_prompt.strip() or not negative_prompt.strip():
         raise SteeringError("ActAdd needs two non-empty phrases, e.g. 'Love' and 'Hate'")
     layer_list = _layer_list(model, layer)

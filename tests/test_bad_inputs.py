@@ -110,6 +110,8 @@ def _engine_cases(model: sw.SteerableModel) -> dict:
             TypeError,
             "SteerableModel",
         ),
+        "raw model to caa": (lambda: sw.caa(model.hf, ITEMS, [1]), TypeError, "sw.load_model(hf_model"),
+        "None as ActAdd phrase": (lambda: sw.actadd(model, None, "Hate", 1), TypeError, "'Love', 'Hate'"),
         "empty token sequences": (
             lambda: next_token_logprobs(model, [[]]),
             sw.SteeringError,
@@ -133,7 +135,8 @@ ENGINE_CASES = [
     "None completion", "seed as str", "negative seed", "float seed", "do_sample as str",
     "scalar strengths", "strengths as str", "dicts as items", "tensor as vector",
     "vector instead of Steering", "raw transformers model", "model name instead of model",
-    "raw model to steered", "raw model to sweep", "empty token sequences", "top_p above 1",
+    "raw model to steered", "raw model to sweep", "raw model to caa", "None as ActAdd phrase",
+    "empty token sequences", "top_p above 1",
     "top_p zero", "top_p NaN", "zero temperature",
 ]  # fmt: skip
 

@@ -1,8 +1,9 @@
 """CompareWidget in a real JupyterLab: method names render as text, headers sort (missing values last),
 the metric picker redraws the chart, and Run / progress / Cancel work from the page.
 
-The comparison itself is replaced by a slow stand-in so that the run can be watched and cancelled;
-the real `compare` is tested in tests/test_evaluation.py and in method_comparison.ipynb.
+The comparison itself is replaced by a stand-in that holds mid-run until cancelled, so the running
+state can be checked at any machine speed; the real `compare` is tested in tests/test_evaluation.py and
+in method_comparison.ipynb.
 """
 
 from __future__ import annotations
@@ -30,15 +31,17 @@ rows = [
 ]
 
 
-def slow_compare(**kwargs):
-    for i in range(100):
+def held_compare(**kwargs):
+    # Report some progress, then hold that state until the page presses Cancel: the test waits on
+    # states, so it passes on a fast and on a slow machine alike (a timed stand-in could finish first).
+    for i in range(10):
         kwargs["progress"](i, 100, f"step {i}")
-        if kwargs["cancel"].wait(0.1):
-            raise evaluation.GenerationCancelled("cancelled")
+    if kwargs["cancel"].wait(600):
+        raise evaluation.GenerationCancelled("cancelled")
     return evaluation.CompareResult(rows, {}, {})
 
 
-compare_widget.compare = slow_compare
+compare_widget.compare = held_compare
 widget = compare_widget.CompareWidget.from_result(
     evaluation.CompareResult(rows, {}, {}), methods=["caa"], model=None
 )
