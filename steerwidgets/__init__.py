@@ -3,6 +3,7 @@
 The public API lives here; ``import steerwidgets as sw``.
 """
 
+from . import verdicts  # the module: sw.verdicts.judge, sw.verdicts.VERDICTS
 from .data import (
     ABItem,
     ContrastPair,
@@ -137,6 +138,7 @@ __all__ = [
     "prechecks",
     "prompting_baseline",
     "propensity_sweep",
+    "verdicts",
     "random_like",
     "score",
     "steered",

@@ -17,6 +17,7 @@ from typing import Any
 from .data import DatasetError, load_ab_items
 from .engine import DEFAULT_STRENGTHS
 from .models import ModelLoadError
+from .verdicts import NULL_DIRECTIONS
 
 EXIT_BAD_INPUT = 2
 
@@ -64,9 +65,11 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
     return sorted(layers)
 
 
-def _positions(text: str) -> Any:
+def _positions(text: str | None) -> Any:
     from .interventions import SteeringError, check_position_spec
 
+    if text is None:
+        return None
     try:
         check_position_spec(text)
     except SteeringError as exc:
@@ -124,8 +127,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=",".join(f"{s:g}" for s in DEFAULT_STRENGTHS),
         help="comma-separated strengths λ (default: Tan et al.'s grid)",
     )
-    parser.add_argument("--positions", default="all", help="all | prompt | last | 3,4 | -3: ...")
+    parser.add_argument(
+        "--positions",
+        default=None,
+        help="all | prompt | last | 3,4 | -3: ... (default: 'last' for the letter protocol, 'continuation' "
+        "for the answer-text protocol)",
+    )
     parser.add_argument("--json", dest="json_out", help="write the results as JSON here")
+    parser.add_argument(
+        "--null-directions",
+        type=int,
+        default=NULL_DIRECTIONS,
+        help=f"random directions of the vector's norm for the null every verdict needs (default "
+        f"{NULL_DIRECTIONS}; at least 2)",
+    )
+    parser.add_argument(
+        "--no-swap",
+        action="store_true",
+        help="build CAA from the items as given (default: each item in both letter orders, so the letter "
+        "part cancels)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,39 +158,59 @@ def build_parser() -> argparse.ArgumentParser:
     _common(evaluate)
     evaluate.add_argument("--layer", type=int, required=True)
     evaluate.add_argument("--html", help="also write the standalone reliability report (HTML, no CDN)")
+    evaluate.add_argument(
+        "--protocol",
+        choices=("both", "letter"),
+        default="both",
+        help="'both' (default) adds the answer-text protocol beside Tan et al.'s letter protocol; "
+        "'letter' skips it",
+    )
     sweep = sub.add_parser("sweep", help="steerability per layer (strengths batched per pass)")
     _common(sweep)
     sweep.add_argument("--layers", required=True, help="e.g. 0-29 or 5,10,15")
     return parser
 
 
+def _null_count(value: int) -> int:
+    if value < 2:
+        raise CliError(f"--null-directions must be at least 2 (a null needs a spread), got {value}")
+    return value
+
+
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from . import methods
-    from .engine import propensity_sweep
+    from .engine import PROPENSITY_DEFINITIONS, propensity_sweep
 
     strengths = parse_strengths(args.strengths)
     positions = _positions(args.positions)
     check_output(args.json_out, "--json")
     check_output(getattr(args, "html", None), "--html")
+    k = _null_count(args.null_directions)
     train, test = _load_items(args.train, "--train"), _load_items(args.test, "--test")
     model = _load(args.model)
     check_item_lengths(model, train, args.train, "--train")
     check_item_lengths(model, test, args.test, "--test")
     if not 0 <= args.layer < model.n_layers:
         raise CliError(f"--layer {args.layer} out of range: use 0..{model.n_layers - 1}")
-    vector = methods.caa(model, train, [args.layer])
-    result = propensity_sweep(model, test, vector, [args.layer], strengths, positions=positions)
+    vector = methods.caa(model, train, [args.layer], swap_options=False if args.no_swap else None)
+    result = propensity_sweep(
+        model, test, vector, [args.layer], strengths, positions=positions, null_directions=k
+    )
     summary = result.summary(args.layer)
+    answer_text = None
+    if args.protocol == "both":
+        answer_text = _answer_text(model, test, vector, args.layer, strengths, positions, k)
     if args.html:
-        _write_html(model, train, result, vector, args.layer, args.html)
-    return {
+        _write_html(model, train, result, vector, args.layer, args.html, answer_text)
+    out = {
         "model": model.name,
         "layer": args.layer,
-        "positions": positions,
+        "positions": result.positions,
         "strengths": strengths,
         "n_train": len(train),
         "n_test": len(test),
         "vector_norm": summary["vector_norm"],
+        "vector_swap_options": bool(vector.meta.get("swap_options")),
         "steerability": summary["steerability"],
         "anti_steerable_fraction": summary["anti_steerable_fraction"],
         "mean_propensity": summary["mean_propensity"],
@@ -178,21 +219,81 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "ab_bias_r2": summary["ab_bias_r2"],
         "norm_ratio": summary["norm_ratio"],
         "warning_level": summary["warning_level"],
-        "propensity_definition": "logit(y+) - logit(y-) at the answer-letter position",
+        "propensity_definition": PROPENSITY_DEFINITIONS["letter"],
+        "verdict": summary["verdict"],
+        "verdict_reason": summary["verdict_reason"],
+        "steerability_ci95": summary["steerability_ci95"],
+        "null": summary["null"],
+        "item_classes": summary["item_classes"],
+        "option_dependence": summary["option_dependence"],
         "per_example": [
-            {k: ex[k] for k in ("index", "slope", "propensity", "anti_steerable", "non_monotonic")}
+            {k: ex[k] for k in ("index", "slope", "propensity", "anti_steerable", "non_monotonic", "class")}
             for ex in summary["per_example"]
         ],
     }
+    if answer_text is not None:
+        out["answer_text"] = answer_text
+    return out
 
 
-def _write_html(model: Any, train: list, result: Any, vector: Any, layer: int, path: str) -> None:
+def _answer_text(
+    model: Any, test: list, vector: Any, layer: int, strengths: list[float], positions: Any, k: int
+) -> dict[str, Any]:
+    """The answer-text protocol's fields (CLI contract); cannot-judge when no item lists its options."""
+    from .engine import PROPENSITY_DEFINITIONS, propensity_sweep
+    from .interventions import SteeringError
+    from .verdicts import cannot_judge
+
+    at_positions = None if positions in (None, "last") else positions
+    try:
+        result = propensity_sweep(
+            model,
+            test,
+            vector,
+            [layer],
+            strengths,
+            positions=at_positions,
+            protocol="answer_text",
+            null_directions=k,
+        )
+    except SteeringError as exc:
+        verdict = cannot_judge("answer_text", str(exc), at_positions).summary()
+        return {**{key: verdict[key] for key in _AT_FIELDS}, "n_items": 0}
+    summary = result.summary(layer)
+    return {
+        **{key: summary[key] for key in _AT_FIELDS},
+        "positions": result.positions,
+        "n_items": len(result.items),
+        "anti_steerable_fraction": summary["anti_steerable_fraction"],
+        "propensity_definition": PROPENSITY_DEFINITIONS["answer_text"],
+    }
+
+
+_AT_FIELDS = (
+    "steerability",
+    "steerability_ci95",
+    "null",
+    "item_classes",
+    "verdict",
+    "verdict_reason",
+    "mean_propensity",
+)
+
+
+def _write_html(
+    model: Any, train: list, result: Any, vector: Any, layer: int, path: str, answer_text: dict | None = None
+) -> None:
     from . import report
     from .reliability import prechecks
 
     check = prechecks(model, train, [layer])[layer] if len(train) >= 2 else None
     data = report.build_report(
-        result, layer, precheck=check, model_name=model.name, vector_method=vector.method
+        result,
+        layer,
+        precheck=check,
+        model_name=model.name,
+        vector_method=vector.method,
+        answer_text=answer_text,
     )
     report.save(data, path if path.lower().endswith((".html", ".htm")) else path + ".html")
 
@@ -211,8 +312,9 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     model = _load(args.model)
     check_item_lengths(model, train, args.train, "--train")
     check_item_lengths(model, test, args.test, "--test")
+    k = _null_count(args.null_directions)
     layers = parse_layers(args.layers, model.n_layers)
-    vector = methods.caa(model, train, layers)
+    vector = methods.caa(model, train, layers, swap_options=False if args.no_swap else None)
     with tqdm(total=len(test), desc="sweep", unit="item", file=sys.stderr) as bar:
         result = propensity_sweep(
             model,
@@ -221,6 +323,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
             layers,
             strengths,
             positions=positions,
+            null_directions=k,
             progress=lambda done, total: bar.update(done - bar.n),
         )
     per_layer = []
@@ -238,6 +341,10 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
                     "vector_norm",
                     "norm_ratio",
                     "warning_level",
+                    "verdict",
+                    "verdict_reason",
+                    "steerability_ci95",
+                    "item_classes",
                 )
             }
         )
@@ -245,10 +352,11 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": model.name,
         "layers": layers,
-        "positions": positions,
+        "positions": result.positions,
         "strengths": strengths,
         "n_train": len(train),
         "n_test": len(test),
+        "option_dependence": result.option_dependence(),
         "best_layer": best["layer"],
         "per_layer": per_layer,
     }
@@ -256,17 +364,24 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_summary(result: dict[str, Any]) -> None:
     if "per_layer" in result:
-        print(f"{'layer':>5} {'steerability':>13} {'anti-steerable':>15}")
+        print(f"{'layer':>5} {'steerability':>13} {'anti-steerable':>15}  verdict (letter protocol)")
         for row in result["per_layer"]:
-            print(f"{row['layer']:>5} {row['steerability']:>13.3f} {row['anti_steerable_fraction']:>14.0%}")
+            print(
+                f"{row['layer']:>5} {row['steerability']:>13.3f} {row['anti_steerable_fraction']:>14.0%}  "
+                f"{row['verdict']}"
+            )
         print(f"highest steerability at layer {result['best_layer']}")
         return
     print(
-        f"{result['model']} layer {result['layer']} positions={result['positions']}: "
-        f"steerability {result['steerability']:.3f}, anti-steerable "
-        f"{result['anti_steerable_fraction']:.0%} ({result['warning_level']}), "
-        f"‖v‖ {result['vector_norm']:.2f}"
+        f"{result['model']} layer {result['layer']} positions={result['positions']!r}: "
+        f"steerability {result['steerability']:.3f} (95 % CI {result['steerability_ci95'][0]:+.3f}.."
+        f"{result['steerability_ci95'][1]:+.3f}), anti-steerable (s_i ≤ 0) "
+        f"{result['anti_steerable_fraction']:.0%}, ‖v‖ {result['vector_norm']:.2f}"
     )
+    print(f"letter protocol: {result['verdict']} — {result['verdict_reason']}")
+    if "answer_text" in result:
+        at = result["answer_text"]
+        print(f"answer-text protocol: {at['verdict']} — {at['verdict_reason']}")
 
 
 def _glue_negative_values(argv: list[str]) -> list[str]:

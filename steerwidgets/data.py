@@ -334,3 +334,54 @@ def reference_passages() -> list[str]:
     """Clean reference prose: its perplexity under steering shows the fluency a vector costs."""
     rows = json.loads((_dataset_dir() / _REFERENCE_FILE).read_text(encoding="utf-8"))
     return [str(row) for row in rows]
+
+
+# ------------------------------------------------------------------------------------------------
+# The two options of an A/B question (for the option swap and the answer-text protocol)
+# ------------------------------------------------------------------------------------------------
+_OPTION_RE = re.compile(r"^(?P<stem>.*?)\s*\n\s*\(A\)\s*(?P<a>.+?)\s*\n\s*\(B\)\s*(?P<b>.+?)\s*$", re.S)
+_CHOICES_RE = re.compile(r"\s*(?:Choices|Options|Answers?)\s*:\s*$", re.I)
+
+
+@dataclass(frozen=True)
+class Options:
+    """An A/B question split into its stem and the texts of options A and B."""
+
+    stem: str
+    a: str
+    b: str
+    header: str  # what stood between the stem and "(A)", e.g. "\n\nChoices:"
+
+    def text(self, letter: str) -> str:
+        return self.a if letter == "A" else self.b
+
+
+def split_options(question: str) -> Options | None:
+    """``"stem\\n\\nChoices:\\n(A) x\\n(B) y"`` → ``Options(stem, x, y)``; ``None`` when the question does not
+    list its two options on lines of their own (then neither the swap nor the answer-text protocol
+    applies)."""
+    match = _OPTION_RE.match(question)
+    if not match or "\n(A)" in match["b"] or "\n(B)" in match["a"]:
+        return None
+    stem = match["stem"]
+    header = ""
+    choices = _CHOICES_RE.search(stem)
+    if choices:
+        header, stem = stem[choices.start() :], stem[: choices.start()]
+    stem = stem.strip()
+    if not stem:
+        return None
+    return Options(stem=stem, a=match["a"], b=match["b"], header=header or "\n")
+
+
+def swap_options(item: ABItem) -> ABItem | None:
+    """The same question with the two options' texts swapped and the answer relabelled.
+
+    A model that reads the options keeps its preference under the swap; one that picks letters flips it.
+    ``None`` when the options cannot be found in the question text.
+    """
+    opts = split_options(item.question)
+    if opts is None:
+        return None
+    question = f"{opts.stem}{opts.header}\n(A) {opts.b}\n(B) {opts.a}"
+    return ABItem(question, item.not_matching, item.matching)

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import metrics
-from .data import ABItem
+from . import metrics, verdicts
+from .data import ABItem, split_options, swap_options
 from .interventions import (
     Steering,
     SteeringError,
@@ -577,6 +577,17 @@ def next_token_logprobs(
 # ----------------------------------------------------------------------------------------------
 # Propensity sweeps (A/B items)
 # ----------------------------------------------------------------------------------------------
+PROTOCOLS = ("letter", "answer_text")
+#: Where each protocol steers unless told otherwise: Tan et al. and CAA steer from the last prompt token on
+#: (the letter is read there); the answer-text protocol steers the last prompt token and the answer's tokens.
+DEFAULT_POSITIONS = {"letter": "last", "answer_text": "continuation"}
+PROPENSITY_DEFINITIONS = {
+    "letter": "logit(y+) - logit(y-) at the answer-letter position (Tan et al. 2024)",
+    "answer_text": "per-token mean log-prob of the matching answer's text minus the other answer's text, "
+    "after the question stem alone (no options, no letters)",
+}
+
+
 def ab_prompt(model: Any, item: ABItem, chat: bool | None = None) -> tuple[list[int], int, int]:
     """Prompt ids for an A/B item (chat template + ``"("``) and the token ids of y+ and y−.
 
@@ -592,6 +603,24 @@ def ab_prompt(model: Any, item: ABItem, chat: bool | None = None) -> tuple[list[
     return ids, letter_id(tok, item.matching), letter_id(tok, item.not_matching)
 
 
+def answer_text_prompt(
+    model: Any, item: ABItem, chat: bool | None = None
+) -> tuple[list[int], list[int], list[int]] | None:
+    """The answer-text protocol's prompt (the question stem alone, as the user turn) and the token ids of
+    the matching and the other answer's text; ``None`` when the question does not list its two options."""
+    opts = split_options(item.question)
+    if opts is None:
+        return None
+    ids, _ = tokenize_prompt(model, opts.stem, chat)
+    tok = model.tokenizer
+    pos = tok(opts.text(item.matching), add_special_tokens=False)["input_ids"]
+    neg = tok(opts.text(item.not_matching), add_special_tokens=False)["input_ids"]
+    if not pos or not neg:
+        return None
+    check_length(model, len(ids) + max(len(pos), len(neg)))
+    return ids, pos, neg
+
+
 def letter_id(tok: Any, letter: str) -> int:
     ids = tok(letter, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
@@ -601,7 +630,14 @@ def letter_id(tok: Any, letter: str) -> int:
 
 @dataclass
 class PropensityResult:
-    """Propensity m_i(λ) = logit(y+) − logit(y−) for items × strengths, per layer (metrics.md)."""
+    """Propensity m_i(λ) for items × strengths, per layer (metrics.md), with its random-direction null.
+
+    ``protocol`` says what m is (:data:`PROPENSITY_DEFINITIONS`). ``null_propensity[layer]`` is
+    ``[K, n_items, 2]``: K random directions of the vector's norm at the grid's two end strengths
+    (``null_strengths``). ``swapped_propensity`` (letter protocol) is the unsteered propensity of each item
+    with
+    its two options' texts swapped and the answer relabelled (NaN where the options could not be found).
+    """
 
     strengths: np.ndarray
     layers: list[int]
@@ -611,19 +647,76 @@ class PropensityResult:
     vector_norm: dict[int, float]
     items: list[ABItem]
     relative: bool = False
+    protocol: str = "letter"
+    null_propensity: dict[int, np.ndarray] | None = None
+    null_strengths: tuple[float, float] | None = None
+    unsteered: np.ndarray | None = None  # [n_items] m_i(0)
+    swapped_propensity: np.ndarray | None = None
+    item_index: list[int] | None = None  # answer-text: indices into the caller's items that could be read
 
     def slopes(self, layer: int) -> np.ndarray:
         return metrics.slopes(self.propensity[layer], self.strengths)
 
+    def null_slopes(self, layer: int) -> np.ndarray | None:
+        """``[K, n_items]`` two-point slopes of the random directions (None without a null)."""
+        if self.null_propensity is None or self.null_strengths is None:
+            return None
+        lo, hi = self.null_strengths
+        m = self.null_propensity[layer]
+        return (m[..., 1] - m[..., 0]) / (hi - lo)
+
+    def option_dependence(self) -> float | None:
+        """Fraction of items whose unsteered preference survives swapping the options (letter protocol)."""
+        if self.swapped_propensity is None or self.unsteered is None:
+            return None
+        keep = ~np.isnan(self.swapped_propensity)
+        if not keep.any():
+            return None
+        return verdicts.option_dependence(self.unsteered[keep], self.swapped_propensity[keep])
+
+    def verdict(self, layer: int) -> verdicts.Verdict:
+        """The dataset verdict at ``layer`` against the random-direction null (see :mod:`verdicts`)."""
+        null = self.null_slopes(layer)
+        if null is None or null.shape[0] < 2:
+            return verdicts.cannot_judge(
+                self.protocol,
+                "No random-direction null was run (null_directions < 2), so nothing says "
+                "what 'no effect' looks like; rerun with null_directions=16.",
+                self.positions,
+            )
+        if not self.items:
+            return verdicts.cannot_judge(self.protocol, "No item could be read.", self.positions)
+        is_a = [item.matching == "A" for item in self.items] if self.protocol == "letter" else None
+        n_dep = None
+        if self.swapped_propensity is not None:
+            n_dep = int((~np.isnan(self.swapped_propensity)).sum())
+        return verdicts.judge(
+            self.slopes(layer),
+            null,
+            protocol=self.protocol,
+            matching_is_a=is_a,
+            option_dependence=self.option_dependence(),
+            n_option_items=n_dep,
+            null_method=f"sampled: {null.shape[0]} Gaussian directions scaled to ‖v‖, two-point slopes at "
+            f"λ = {self.null_strengths[0]:g} and {self.null_strengths[1]:g}",
+            positions=self.positions,
+            mean_propensity=self.propensity[layer].mean(0),
+        )
+
     def summary(self, layer: int) -> dict[str, Any]:
-        """The literature's numbers for one layer, ready for JSON."""
+        """The literature's numbers for one layer, with the verdict against the null, ready for JSON."""
         m = self.propensity[layer]
         slopes = self.slopes(layer)
         anti = metrics.anti_steerable(slopes)
         nonmono = metrics.non_monotonic(m)
         is_a = np.array([item.matching == "A" for item in self.items])
-        return {
+        verdict = self.verdict(layer)
+        classes = verdict.classes or ("no_detectable_effect",) * m.shape[0]
+        out = {
             "layer": layer,
+            "protocol": self.protocol,
+            "propensity_definition": PROPENSITY_DEFINITIONS[self.protocol],
+            "positions": self.positions,
             "steerability": float(slopes.mean()),
             "anti_steerable_fraction": float(anti.mean()),
             "non_monotonic_fraction": float(nonmono.mean()),
@@ -632,18 +725,27 @@ class PropensityResult:
             "ab_bias_r2": metrics.ab_bias_r2(slopes, is_a),
             "norm_ratio": [float(x) for x in self.norm_ratio[layer]],
             "vector_norm": self.vector_norm[layer],
-            "warning_level": metrics.warning_level(float(anti.mean())),
+            "warning_level": verdict.warning_level,
+            "verdict": verdict.verdict,
+            "verdict_reason": verdict.reason,
+            "steerability_ci95": list(verdict.steerability_ci95),
+            "null": verdict.summary()["null"],
+            "item_classes": verdict.counts,
+            "option_dependence": verdict.option_dependence,
             "per_example": [
                 {
-                    "index": i,
+                    "index": i if self.item_index is None else self.item_index[i],
                     "slope": float(slopes[i]),
                     "propensity": [float(x) for x in m[i]],
                     "anti_steerable": bool(anti[i]),
                     "non_monotonic": bool(nonmono[i]),
+                    "class": classes[i],
+                    "null_band": [verdict.item_lo[i], verdict.item_hi[i]] if verdict.item_lo else None,
                 }
                 for i in range(m.shape[0])
             ],
         }
+        return out
 
 
 def _check_strengths(strengths: Sequence[float]) -> np.ndarray:
@@ -678,6 +780,40 @@ def _cache_from(prefix: list, rows: int, split: int) -> Any:
     return DynamicCache(ddp_cache_data=data)
 
 
+def null_directions(vector: SteeringVector, layers: Sequence[int], k: int, seed: int = 0) -> dict:
+    """``{layer: [k, d]}`` Gaussian directions scaled to ‖v_layer‖: the null's random steerings.
+
+    Seeded per layer, so a result is reproducible and every item sees the same K directions (the dataset's
+    mean slope under direction k is then one sample of the null of the mean).
+    """
+    out = {}
+    for layer in layers:
+        vec = vector[layer]
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + int(layer))
+        rnd = torch.randn((k, vec.shape[-1]), generator=gen)
+        out[layer] = rnd * (vec.norm() / rnd.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    return out
+
+
+def _swapped_propensity(model: Any, items: Sequence[ABItem], chat: bool | None) -> np.ndarray:
+    """Unsteered letter propensity of each item with its options' texts swapped (NaN where not swappable)."""
+    out = np.full(len(items), np.nan)
+    seqs, where, letters = [], [], []
+    for i, item in enumerate(items):
+        swapped = swap_options(item)
+        if swapped is None:
+            continue
+        ids, y_pos, y_neg = ab_prompt(model, swapped, chat)
+        seqs.append(ids)
+        where.append(i)
+        letters.append((y_pos, y_neg))
+    if seqs:
+        logp = next_token_logprobs(model, seqs)
+        for row, (i, (y_pos, y_neg)) in enumerate(zip(where, letters)):
+            out[i] = float(logp[row, y_pos] - logp[row, y_neg])
+    return out
+
+
 def propensity_sweep(
     model: Any,
     items: Sequence[ABItem],
@@ -685,19 +821,30 @@ def propensity_sweep(
     layers: int | Sequence[int],
     strengths: Sequence[float] = DEFAULT_STRENGTHS,
     *,
-    positions: Any = "all",
+    positions: Any = None,
     operator: str = "add",
     relative: bool = False,
     chat: bool | None = None,
+    protocol: str = "letter",
+    null_directions: int = 0,
+    null_seed: int = 0,
+    option_swap: bool | None = None,
     max_rows: int = 64,
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> PropensityResult:
     """The [items × strengths] propensity matrix at each layer, strengths batched into one pass.
 
+    ``protocol="letter"`` is Tan et al.'s letter propensity; ``"answer_text"`` scores the two answers' texts
+    after the question stem (items whose options cannot be found are left out; ``item_index`` says which
+    stayed). ``positions=None`` takes the protocol's default (:data:`DEFAULT_POSITIONS`).
+    ``null_directions=K`` adds K random directions of the vector's norm at the grid's end strengths in the
+    same passes (the null every verdict needs); ``option_swap`` (default: on with a null, letter protocol)
+    also reads each item with its options swapped, unsteered.
+
     Per item, the tokens before the first steered position run once and their keys/values are reused; the
-    blocks below the steered layer run once; the strengths (and, for a single steered token, all layers)
-    share one batched pass; logits are computed only at the answer position.
+    blocks below the steered layer run once; the strengths and directions share one batched pass; logits are
+    computed only where they are scored.
     """
     require_model(model, "propensity_sweep")
     if not isinstance(vector, SteeringVector):
@@ -721,6 +868,10 @@ def propensity_sweep(
         )
     if isinstance(layers, bool) or not isinstance(layers, (int, Sequence)):
         raise TypeError(f"layers must be an int or a list of ints, got {layers!r}")
+    if protocol not in PROTOCOLS:
+        raise SteeringError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
+    if positions is None:
+        positions = DEFAULT_POSITIONS[protocol]
     layer_list = [layers] if isinstance(layers, int) else list(layers)
     if not layer_list:
         raise SteeringError("give at least one layer")
@@ -733,40 +884,183 @@ def propensity_sweep(
             raise SteeringError("propensity sweeps need a [d_model] vector per layer (not ActAdd)")
     lam = _check_strengths(strengths)
     check_position_spec(positions)
+    if isinstance(null_directions, bool) or not isinstance(null_directions, int) or null_directions < 0:
+        raise SteeringError(
+            f"null_directions must be an int ≥ 0 (16 is the default for verdicts), got {null_directions!r}"
+        )
     items = list(items)
     if not items:
         raise SteeringError("no A/B items given")
-    n_s = len(lam)
-    prop = {layer: np.zeros((len(items), n_s)) for layer in layer_list}
+    null = _null_rows(vector, layer_list, null_directions, null_seed)
+    null_lam = np.array([lam.min(), lam.max()])
+    prompts = _protocol_prompts(model, items, protocol, chat)
+    if not prompts:
+        raise SteeringError(
+            "no item lists its two options as '(A) …' and '(B) …' lines, so the answer-text protocol has "
+            "nothing to score; use protocol='letter'"
+        )
+    n_s, n_items, k = len(lam), len(prompts), null_directions
+    prop = {layer: np.zeros((n_items, n_s)) for layer in layer_list}
+    null_prop = {layer: np.zeros((k, n_items, 2)) for layer in layer_list} if k else None
+    unsteered = np.zeros(n_items)
     ratio_sum = {layer: np.zeros(n_s) for layer in layer_list}
-    for index, item in enumerate(items):
+    for row, (_, ids, completions) in enumerate(prompts):
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("sweep cancelled")
-        ids, y_pos, y_neg = ab_prompt(model, item, chat)
-        n = len(ids)
-        mask = position_mask(positions, n, n)
-        if not bool(mask.any()):
-            raise SteeringError(
-                f"positions={positions!r} selects no prompt token, so nothing would be steered when "
-                "reading the answer letter; use 'all', 'prompt' or 'last'"
-            )
-        first = int(mask.float().argmax())
-        out = _sweep_item(model, ids, mask, first, vector, layer_list, lam, operator, relative, max_rows)
-        for layer, (logits, ratios) in out.items():
-            prop[layer][index] = (logits[:, y_pos] - logits[:, y_neg]).numpy()
+        out = _sweep_protocol_item(
+            model,
+            ids,
+            completions,
+            positions,
+            vector,
+            layer_list,
+            lam,
+            null,
+            null_lam,
+            operator,
+            relative,
+            max_rows,
+        )
+        for layer, (vec_m, null_m, zero_m, ratios) in out.items():
+            prop[layer][row] = vec_m
+            if null_prop is not None:
+                null_prop[layer][:, row] = null_m
+            unsteered[row] = zero_m
             ratio_sum[layer] += ratios
         if progress is not None:
-            progress(index + 1, len(items))
+            progress(row + 1, n_items)
+    kept = [items[index] for index, _, _ in prompts]
+    swap = option_swap if option_swap is not None else (k > 0 and protocol == "letter")
+    swapped = _swapped_propensity(model, kept, chat) if swap and protocol == "letter" else None
     return PropensityResult(
         strengths=lam,
         layers=layer_list,
         positions=positions,
         propensity=prop,
-        norm_ratio={layer: ratio_sum[layer] / len(items) for layer in layer_list},
+        norm_ratio={layer: ratio_sum[layer] / n_items for layer in layer_list},
         vector_norm={layer: float(vector[layer].norm()) for layer in layer_list},
-        items=items,
+        items=kept,
         relative=relative,
+        protocol=protocol,
+        null_propensity=null_prop,
+        null_strengths=(float(null_lam[0]), float(null_lam[1])) if k else None,
+        unsteered=unsteered,
+        swapped_propensity=swapped,
+        item_index=None if protocol == "letter" else [index for index, _, _ in prompts],
     )
+
+
+def _null_rows(vector: SteeringVector, layers: list[int], k: int, seed: int) -> dict | None:
+    return null_directions(vector, layers, k, seed) if k else None
+
+
+def _protocol_prompts(
+    model: Any, items: list[ABItem], protocol: str, chat: bool | None
+) -> list[tuple[int, list[int], list[tuple[list[int], Any]]]]:
+    """Per readable item: its index, prompt ids and what is scored — ``(completion ids, target)`` pairs.
+
+    Letter: one empty completion whose target is the two letter ids (logit difference at the last prompt
+    token). Answer text: the two answers' token ids (per-token mean log-probs, matching minus other).
+    """
+    out = []
+    for index, item in enumerate(items):
+        if protocol == "letter":
+            ids, y_pos, y_neg = ab_prompt(model, item, chat)
+            out.append((index, ids, [([], (y_pos, y_neg))]))
+        else:
+            read = answer_text_prompt(model, item, chat)
+            if read is not None:
+                ids, pos, neg = read
+                out.append((index, ids, [(pos, None), (neg, None)]))
+    return out
+
+
+def _sweep_protocol_item(
+    model: Any,
+    ids: list[int],
+    completions: list[tuple[list[int], Any]],
+    positions: Any,
+    vector: SteeringVector,
+    layer_list: list[int],
+    lam: np.ndarray,
+    null: dict | None,
+    null_lam: np.ndarray,
+    operator: str,
+    relative: bool,
+    max_rows: int,
+) -> dict[int, tuple[np.ndarray, np.ndarray | None, float, np.ndarray]]:
+    """One item's propensities per layer: vector rows, null rows ``[K, 2]``, unsteered, norm ratios."""
+    n = len(ids)
+    scores = []
+    first_all = None
+    for comp, target in completions:
+        total = n + max(0, len(comp) - 1)
+        mask = position_mask(positions, n, total)
+        if not bool(mask.any()):
+            raise SteeringError(
+                f"positions={positions!r} selects no prompt token before the answer, so nothing would be "
+                "steered "
+                "when reading it; use 'last', 'continuation' or 'all'"
+            )
+        first = int(mask.float().argmax())
+        first_all = first if first_all is None else min(first_all, first)
+        scores.append((comp, target, mask))
+    prefix_kv, prefix_norms = _prefix(model, ids, first_all, layer_list)
+    out: dict[int, list] = {}
+    for comp, target, mask in scores:
+        seq = ids + comp[:-1]
+        per_layer = _sweep_item(
+            model,
+            seq,
+            mask,
+            first_all,
+            vector,
+            layer_list,
+            lam,
+            operator,
+            relative,
+            max_rows,
+            null=null,
+            null_lam=null_lam,
+            keep=max(1, len(comp)),
+            prefix=(prefix_kv, prefix_norms),
+        )
+        for layer, (logits, ratios) in per_layer.items():
+            if target is not None:  # letter: logit(y+) − logit(y−) at the last position
+                value = logits[:, -1, target[0]] - logits[:, -1, target[1]]
+            else:  # answer text: per-token mean log-prob of the completion
+                logp = logits.log_softmax(-1)
+                value = logp[:, torch.arange(len(comp)), torch.tensor(comp)].mean(-1)
+            out.setdefault(layer, []).append((value.double().numpy(), ratios))
+    n_s, k = len(lam), 0 if null is None else next(iter(null.values())).shape[0]
+    result = {}
+    for layer, parts in out.items():
+        value = parts[0][0] if len(parts) == 1 else parts[0][0] - parts[1][0]
+        vec_m = value[:n_s]
+        null_m = value[n_s : n_s + 2 * k].reshape(k, 2) if k else None
+        result[layer] = (vec_m, null_m, float(value[-1]), parts[0][1])
+    return result
+
+
+def _prefix(
+    model: Any, ids: list[int], first: int, layer_list: list[int]
+) -> tuple[list | None, dict[int, tuple[float, int]]]:
+    """Keys/values of the unsteered tokens before ``first`` and their residual norms (skipping the sink)."""
+    prefix_norms: dict[int, tuple[float, int]] = {}
+    if first <= 0:
+        return None, prefix_norms
+    input_ids = torch.tensor([ids[:first]])
+    with (
+        torch.no_grad(),
+        model.lock,
+        model.nn.trace(input_ids, use_cache=True, logits_to_keep=1, remote=model.remote),
+    ):
+        for layer in sorted(layer_list):
+            h = _hidden(model.block(layer).output)[0, 1:].float()
+            prefix_norms[layer] = (float(h.norm(dim=-1).sum()), int(h.shape[0]))
+        result = model.nn.output.save()
+    cache = result["cache"] if "cache" in result else result["past_key_values"]
+    return [(k, v) for k, v, *_ in cache], prefix_norms
 
 
 def _sweep_item(
@@ -780,33 +1074,38 @@ def _sweep_item(
     operator: str,
     relative: bool,
     max_rows: int,
+    *,
+    null: dict | None = None,
+    null_lam: np.ndarray | None = None,
+    keep: int = 1,
+    prefix: tuple[list | None, dict] | None = None,
 ) -> dict[int, tuple[torch.Tensor, np.ndarray]]:
-    """Answer-position logits for every (layer, strength) of one item."""
-    n_s = len(lam)
+    """Logits ``[rows, keep, vocab]`` at the last ``keep`` positions for every layer of one sequence.
+
+    Rows per layer: the vector at each strength in ``lam``, then (with ``null``) each random direction at
+    the two ``null_lam`` strengths, then one unsteered row. Ratios are the vector rows' ‖λv‖ / mean‖h‖.
+    """
+    prefix_kv, prefix_norms = prefix if prefix is not None else _prefix(model, ids, first, layer_list)
     input_ids = torch.tensor([ids])
-    prefix_kv = None
-    prefix_norms: dict[int, tuple[float, int]] = {}
+    rowsets = {}
+    for layer in layer_list:
+        sets = [(vector[layer], torch.tensor(lam, dtype=torch.float32))]
+        if null is not None:
+            nl = torch.tensor(null_lam, dtype=torch.float32)
+            sets += [(null[layer][j], nl) for j in range(null[layer].shape[0])]
+        sets.append((torch.zeros_like(vector[layer]), torch.zeros(1)))
+        rowsets[layer] = sets
+    per_layer_rows = sum(len(s[1]) for s in rowsets[layer_list[0]])
+    suffix = input_ids[:, first:]
+    suffix_mask = mask[first : len(ids)] if mask.shape[0] >= len(ids) else mask[first:]
+    # With one steered token every layer's rows are cheap: put them all in one pass.
+    if suffix.shape[1] == 1:
+        per_pass = max(1, max_rows // per_layer_rows)
+        groups = [layer_list[i : i + per_pass] for i in range(0, len(layer_list), per_pass)]
+    else:
+        groups = [[layer] for layer in layer_list]
+    out: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
     with torch.no_grad():
-        if first > 0:
-            with (
-                model.lock,
-                model.nn.trace(input_ids[:, :first], use_cache=True, logits_to_keep=1, remote=model.remote),
-            ):
-                for layer in layer_list:
-                    h = _hidden(model.block(layer).output)[0, 1:].float()
-                    prefix_norms[layer] = (float(h.norm(dim=-1).sum()), int(h.shape[0]))
-                result = model.nn.output.save()
-            cache = result["cache"] if "cache" in result else result["past_key_values"]
-            prefix_kv = [(k, v) for k, v, *_ in cache]
-        suffix = input_ids[:, first:]
-        suffix_mask = mask[first:]
-        # With one steered token every layer's rows are cheap: put them all in one pass.
-        if suffix.shape[1] == 1:
-            per_pass = max(1, max_rows // n_s)
-            groups = [layer_list[i : i + per_pass] for i in range(0, len(layer_list), per_pass)]
-        else:
-            groups = [[layer] for layer in layer_list]
-        out: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
         for group in groups:
             out.update(
                 _sweep_pass(
@@ -817,10 +1116,12 @@ def _sweep_item(
                     prefix_kv,
                     prefix_norms,
                     vector,
+                    rowsets,
                     group,
-                    lam,
+                    len(lam),
                     operator,
                     relative,
+                    keep,
                 )
             )
     return out
@@ -834,28 +1135,32 @@ def _sweep_pass(
     prefix_kv: list | None,
     prefix_norms: dict[int, tuple[float, int]],
     vector: SteeringVector,
+    rowsets: dict[int, list[tuple[torch.Tensor, torch.Tensor]]],
     group: list[int],
-    lam: np.ndarray,
+    n_vector_rows: int,
     operator: str,
     relative: bool,
+    keep: int,
 ) -> dict[int, tuple[torch.Tensor, np.ndarray]]:
-    """One batched forward: rows = layers in ``group`` × strengths, expanded at the lowest layer.
+    """One batched forward: for each layer in ``group`` its rows (direction × strength), expanded at the
+    lowest layer.
 
     Rows of layer L are steered only at L, so below L they equal the unsteered run; the mean residual
-    norm for relative strengths is read from the first row of L's group before editing.
+    norm for relative strengths is read from the first row of L's block before editing, and every direction
+    of L is scaled by the same factor (the null's directions have the vector's norm).
     """
-    n_s = len(lam)
-    rows = len(group) * n_s
-    split = min(group)
-    kwargs: dict[str, Any] = dict(logits_to_keep=1, remote=model.remote)
+    ordered = sorted(group)
+    sizes = [sum(len(lam) for _, lam in rowsets[layer]) for layer in ordered]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    rows = int(offsets[-1])
+    split = ordered[0]
+    kwargs: dict[str, Any] = dict(logits_to_keep=keep, remote=model.remote)
     if prefix_kv is not None:
         # nnsight keeps the ``cache`` keyword for itself, so the cache travels as ``past_key_values``.
         kwargs.update(past_key_values=_cache_from(prefix_kv, rows, split), use_cache=True)
-    lam_t = torch.tensor(lam, dtype=torch.float32)
     ratios: dict[int, np.ndarray] = {}
     pos_mask = suffix_mask[None, :, None]
     skip_first = 1 if first == 0 else 0  # the attention-sink token is left out of mean‖h‖
-    ordered = sorted(group)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # past_key_values is deprecated in v5
         with model.lock, model.nn.trace(suffix, **kwargs):
@@ -863,25 +1168,39 @@ def _sweep_pass(
                 envoy = model.block(layer)
                 out = envoy.output
                 hidden = _hidden(out)
-                own = hidden[:1] if hidden.shape[0] == 1 else hidden[g * n_s : g * n_s + 1]
+                start = int(offsets[g])
+                own = hidden[:1] if hidden.shape[0] == 1 else hidden[start : start + 1]
                 total, count = prefix_norms.get(layer, (0.0, 0))
                 body = own[0, skip_first:].float()
                 mean_norm = (total + float(body.norm(dim=-1).sum())) / max(1, count + body.shape[0])
-                vec = vector[layer]
-                vnorm = float(vec.norm())
-                scale_one = lam_t * (mean_norm / max(vnorm, 1e-12) if relative else 1.0)
-                ratios[layer] = (scale_one.abs() * vnorm / max(mean_norm, 1e-12)).numpy()
+                vnorm = float(vector[layer].norm())
+                factor = mean_norm / max(vnorm, 1e-12) if relative else 1.0
+                ratios[layer] = (rowsets[layer][0][1].abs() * factor * vnorm / max(mean_norm, 1e-12)).numpy()
                 if layer == split:
                     hidden = hidden.expand(rows, -1, -1)
-                scale = torch.zeros(rows)
-                scale[g * n_s : (g + 1) * n_s] = scale_one
-                rowsel = scale.new_zeros(rows, dtype=torch.bool)
-                rowsel[g * n_s : (g + 1) * n_s] = True
-                edited = apply_operator(hidden, vec, scale.reshape(-1, 1, 1), operator)
-                _set_hidden(envoy, out, torch.where(rowsel[:, None, None] & pos_mask, edited, hidden))
-            logits = model.nn.lm_head.output[:, -1].save()
+                pieces = [hidden[:start]]
+                at = start
+                for direction, lam in rowsets[layer]:
+                    part = hidden[at : at + len(lam)]
+                    scale = (lam * factor).reshape(-1, 1, 1)
+                    if operator == "add" or float(direction.norm()) == 0.0:
+                        edited = (
+                            part
+                            if float(direction.norm()) == 0.0
+                            else apply_operator(part, direction, scale, "add")
+                        )
+                    else:
+                        edited = apply_operator(part, direction, scale, operator)
+                    pieces.append(torch.where(pos_mask, edited, part))
+                    at += len(lam)
+                pieces.append(hidden[at:])
+                _set_hidden(envoy, out, torch.cat(pieces, 0))
+            logits = model.nn.lm_head.output[:, -keep:].save()
     logits = logits.float()
-    return {layer: (logits[g * n_s : (g + 1) * n_s], ratios[layer]) for g, layer in enumerate(ordered)}
+    return {
+        layer: (logits[int(offsets[g]) : int(offsets[g + 1])], ratios[layer][:n_vector_rows])
+        for g, layer in enumerate(ordered)
+    }
 
 
 # ----------------------------------------------------------------------------------------------

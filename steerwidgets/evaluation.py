@@ -172,7 +172,9 @@ def propensity_matrix(
     sweepable = _sweepable(steer, lam)
     if sweepable is not None:
         vector, layer, effective = sweepable
-        return propensity_sweep(model, items, vector, [layer], effective, cancel=cancel).propensity[layer]
+        return propensity_sweep(
+            model, items, vector, [layer], effective, positions="all", cancel=cancel
+        ).propensity[layer]
     return ab_propensities(model, items, steer, lam, cancel=cancel)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .data import ABItem, ContrastPair, fingerprint
+from .data import ABItem, ContrastPair, fingerprint, swap_options
 from .engine import _use_chat, ab_prompt, read_activations, tokenize_prompt
 from .interventions import AffineMap, Steering, SteeringError, require_model
 from .vectors import SteeringVector
@@ -59,6 +59,27 @@ def ab_activations(
         sequences += [ids + [y_pos], ids + [y_neg]]
     acts = read_activations(model, sequences, layer_list, position=-1, batch_size=batch_size)
     return {layer: (a[0::2], a[1::2]) for layer, a in acts.items()}
+
+
+def both_orders(items: Sequence[ABItem], swap: bool | None = None) -> tuple[list[ABItem], bool]:
+    """The items followed by each one with its options swapped (answers relabelled), and whether it did.
+
+    Read in both letter orders, every question's letter part cancels in the mean difference. ``swap=None``
+    swaps when every item lists its two options on ``(A) …`` / ``(B) …`` lines; ``True`` requires it.
+    """
+    items = list(items)
+    if swap is False:
+        return items, False
+    swapped = [swap_options(item) for item in items]
+    missing = [i for i, item in enumerate(swapped) if item is None]
+    if missing:
+        if swap:
+            raise SteeringError(
+                f"items {missing[:5]} do not list their options as '(A) …' and '(B) …' lines, so they cannot "
+                "be read in both letter orders; pass swap_options=False"
+            )
+        return items, False
+    return items + swapped, True
 
 
 def pair_activations(
@@ -112,21 +133,26 @@ def caa(
     items: Sequence[ABItem],
     layers: int | Sequence[int] | None = None,
     *,
+    swap_options: bool | None = None,
     chat: bool | None = None,
     batch_size: int = 16,
 ) -> SteeringVector:
     """v = mean_i [a_L(prompt_i + y+_i) − a_L(prompt_i + y−_i)], read at the answer-letter token.
 
+    By default every item is read in both letter orders (its options swapped, the answer relabelled), so
+    the part of the difference that encodes *which letter* matches cancels within each question and the
+    mean keeps the behaviour (``swap_options=False``: the items as given, Panickssery et al.'s reading).
     ``layers=None`` reads every layer in the same forward passes.
     """
-    acts = ab_activations(model, items, layers, chat=chat, batch_size=batch_size)
+    read, swapped = both_orders(items, swap_options)
+    acts = ab_activations(model, read, layers, chat=chat, batch_size=batch_size)
     return SteeringVector(
         directions={layer: (pos - neg).mean(0) for layer, (pos, neg) in acts.items()},
         model_id=model.name,
         method="caa",
-        read_position="answer letter (last token)",
+        read_position="answer letter (last token)" + (", both letter orders" if swapped else ""),
         dataset_fingerprint=fingerprint(list(items)),
-        meta={"n_items": len(items), "chat": _use_chat(model, chat)},
+        meta={"n_items": len(list(items)), "chat": _use_chat(model, chat), "swap_options": swapped},
     )
 
 

@@ -15,16 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics
+from . import metrics, verdicts
 from .engine import PropensityResult
 from .reliability import LayerSweepResult, PreCheck
 
-LEVEL_TEXT = {
-    "ok": "Few inputs steer the wrong way.",
-    "notice": "Notice: at least {notice:.0%} of inputs are anti-steerable (slope ≤ 0).",
-    "warning": "Warning: at least {warning:.0%} of inputs are anti-steerable (slope ≤ 0): this vector "
-    "backfires for a large share of inputs.",
-}
 AB_BIAS_WARN = 0.5  # R² above this: the slopes follow the answer letter more than the behaviour
 
 
@@ -37,45 +31,64 @@ def build_report(
     generalisation: dict[str, Any] | None = None,
     model_name: str = "",
     vector_method: str = "",
+    answer_text: PropensityResult | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything the report shows, as plain JSON types, each number named as in metrics.md."""
+    """Everything the report shows, as plain JSON types, each number named as in metrics.md.
+
+    ``answer_text`` (the answer-text protocol's result or its summary) is shown beside the letter protocol;
+    where the letter protocol cannot judge, the report leads with it.
+    """
     summary = result.summary(layer)
-    anti_rows = [ex for ex in summary["per_example"] if ex["anti_steerable"]]
-    anti_rows.sort(key=lambda ex: ex["slope"])
-    nonmono = [ex for ex in summary["per_example"] if ex["non_monotonic"] and not ex["anti_steerable"]]
-    warnings = []
-    level = summary["warning_level"]
-    if level != "ok":
-        warnings.append(
-            {
-                "level": level,
-                "message": LEVEL_TEXT[level].format(notice=metrics.NOTICE_AT, warning=metrics.WARNING_AT)
-                + f" Measured: {summary['anti_steerable_fraction']:.0%}.",
-            }
-        )
+    verdict = result.verdict(layer)
+    slopes = [ex["slope"] for ex in summary["per_example"]]
+    questions = [item.question for item in result.items]
+    rows = list(enumerate(summary["per_example"]))  # (position in result.items, row)
+    anti_rows = sorted(((i, ex) for i, ex in rows if ex["anti_steerable"]), key=lambda r: r[1]["slope"])
+    backfire_rows = sorted(
+        ((i, ex) for i, ex in rows if ex["class"] == "backfires"), key=lambda r: r[1]["slope"]
+    )
+    nonmono = [(i, ex) for i, ex in rows if ex["non_monotonic"] and not ex["anti_steerable"]]
+    warnings = verdicts.warnings_for(verdict, questions, slopes, layer)
     r2 = summary["ab_bias_r2"]
-    if r2 is not None and r2 >= AB_BIAS_WARN:
+    if r2 is not None and r2 >= AB_BIAS_WARN and verdict.verdict != "letter_driven":
         warnings.append(
             {
-                "level": "warning",
-                "message": f"A/B bias R² = {r2:.2f}: slopes depend on whether the matching answer is "
-                "'A', so the vector may encode the answer letter rather than the behaviour.",
+                "level": "notice",
+                "message": f"A/B bias R² = {r2:.2f}: slopes depend on whether the matching answer is 'A'.",
             }
         )
     if precheck is not None and precheck.level == "red":
-        warnings.append({"level": "warning", "message": f"Pre-check is red: {precheck.reason}."})
+        warnings.append({"level": "notice", "message": f"Pre-check is red: {precheck.reason}."})
+    at = answer_text.summary(layer) if isinstance(answer_text, PropensityResult) else answer_text
+    if at is not None and at.get("verdict") in ("backfires", "no_detectable_effect", "letter_driven"):
+        warnings.append(
+            {
+                "level": "warning" if at["verdict"] == "backfires" else "notice",
+                "message": f"Answer-text protocol: {at['verdict_reason']}",
+            }
+        )
+    lead = "answer_text" if verdict.verdict == "cannot_judge" and at is not None else "letter"
     return {
         "model": model_name,
         "vector_method": vector_method,
         "layer": layer,
         "positions": result.positions,
+        "protocol": result.protocol,
         "strengths": [float(x) for x in result.strengths],
         "n_items": len(result.items),
         "steerability": summary["steerability"],
+        "steerability_ci95": summary["steerability_ci95"],
+        "verdict": summary["verdict"],
+        "verdict_reason": summary["verdict_reason"],
+        "null": summary["null"],
+        "item_classes": summary["item_classes"],
+        "option_dependence": summary["option_dependence"],
+        "answer_text": at,
+        "lead": lead,
         "anti_steerable_fraction": summary["anti_steerable_fraction"],
         "non_monotonic_fraction": summary["non_monotonic_fraction"],
-        "warning_level": level,
-        "thresholds": {"notice": metrics.NOTICE_AT, "warning": metrics.WARNING_AT},
+        "warning_level": summary["warning_level"],
+        "thresholds": {"notice": metrics.NOTICE_AT, "warning": metrics.WARNING_AT, **verdict.thresholds},
         "ab_bias_r2": r2,
         "mean_propensity": summary["mean_propensity"],
         "std_propensity": [float(x) for x in result.propensity[layer].std(0)],
@@ -83,18 +96,25 @@ def build_report(
         "norm_ratio": summary["norm_ratio"],
         "vector_norm": summary["vector_norm"],
         "warnings": warnings,
-        "anti_steerable_items": [{**ex, "question": result.items[ex["index"]].question} for ex in anti_rows],
-        "non_monotonic_items": [{**ex, "question": result.items[ex["index"]].question} for ex in nonmono],
+        "backfire_items": [{**ex, "question": result.items[i].question} for i, ex in backfire_rows],
+        "anti_steerable_items": [{**ex, "question": result.items[i].question} for i, ex in anti_rows],
+        "non_monotonic_items": [{**ex, "question": result.items[i].question} for i, ex in nonmono],
         "per_example": summary["per_example"],
         "precheck": None if precheck is None else precheck.__dict__,
         "layer_sweep": None if sweep is None else sweep.to_json(),
         "generalisation": generalisation,
         "definitions": {
-            "propensity": "logit(y+) - logit(y-) at the answer-letter position",
+            "propensity": summary["propensity_definition"],
             "p_match": "sigmoid(propensity) = p(y+) / (p(y+) + p(y-))",
             "slope": "OLS slope of propensity over the strengths, per item",
-            "anti_steerable": "slope <= 0",
+            "null": "K random directions of the vector's norm, same items/layer/positions; an item's slope "
+            "is "
+            "beyond the null outside their 95 % prediction interval",
+            "backfires": "slope below the item's null band (steers: above it)",
+            "anti_steerable": "slope <= 0 (Tan et al.; raw, not compared with the null)",
             "ab_bias_r2": "R^2 of slopes regressed on 1[y+ is 'A']",
+            "option_dependence": "fraction of items whose unsteered preference keeps its sign when the two "
+            "options' texts are swapped",
         },
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -262,8 +282,10 @@ def to_html(report: dict[str, Any], *, charts: bool = True) -> str:
         f"<p>Model <code>{_esc(report['model'])}</code>, positions <code>{_esc(report['positions'])}</code>, "
         f"{report['n_items']} test items, strengths {_esc(_fmt(report['strengths']))}, "
         f"‖v‖ = {report['vector_norm']:.2f}. Created {_esc(report['created'])}.</p>",
-        f"<p><b>Steerability</b> {report['steerability']:.3f} (mean per-item slope) · "
-        f"<b>anti-steerable</b> {report['anti_steerable_fraction']:.0%} · "
+        *_verdict_lines(report),
+        f"<p><b>Steerability</b> {report['steerability']:.3f} (mean per-item slope, 95 % CI "
+        f"{_esc(_fmt(report.get('steerability_ci95')))}) · <b>items</b> {_esc(_classes(report))} · "
+        f"<b>anti-steerable (s ≤ 0)</b> {report['anti_steerable_fraction']:.0%} · "
         f"<b>non-monotonic</b> {report['non_monotonic_fraction']:.0%} · "
         f"<b>A/B-bias R²</b> {_esc(_fmt(report['ab_bias_r2']))}</p>",
     ]
@@ -291,7 +313,15 @@ def to_html(report: dict[str, Any], *, charts: bool = True) -> str:
             f"<code>{_esc(gen['prefix'])}</code>: relative steerability "
             f"{_esc(_fmt(gen['relative_steerability']))} ({_esc(gen['definition'])}).</p>"
         )
-    parts.append("<h2>Anti-steerable items (slope ≤ 0), worst first</h2>")
+    parts.append("<h2>Items that backfire beyond the random-direction null, worst first</h2>")
+    parts.append(
+        _table(report.get("backfire_items", []), ["index", "slope", "null_band", "question"])
+        if report.get("backfire_items")
+        else "<p>None.</p>"
+    )
+    parts.append(
+        "<h2>Anti-steerable items (Tan et al.: slope ≤ 0, not compared with the null), worst first</h2>"
+    )
     parts.append(
         _table(report["anti_steerable_items"], ["index", "slope", "question"])
         if report["anti_steerable_items"]
@@ -311,6 +341,28 @@ def to_html(report: dict[str, Any], *, charts: bool = True) -> str:
     )
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _classes(report: dict[str, Any]) -> str:
+    counts = report.get("item_classes") or {}
+    return ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
+
+
+def _verdict_lines(report: dict[str, Any]) -> list[str]:
+    """The verdicts, the protocol that can judge first (the letter one leads unless it cannot judge)."""
+    letter = ("letter", report.get("verdict"), report.get("verdict_reason"), report.get("positions"))
+    at = report.get("answer_text")
+    rows = [letter]
+    if at:
+        rows.append(("answer-text", at.get("verdict"), at.get("verdict_reason"), at.get("positions")))
+        if report.get("lead") == "answer_text":
+            rows.reverse()
+    return [
+        f"<p class='verdict'><b>Verdict ({_esc(name)} protocol, positions {_esc(pos)}): "
+        f"{_esc(str(v).replace('_', ' '))}</b> — {_esc(reason)}</p>"
+        for name, v, reason, pos in rows
+        if v
+    ]
 
 
 def save(report: dict[str, Any], path: str | Path) -> Path:

@@ -97,7 +97,7 @@ def test_next_token_logprobs_left_padding_is_exact(tiny):
 
 def test_general_propensities_match_propensity_sweep(tiny_llama):
     vec = random_vector(tiny_llama, scale=2.0)
-    sweep = sw.propensity_sweep(tiny_llama, AB, vec, [2], STRENGTHS).propensity[2]
+    sweep = sw.propensity_sweep(tiny_llama, AB, vec, [2], STRENGTHS, positions="all").propensity[2]
     general = E.ab_propensities(tiny_llama, AB, E.vector_steerer(vec, 2), STRENGTHS)
     assert np.allclose(general, sweep, atol=1e-4)
     # the fast path is taken for single-layer additive steerers, also when negated

@@ -8,7 +8,6 @@ import io
 import json
 import threading
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -309,7 +308,7 @@ def _datasets(spec):
     return out
 
 
-def test_ab_items_add_anti_steerable_warnings(make, monkeypatch):
+def test_ab_items_add_verdicts_against_the_null(make, monkeypatch):
     items = sw.builtin_ab("sentiment")[:3]
     calls = []
     real = sw.propensity_sweep
@@ -320,13 +319,17 @@ def test_ab_items_add_anti_steerable_warnings(make, monkeypatch):
 
     monkeypatch.setattr(sw, "propensity_sweep", spy)
     w = _done(make(strength=2.0, ab_items=items, max_new_tokens=2))
-    assert len(calls) == 1
-    args, kwargs = calls[0]
-    assert args[3] == LAYER and list(args[4]) == [-2.0, -1.0, 0.0, 1.0, 2.0]
-    assert kwargs["positions"] == "all" and kwargs["cancel"] is not None
+    assert [kwargs["protocol"] for _, kwargs in calls] == ["letter", "answer_text"]
+    for args, kwargs in calls:
+        assert args[3] == LAYER and list(args[4]) == [-2.0, -1.0, 0.0, 1.0, 2.0]
+        assert "positions" not in kwargs  # each protocol steers at its own default positions
+        assert kwargs["null_directions"] == pg.AB_NULL_DIRECTIONS and kwargs["cancel"] is not None
     assert "ab_ms" in w.timings
-    for warning in w.warnings:
-        assert warning["level"] in ("notice", "warning")
+    lines = [x for x in w.warnings if x.get("verdict")]
+    assert {x["protocol"] for x in lines} == {"letter", "answer_text"}
+    for line in lines:
+        assert line["verdict"] in sw.verdicts.VERDICTS and line["level"] in ("ok", "notice", "warning")
+        assert "positions" in line["message"]
     # ActAdd vectors are per position: the check says so instead of failing
     w.vector_name = "actadd"
     _done(w)
@@ -334,17 +337,45 @@ def test_ab_items_add_anti_steerable_warnings(make, monkeypatch):
     assert any("A/B check skipped" in x["message"] for x in w.warnings)
 
 
-def test_ab_warning_lists_backfiring_items():
-    items = [SimpleNamespace(question=f"Q{i} " + "x" * 100) for i in range(4)]
-    prop = np.array([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 2.0, 4.0]])
-    result = SimpleNamespace(items=items, slopes=lambda layer: sw.metrics.slopes(prop, [-1, 0, 1]))
-    (warning,) = pg.ab_warnings(result, layer=5)
-    assert warning["level"] == "warning"  # 2 of 4 ≥ 0.30
-    assert warning["items"] == [items[1].question[:80], items[2].question[:80]]
-    assert "2 of 4" in warning["message"] and "layer 5" in warning["message"]
-    prop_ok = np.array([[0.0, 1.0, 2.0]] * 10)
-    ok = SimpleNamespace(items=items * 3, slopes=lambda layer: sw.metrics.slopes(prop_ok, [-1, 0, 1]))
-    assert pg.ab_warnings(ok, layer=5) == []
+def _result(prop: np.ndarray, null: np.ndarray, questions: list[str], swapped=None) -> sw.PropensityResult:
+    """A hand-made letter-protocol result: propensities [n, 3] over λ = -1, 0, 1 and null slopes [K, n]."""
+    items = [sw.ABItem(q, *("AB" if i % 2 == 0 else "BA")) for i, q in enumerate(questions)]
+    return sw.PropensityResult(
+        strengths=np.array([-1.0, 0.0, 1.0]),
+        layers=[5],
+        positions="last",
+        propensity={5: prop},
+        norm_ratio={5: np.zeros(3)},
+        vector_norm={5: 1.0},
+        items=items,
+        null_propensity={5: np.stack([-null, null], -1) / 2},  # two-point slopes at ±1 equal ``null``
+        null_strengths=(-1.0, 1.0),
+        unsteered=prop[:, 1],
+        swapped_propensity=swapped,
+    )
+
+
+def test_ab_warning_lists_items_that_backfire_beyond_the_null():
+    rng = np.random.default_rng(0)
+    n = 20
+    slopes = np.full(n, 1.0)
+    slopes[[3, 7]] = -1.0  # two items backfire
+    prop = np.outer(slopes, [-1.0, 0.0, 1.0]) + 0.5
+    questions = [f"Q{i} " + "x" * 100 for i in range(n)]
+    result = _result(prop, rng.normal(0, 0.05, size=(16, n)), questions, swapped=prop[:, 1].copy())
+    line, listed = pg.ab_warnings(result, layer=5)
+    assert line["verdict"] == "steers" and line["level"] == "ok"
+    assert listed["level"] == "notice"  # 2 of 20 = 10 %: metrics.md's notice threshold
+    assert listed["items"] == [questions[3][:80], questions[7][:80]]
+    assert listed["message"].startswith("2 of 20 items backfire beyond what random directions do")
+    # a letter-picking model: the swap flips every preference, so the letter protocol cannot judge and
+    # the answer-text result (when there is one) comes first
+    flipped = _result(prop, rng.normal(0, 0.05, size=(16, n)), questions, swapped=-prop[:, 1])
+    at = _result(prop, rng.normal(0, 0.05, size=(16, n)), questions)
+    at.protocol = "answer_text"
+    lines = pg.ab_warnings(flipped, layer=5, answer_text=at)
+    assert [x["protocol"] for x in lines][0] == "answer_text"
+    assert any(x["verdict"] == "cannot_judge" and "does not read the options" in x["message"] for x in lines)
 
 
 def test_target_warnings_rules():

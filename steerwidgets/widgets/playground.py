@@ -33,6 +33,7 @@ import steerwidgets as sw
 
 from .. import metrics
 from ..interventions import require_model
+from ..verdicts import warnings_for
 from ._frontend import bundle, css
 from ._worker import LatestWorker
 
@@ -45,6 +46,7 @@ TOP_K = 8
 STREAM_INTERVAL_S = 0.05  # at most 20 streamed text updates per second
 AB_LIMIT = 20
 AB_GRID = (-1.0, -0.5, 0.0, 0.5, 1.0)  # times the strength
+AB_NULL_DIRECTIONS = 16  # random directions of the vector's norm behind the A/B check's verdicts
 SWEEP_GRID = (-2.0, -1.0, 0.0, 1.0, 2.0)  # times the chart's unit (the strength it was first drawn at)
 AGAINST_EPS = 0.05  # log-odds changes smaller than this are noise, not "against the sign"
 DEFAULT_PROMPT = "Tell me about your day."
@@ -656,16 +658,12 @@ class Playground(anywidget.AnyWidget):
         return target_warnings(chart.grid, vec_curve, rnd_curve, strength, self._targets)
 
     def _ab_warnings(self, job: _Job, c: dict[str, Any], vector: sw.SteeringVector) -> list[dict]:
+        """The attached A/B check: each protocol's verdict against random directions, at the protocol's
+        own positions (the letter from the last prompt token on; the answer text through the answer)."""
         strength = float(c["strength"])
         unit = abs(strength) if strength != 0 else 1.0
         grid = tuple(k * unit for k in AB_GRID)
-        key = (
-            _vector_key(c),
-            c["layer"],
-            grid,
-            c["positions"],
-            c["relative"],
-        )
+        key = (_vector_key(c), c["layer"], grid, c["relative"])
         if key in self._ab_cache:
             return self._ab_cache[key]
         if vector[c["layer"]].ndim != 1:
@@ -678,21 +676,28 @@ class Playground(anywidget.AnyWidget):
             ]
             self._ab_cache[key] = out
             return out
+        results = []
         try:
-            result = sw.propensity_sweep(
-                self.model,
-                self._ab_items,
-                vector,
-                c["layer"],
-                grid,
-                positions=c["positions"],
-                relative=c["relative"],
-                cancel=job.cancel,
-            )
+            for protocol in ("letter", "answer_text"):
+                results.append(
+                    sw.propensity_sweep(
+                        self.model,
+                        self._ab_items,
+                        vector,
+                        c["layer"],
+                        grid,
+                        protocol=protocol,
+                        relative=c["relative"],
+                        null_directions=AB_NULL_DIRECTIONS,
+                        cancel=job.cancel,
+                    )
+                )
         except sw.SteeringError as exc:
-            out = [{"level": "notice", "message": f"A/B check skipped: {exc}"}]
-        else:
-            out = ab_warnings(result, c["layer"])
+            if not results:
+                out = [{"level": "notice", "message": f"A/B check skipped: {exc}"}]
+                self._ab_cache[key] = out
+                return out
+        out = ab_warnings(results[0], c["layer"], results[1] if len(results) > 1 else None)
         self._ab_cache[key] = out
         return out
 
@@ -840,28 +845,22 @@ def target_warnings(
     return out
 
 
-def ab_warnings(result: Any, layer: int, limit: int = 10) -> list[dict]:
-    """The anti-steerable A/B items (slope ≤ 0) with the metrics.md thresholds, worst first."""
-    slopes = result.slopes(layer)
-    anti = metrics.anti_steerable(slopes)
-    fraction = float(anti.mean()) if anti.size else 0.0
-    level = metrics.warning_level(fraction)
-    if level == "ok":
-        return []
-    order = [int(i) for i in np.argsort(slopes) if anti[i]]
-    items = [result.items[i].question.replace("\n", " ")[:80] for i in order]
-    shown = "\n".join(f"  • {q} (slope {slopes[i]:+.2f})" for q, i in zip(items[:limit], order))
-    more = f"\n  … and {len(items) - limit} more" if len(items) > limit else ""
-    return [
-        {
-            "level": level,
-            "message": f"{int(anti.sum())} of {anti.size} A/B items are anti-steerable at layer "
-            f"{layer} (f_anti = {fraction:.2f}; notice ≥ {metrics.NOTICE_AT:.2f}, warning ≥ "
-            f"{metrics.WARNING_AT:.2f}): steering does nothing or moves them the wrong way:\n"
-            f"{shown}{more}",
-            "items": items,
-        }
-    ]
+def ab_warnings(result: Any, layer: int, answer_text: Any = None, limit: int = 10) -> list[dict]:
+    """The A/B check's verdict lines and backfiring items, in the same words as the lab widgets.
+
+    ``result`` is the letter protocol's :class:`~steerwidgets.engine.PropensityResult`, ``answer_text`` the
+    answer-text protocol's; where the letter protocol cannot judge, the answer-text verdict comes first.
+    """
+    parts = []
+    for res in (result, answer_text):
+        if res is None:
+            continue
+        verdict = res.verdict(layer)
+        questions = [item.question for item in res.items]
+        parts.append((verdict, warnings_for(verdict, questions, res.slopes(layer), layer, limit)))
+    if len(parts) == 2 and parts[0][0].verdict == "cannot_judge":
+        parts.reverse()
+    return [w for _, lines in parts for w in lines]
 
 
 # ----------------------------------------------------------------------------------------------
