@@ -112,6 +112,11 @@ def _engine_cases(model: sw.SteerableModel) -> dict:
         ),
         "raw model to caa": (lambda: sw.caa(model.hf, ITEMS, [1]), TypeError, "sw.load_model(hf_model"),
         "None as ActAdd phrase": (lambda: sw.actadd(model, None, "Hate", 1), TypeError, "'Love', 'Hate'"),
+        "raw model to compare": (
+            lambda: sw.compare(["caa"], model=model.hf, layer=1),
+            TypeError,
+            "sw.load_model(hf_model",
+        ),
         "empty token sequences": (
             lambda: next_token_logprobs(model, [[]]),
             sw.SteeringError,
@@ -136,6 +141,7 @@ ENGINE_CASES = [
     "scalar strengths", "strengths as str", "dicts as items", "tensor as vector",
     "vector instead of Steering", "raw transformers model", "model name instead of model",
     "raw model to steered", "raw model to sweep", "raw model to caa", "None as ActAdd phrase",
+    "raw model to compare",
     "empty token sequences", "top_p above 1",
     "top_p zero", "top_p NaN", "zero temperature",
 ]  # fmt: skip
@@ -463,11 +469,6 @@ def _widget_cases(model: sw.SteerableModel) -> dict:
             ValueError,
             "0..3",
         ),
-        "CompareWidget raw model": (
-            lambda: sw.CompareWidget(model=model.hf),
-            TypeError,
-            "sw.load_model(hf_model",
-        ),
     }
 
 
@@ -475,7 +476,6 @@ WIDGET_CASES = [
     "Playground raw model", "Playground None prompt", "Playground layer str", "Playground layer too big",
     "Playground strength str", "Playground seed float", "ReliabilityReport raw model",
     "ReliabilityReport no arguments", "LayerSweep model name", "LayerSweep bad layer",
-    "CompareWidget raw model",
 ]  # fmt: skip
 
 

@@ -20,7 +20,6 @@ import traitlets
 
 from ..engine import DEFAULT_STRENGTHS, GenerationCancelled
 from ..evaluation import CompareResult, compare, compare_chart
-from ..interventions import require_model
 from ._frontend import bundle, css
 
 # key, label, tooltip; "band" names the random baseline's min/max keys shown beside its mean
@@ -107,8 +106,6 @@ class CompareWidget(anywidget.AnyWidget):
         autostart: bool = False,
         **compare_kwargs: Any,
     ) -> None:
-        if model is not None:
-            require_model(model, "CompareWidget")
         super().__init__(columns=COLUMNS, metrics=CHART_METRICS)
         self._args = dict(
             methods=list(methods),
