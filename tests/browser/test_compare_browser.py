@@ -82,9 +82,14 @@ def test_compare_widget_sorts_charts_runs_and_cancels(
     save_screenshot(page, "compare-widget")
 
     page.click(".sw-compare-run")
+    # Wait for the stand-in's held state itself: the widget starts from a finished run (progress 1.0),
+    # so "progress > 0.05" already holds before the click reaches the kernel, and on a slow machine the
+    # buttons would be checked in the old state.
     page.wait_for_function(
-        "() => document.querySelector('.sw-compare-progress').value > 0.05", timeout=30_000
+        "() => document.querySelector('.sw-compare-status').textContent === '9/100 · step 9'",
+        timeout=60_000,
     )
+    assert 0.05 < page.eval_on_selector(".sw-compare-progress", "e => e.value") < 1
     assert page.is_disabled(".sw-compare-run") and not page.is_disabled(".sw-compare-cancel")
     page.click(".sw-compare-cancel")
     page.wait_for_function(
