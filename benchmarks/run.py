@@ -1,6 +1,6 @@
 """Benchmarks of the steering engine against plain PyTorch hooks, measured in one run.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--only P1,P2,P3,P4,P5] [--json out.json]
+    .venv/bin/python benchmarks/run.py [--quick] [--only P1,P2,P3,P4,P5,P6] [--json out.json]
 
 P1  propensity sweep (A/B items x strengths at one layer): naive per-(item, strength)
     forwards with a plain hook, hand-batched strengths, a plain-hook re-implementation of the
@@ -67,6 +67,7 @@ GOALS = {
     "P3 bfloat16 complete (off grid)/plain generate": ("<=", 1.3),
     "P5 naive (extrapolated)/engine": (">=", 5.0),
     "P4 warm load_model() s": ("<=", 2.0),
+    "P6 CLI evaluate now/before verdicts": ("<=", 5.0),
 }
 P2_PROMPTS = [
     "Write a short story about a lighthouse keeper.",
@@ -745,6 +746,56 @@ def run_p5(quick: bool, report: dict, n_items: int | None = None) -> None:
     )
 
 
+# ----------------------------------------------------------------------------------------------
+# P6: what the verdicts cost (the CLI's `evaluate` work before and after)
+# ----------------------------------------------------------------------------------------------
+P6_LABELS = {
+    "before": "CLI work before verdicts: caa (items as given) + letter sweep, positions 'all', no null",
+    "after": "CLI work now: caa (both orders) + letter sweep ('last', 200-direction null, option swap) + "
+    "answer-text sweep ('continuation', 200-direction null)",
+}
+
+
+def run_p6(quick: bool, report: dict, repeats: int | None = None) -> None:
+    """``steerwidgets evaluate``'s model work on a built-in set (30 train, 30 test items, layer 12), before
+    the verdicts and now, interleaved; the goal is now/before ≤ 5."""
+    import steerwidgets as sw
+
+    model = sw.load_model()
+    items = sw.builtin_ab("sentiment")
+    train, test = items[:30], items[30:] if not quick else items[30:38]
+    layer = 12
+
+    def before() -> Any:
+        vec = sw.caa(model, train, [layer], swap_options=False)
+        return sw.propensity_sweep(model, test, vec, [layer], positions="all", null_directions=0)
+
+    def after() -> Any:
+        vec = sw.caa(model, train, [layer])
+        letter = sw.propensity_sweep(model, test, vec, [layer])
+        text = sw.propensity_sweep(model, test, vec, [layer], protocol="answer_text")
+        return letter.summary(layer), text.summary(layer)
+
+    timings = {"before": Timings(), "after": Timings()}
+    for fn in (before, after):  # warm-up
+        fn()
+    n = repeats or (1 if quick else 3)
+    print(f"P6: verdict cost, {len(test)} test items, {n} repeats", flush=True)
+    for _ in range(n):
+        for name, fn in (("before", before), ("after", after)):
+            timings[name].run(fn)
+    for name, t in timings.items():
+        report["rows"].append(
+            {"bench": "P6", "positions": "", "variant": name, "label": P6_LABELS[name], **t.row()}
+        )
+    ratio = timings["after"].median / timings["before"].median
+    report["ratios"]["P6 CLI evaluate now/before verdicts"] = ratio
+    report["cpu_ratios"]["P6 CLI evaluate now/before verdicts"] = (
+        timings["after"].cpu_median / timings["before"].cpu_median
+    )
+    print(f"  before {timings['before'].median:.1f} s, now {timings['after'].median:.1f} s", flush=True)
+
+
 P5_LABELS = {
     "engine": "sw.propensity_sweep over every layer (one run)",
     "naive": "{n} hooked forwards timed ({per:.3f} s each); x {full} cells = {ext:.0f} s extrapolated",
@@ -916,7 +967,7 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="P1 on 8 items, fewer repeats")
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5", help="comma-separated subset of P1..P5")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6", help="comma-separated subset of P1..P6")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--repeats", type=int, help="repeats for every benchmark (default P1 3, P2 5, P4 3)")
     parser.add_argument("--items", type=int, help="P1 items (default 40, 8 with --quick)")
@@ -961,6 +1012,8 @@ def main(argv: list[str] | None = None) -> int:
         run_p5(args.quick, report, args.items)
     if "P4" in only:
         run_p4(args.quick, report, args.repeats)
+    if "P6" in only:
+        run_p6(args.quick, report, args.repeats)
     report["meta"]["total_s"] = time.perf_counter() - t_start
     report["meta"]["loadavg_end"] = loadavg()
     table = markdown(report)

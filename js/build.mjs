@@ -1,12 +1,14 @@
-// Bundles every js/src/*.js entry (one anywidget ES module per widget) into
-// steerwidgets/static/<name>.js and copies js/src/widget.css next to them.
+// Builds the front end into steerwidgets/static/:
+//   widgets.js            the shared bundle: every widget's render, vega, vega-lite, vega-embed
+//                         (entry js/src/widgets.js)
+//   <kind>.js             one small loader per widget kind (js/src/loader.js with __SW_KIND__
+//                         replaced), the anywidget `_esm` of that widget; see loader.js for why
+//   widget.css            copied from js/src/widget.css
+// Other .js files left in steerwidgets/static/ by older builds are removed.
 //
 // Usage: node build.mjs            one-off production build (minified)
 //        node build.mjs --watch    rebuild on change (for anywidget's ANYWIDGET_HMR=1)
-//
-// Shared helper modules that are imported by widgets but are not widgets
-// themselves (e.g. chart.js) are listed in NOT_ENTRIES.
-import { copyFile, mkdir, readdir } from "node:fs/promises";
+import { copyFile, mkdir, readdir, rm } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
@@ -14,18 +16,15 @@ import * as esbuild from "esbuild";
 const here = dirname(fileURLToPath(import.meta.url));
 const srcDir = join(here, "src");
 const outDir = resolve(here, "..", "steerwidgets", "static");
-const NOT_ENTRIES = new Set(["chart.js"]);
+/** Widget kinds: js/src/<kind>.js exports `default { render }`; static/<kind>.js is its loader. */
+export const KINDS = ["playground", "reliability", "layersweep", "compare"];
 const watch = process.argv.includes("--watch");
 
-const entries = (await readdir(srcDir))
-  .filter((f) => f.endsWith(".js") && !f.startsWith("_") && !NOT_ENTRIES.has(f))
-  .sort();
-if (entries.length === 0) {
-  console.error(`build.mjs: no widget entries (*.js) found in ${srcDir}`);
-  process.exit(1);
-}
-
 await mkdir(outDir, { recursive: true });
+const wanted = new Set(["widgets.js", ...KINDS.map((k) => `${k}.js`)]);
+for (const f of await readdir(outDir)) {
+  if (f.endsWith(".js") && !wanted.has(f)) await rm(join(outDir, f));
+}
 
 const copyCss = {
   name: "copy-widget-css",
@@ -39,9 +38,7 @@ const copyCss = {
 };
 
 /** @type {import("esbuild").BuildOptions} */
-const options = {
-  entryPoints: entries.map((f) => join(srcDir, f)),
-  outdir: outDir,
+const common = {
   bundle: true,
   format: "esm",
   minify: !watch,
@@ -50,13 +47,25 @@ const options = {
   legalComments: "eof",
   logLevel: "info",
   define: { "process.env.NODE_ENV": '"production"' },
-  plugins: [copyCss],
 };
 
+/** @type {import("esbuild").BuildOptions[]} */
+const builds = [
+  { ...common, entryPoints: [join(srcDir, "widgets.js")], outfile: join(outDir, "widgets.js"), plugins: [copyCss] },
+  ...KINDS.map((kind) => ({
+    ...common,
+    entryPoints: [join(srcDir, "loader.js")],
+    outfile: join(outDir, `${kind}.js`),
+    define: { ...common.define, __SW_KIND__: JSON.stringify(kind) },
+  })),
+];
+
 if (watch) {
-  const ctx = await esbuild.context(options);
-  await ctx.watch();
+  for (const options of builds) {
+    const ctx = await esbuild.context(options);
+    await ctx.watch();
+  }
   console.log(`watching ${srcDir} -> ${outDir}`);
 } else {
-  await esbuild.build(options);
+  await Promise.all(builds.map((options) => esbuild.build(options)));
 }

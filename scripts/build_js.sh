@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent build of the front end: js/src/*.js -> steerwidgets/static/<name>.js (+ widget.css).
+# Idempotent build of the front end (js/build.mjs): the shared bundle js/src/widgets.js ->
+# steerwidgets/static/widgets.js, one small `_esm` loader per widget (js/src/loader.js ->
+# steerwidgets/static/<kind>.js) and widget.css.
 # Installs js/node_modules (npm ci, from js/package-lock.json) only when it is missing or the lock
 # file changed since the last install; needs nothing from the network but the npm registry.
 # Usage: bash scripts/build_js.sh

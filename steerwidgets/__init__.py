@@ -56,6 +56,30 @@ from .models import DEFAULT_MODEL, ModelLoadError, SteerableModel, load_model
 from .reliability import LayerSweepResult, PreCheck, generalisation, layer_sweep, precheck, prechecks
 from .vectors import SteeringVector, VectorError, random_like
 
+# isort: split
+from .capabilities import CapabilityResult, builtin_capability, capability_check
+from .conditional import (
+    ConditionalSteering,
+    ConditionVector,
+    GridSearchResult,
+    builtin_condition,
+    condition_similarity,
+    condition_vector,
+    conditional_generate,
+    grid_search,
+)
+from .contexts import (
+    Context,
+    ContextEffect,
+    builtin_contexts,
+    context_effect_ab,
+    context_effect_open_ended,
+    context_prompt,
+    embed_ab,
+    embed_all,
+    embed_open_ended,
+)
+
 __version__ = "0.1.0"
 
 
@@ -143,4 +167,24 @@ __all__ = [
     "score",
     "steered",
     "to_steering_vectors",
+    "CapabilityResult",
+    "builtin_capability",
+    "capability_check",
+    "Context",
+    "ContextEffect",
+    "builtin_contexts",
+    "context_effect_ab",
+    "context_effect_open_ended",
+    "context_prompt",
+    "embed_ab",
+    "embed_all",
+    "embed_open_ended",
+    "ConditionalSteering",
+    "ConditionVector",
+    "GridSearchResult",
+    "builtin_condition",
+    "condition_similarity",
+    "condition_vector",
+    "conditional_generate",
+    "grid_search",
 ]

@@ -632,11 +632,10 @@ def letter_id(tok: Any, letter: str) -> int:
 class PropensityResult:
     """Propensity m_i(λ) for items × strengths, per layer (metrics.md), with its random-direction null.
 
-    ``protocol`` says what m is (:data:`PROPENSITY_DEFINITIONS`). ``null_propensity[layer]`` is
-    ``[K, n_items, 2]``: K random directions of the vector's norm at the grid's two end strengths
-    (``null_strengths``). ``swapped_propensity`` (letter protocol) is the unsteered propensity of each item
-    with
-    its two options' texts swapped and the answer relabelled (NaN where the options could not be found).
+    ``protocol`` says what m is (:data:`PROPENSITY_DEFINITIONS`). ``null[layer]`` is ``[K, n_items]``: the
+    slopes K random directions of the vector's norm give each item (``null_method`` says how they were
+    measured). ``swapped_propensity`` (letter protocol) is the unsteered propensity of each item with its two
+    options' texts swapped and the answer relabelled (NaN where the options could not be found).
     """
 
     strengths: np.ndarray
@@ -648,8 +647,8 @@ class PropensityResult:
     items: list[ABItem]
     relative: bool = False
     protocol: str = "letter"
-    null_propensity: dict[int, np.ndarray] | None = None
-    null_strengths: tuple[float, float] | None = None
+    null: dict[int, np.ndarray] | None = None  # layer -> [K, n_items] slopes of random directions
+    null_method: str = ""
     unsteered: np.ndarray | None = None  # [n_items] m_i(0)
     swapped_propensity: np.ndarray | None = None
     item_index: list[int] | None = None  # answer-text: indices into the caller's items that could be read
@@ -658,12 +657,8 @@ class PropensityResult:
         return metrics.slopes(self.propensity[layer], self.strengths)
 
     def null_slopes(self, layer: int) -> np.ndarray | None:
-        """``[K, n_items]`` two-point slopes of the random directions (None without a null)."""
-        if self.null_propensity is None or self.null_strengths is None:
-            return None
-        lo, hi = self.null_strengths
-        m = self.null_propensity[layer]
-        return (m[..., 1] - m[..., 0]) / (hi - lo)
+        """``[K, n_items]`` slopes of the random directions (None without a null)."""
+        return None if self.null is None else self.null[layer]
 
     def option_dependence(self) -> float | None:
         """Fraction of items whose unsteered preference survives swapping the options (letter protocol)."""
@@ -681,7 +676,7 @@ class PropensityResult:
             return verdicts.cannot_judge(
                 self.protocol,
                 "No random-direction null was run (null_directions < 2), so nothing says "
-                "what 'no effect' looks like; rerun with null_directions=16.",
+                f"what 'no effect' looks like; rerun with null_directions={verdicts.NULL_DIRECTIONS}.",
                 self.positions,
             )
         if not self.items:
@@ -697,8 +692,7 @@ class PropensityResult:
             matching_is_a=is_a,
             option_dependence=self.option_dependence(),
             n_option_items=n_dep,
-            null_method=f"sampled: {null.shape[0]} Gaussian directions scaled to ‖v‖, two-point slopes at "
-            f"λ = {self.null_strengths[0]:g} and {self.null_strengths[1]:g}",
+            null_method=self.null_method,
             positions=self.positions,
             mean_propensity=self.propensity[layer].mean(0),
         )
@@ -780,7 +774,7 @@ def _cache_from(prefix: list, rows: int, split: int) -> Any:
     return DynamicCache(ddp_cache_data=data)
 
 
-def null_directions(vector: SteeringVector, layers: Sequence[int], k: int, seed: int = 0) -> dict:
+def null_directions_for(vector: SteeringVector, layers: Sequence[int], k: int, seed: int = 0) -> dict:
     """``{layer: [k, d]}`` Gaussian directions scaled to ‖v_layer‖: the null's random steerings.
 
     Seeded per layer, so a result is reproducible and every item sees the same K directions (the dataset's
@@ -814,6 +808,9 @@ def _swapped_propensity(model: Any, items: Sequence[ABItem], chat: bool | None) 
     return out
 
 
+NULL_METHODS = ("gradient", "sampled")
+
+
 def propensity_sweep(
     model: Any,
     items: Sequence[ABItem],
@@ -826,7 +823,8 @@ def propensity_sweep(
     relative: bool = False,
     chat: bool | None = None,
     protocol: str = "letter",
-    null_directions: int = 0,
+    null_directions: int | None = None,
+    null_method: str = "gradient",
     null_seed: int = 0,
     option_swap: bool | None = None,
     max_rows: int = 64,
@@ -838,13 +836,19 @@ def propensity_sweep(
     ``protocol="letter"`` is Tan et al.'s letter propensity; ``"answer_text"`` scores the two answers' texts
     after the question stem (items whose options cannot be found are left out; ``item_index`` says which
     stayed). ``positions=None`` takes the protocol's default (:data:`DEFAULT_POSITIONS`).
-    ``null_directions=K`` adds K random directions of the vector's norm at the grid's end strengths in the
-    same passes (the null every verdict needs); ``option_swap`` (default: on with a null, letter protocol)
-    also reads each item with its options swapped, unsteered.
+
+    ``null_directions=K`` adds the random-direction null every verdict needs: K Gaussian directions scaled
+    to ‖v‖ at each layer, the same for every item (default: :data:`verdicts.NULL_DIRECTIONS` for the
+    ``"add"`` operator, none for the others — pass K with ``null_method="sampled"`` for them; 0 skips it).
+    ``null_method="gradient"`` (default) takes each direction's slope to first order, ∇_λ m · r from one
+    backward pass per item (exact for a response linear in λ; ``tests/test_verdict_null.py`` checks it against
+    ``"sampled"``, which runs every direction at the grid's two end strengths and takes the two-point slope).
+    ``option_swap`` (default: on with a null, letter protocol) also reads each item with its options swapped,
+    unsteered.
 
     Per item, the tokens before the first steered position run once and their keys/values are reused; the
-    blocks below the steered layer run once; the strengths and directions share one batched pass; logits are
-    computed only where they are scored.
+    blocks below the steered layer run once; the strengths (and sampled directions) share one batched pass;
+    logits are computed only where they are scored.
     """
     require_model(model, "propensity_sweep")
     if not isinstance(vector, SteeringVector):
@@ -870,6 +874,8 @@ def propensity_sweep(
         raise TypeError(f"layers must be an int or a list of ints, got {layers!r}")
     if protocol not in PROTOCOLS:
         raise SteeringError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
+    if null_method not in NULL_METHODS:
+        raise SteeringError(f"unknown null_method {null_method!r}; use one of {NULL_METHODS}")
     if positions is None:
         positions = DEFAULT_POSITIONS[protocol]
     layer_list = [layers] if isinstance(layers, int) else list(layers)
@@ -884,14 +890,23 @@ def propensity_sweep(
             raise SteeringError("propensity sweeps need a [d_model] vector per layer (not ActAdd)")
     lam = _check_strengths(strengths)
     check_position_spec(positions)
+    if null_directions is None:
+        null_directions = verdicts.NULL_DIRECTIONS if operator == "add" else 0
     if isinstance(null_directions, bool) or not isinstance(null_directions, int) or null_directions < 0:
         raise SteeringError(
-            f"null_directions must be an int ≥ 0 (16 is the default for verdicts), got {null_directions!r}"
+            f"null_directions must be an int ≥ 0 ({verdicts.NULL_DIRECTIONS} is the default for verdicts), "
+            f"got {null_directions!r}"
+        )
+    if null_directions and null_method == "gradient" and operator != "add":
+        raise SteeringError(
+            f"the gradient null measures added directions; with operator={operator!r} use "
+            "null_method='sampled'"
         )
     items = list(items)
     if not items:
         raise SteeringError("no A/B items given")
-    null = _null_rows(vector, layer_list, null_directions, null_seed)
+    k = null_directions
+    directions = null_directions_for(vector, layer_list, k, null_seed) if k else None
     null_lam = np.array([lam.min(), lam.max()])
     prompts = _protocol_prompts(model, items, protocol, chat)
     if not prompts:
@@ -899,9 +914,9 @@ def propensity_sweep(
             "no item lists its two options as '(A) …' and '(B) …' lines, so the answer-text protocol has "
             "nothing to score; use protocol='letter'"
         )
-    n_s, n_items, k = len(lam), len(prompts), null_directions
+    n_s, n_items = len(lam), len(prompts)
     prop = {layer: np.zeros((n_items, n_s)) for layer in layer_list}
-    null_prop = {layer: np.zeros((k, n_items, 2)) for layer in layer_list} if k else None
+    null = {layer: np.zeros((k, n_items)) for layer in layer_list} if k else None
     unsteered = np.zeros(n_items)
     ratio_sum = {layer: np.zeros(n_s) for layer in layer_list}
     for row, (_, ids, completions) in enumerate(prompts):
@@ -915,16 +930,17 @@ def propensity_sweep(
             vector,
             layer_list,
             lam,
-            null,
+            directions,
+            null_method,
             null_lam,
             operator,
             relative,
             max_rows,
         )
-        for layer, (vec_m, null_m, zero_m, ratios) in out.items():
+        for layer, (vec_m, null_s, zero_m, ratios) in out.items():
             prop[layer][row] = vec_m
-            if null_prop is not None:
-                null_prop[layer][:, row] = null_m
+            if null is not None:
+                null[layer][:, row] = null_s
             unsteered[row] = zero_m
             ratio_sum[layer] += ratios
         if progress is not None:
@@ -932,6 +948,10 @@ def propensity_sweep(
     kept = [items[index] for index, _, _ in prompts]
     swap = option_swap if option_swap is not None else (k > 0 and protocol == "letter")
     swapped = _swapped_propensity(model, kept, chat) if swap and protocol == "letter" else None
+    if null_method == "gradient":
+        how = f"first-order: slope of direction r = ∇_λ m · r at λ = 0 (one backward pass per item), {k} "
+    else:
+        how = f"sampled: two-point slopes at λ = {null_lam[0]:g} and {null_lam[1]:g}, {k} "
     return PropensityResult(
         strengths=lam,
         layers=layer_list,
@@ -942,16 +962,12 @@ def propensity_sweep(
         items=kept,
         relative=relative,
         protocol=protocol,
-        null_propensity=null_prop,
-        null_strengths=(float(null_lam[0]), float(null_lam[1])) if k else None,
+        null=null,
+        null_method=how + "Gaussian directions scaled to ‖v‖ (seeded)" if k else "",
         unsteered=unsteered,
         swapped_propensity=swapped,
         item_index=None if protocol == "letter" else [index for index, _, _ in prompts],
     )
-
-
-def _null_rows(vector: SteeringVector, layers: list[int], k: int, seed: int) -> dict | None:
-    return null_directions(vector, layers, k, seed) if k else None
 
 
 def _protocol_prompts(
@@ -983,62 +999,71 @@ def _sweep_protocol_item(
     vector: SteeringVector,
     layer_list: list[int],
     lam: np.ndarray,
-    null: dict | None,
+    directions: dict | None,
+    null_method: str,
     null_lam: np.ndarray,
     operator: str,
     relative: bool,
     max_rows: int,
 ) -> dict[int, tuple[np.ndarray, np.ndarray | None, float, np.ndarray]]:
-    """One item's propensities per layer: vector rows, null rows ``[K, 2]``, unsteered, norm ratios."""
+    """One item's propensities per layer: vector rows, null slopes ``[K]``, unsteered, norm ratios.
+
+    Each completion (one for the letter, two answer texts) shares the prompt's prefix keys/values; the
+    item's propensity is the first completion's score (minus the second's).
+    """
     n = len(ids)
     scores = []
-    first_all = None
     for comp, target in completions:
-        total = n + max(0, len(comp) - 1)
-        mask = position_mask(positions, n, total)
+        mask = position_mask(positions, n, n + max(0, len(comp) - 1))
         if not bool(mask.any()):
             raise SteeringError(
                 f"positions={positions!r} selects no prompt token before the answer, so nothing would be "
-                "steered "
-                "when reading it; use 'last', 'continuation' or 'all'"
+                "steered when reading it; use 'last', 'continuation' or 'all'"
             )
-        first = int(mask.float().argmax())
-        first_all = first if first_all is None else min(first_all, first)
         scores.append((comp, target, mask))
-    prefix_kv, prefix_norms = _prefix(model, ids, first_all, layer_list)
-    out: dict[int, list] = {}
-    for comp, target, mask in scores:
+    first = min(int(mask.float().argmax()) for _, _, mask in scores)
+    prefix = _prefix(model, ids, first, layer_list)
+    sampled = directions if null_method == "sampled" else None
+    n_s = len(lam)
+    values: dict[int, np.ndarray] = {}
+    grads: dict[int, tuple[torch.Tensor, float]] = {}
+    ratios: dict[int, np.ndarray] = {}
+    for c, (comp, target, mask) in enumerate(scores):
+        sign = 1.0 if c == 0 else -1.0
         seq = ids + comp[:-1]
-        per_layer = _sweep_item(
-            model,
-            seq,
-            mask,
-            first_all,
-            vector,
-            layer_list,
-            lam,
-            operator,
-            relative,
-            max_rows,
-            null=null,
-            null_lam=null_lam,
-            keep=max(1, len(comp)),
-            prefix=(prefix_kv, prefix_norms),
-        )
-        for layer, (logits, ratios) in per_layer.items():
+        keep = max(1, len(comp))
+
+        def objective(logits: torch.Tensor, comp: list[int] = comp, target: Any = target) -> torch.Tensor:
             if target is not None:  # letter: logit(y+) − logit(y−) at the last position
-                value = logits[:, -1, target[0]] - logits[:, -1, target[1]]
-            else:  # answer text: per-token mean log-prob of the completion
-                logp = logits.log_softmax(-1)
-                value = logp[:, torch.arange(len(comp)), torch.tensor(comp)].mean(-1)
-            out.setdefault(layer, []).append((value.double().numpy(), ratios))
-    n_s, k = len(lam), 0 if null is None else next(iter(null.values())).shape[0]
+                return logits[:, -1, target[0]] - logits[:, -1, target[1]]
+            logp = logits.log_softmax(-1)  # answer text: per-token mean log-prob of the completion
+            return logp[:, torch.arange(len(comp)), torch.tensor(comp)].mean(-1)
+
+        per_layer = _sweep_item(
+            model, seq, mask, first, vector, layer_list, lam, operator, relative, max_rows,
+            null=sampled, null_lam=null_lam, keep=keep, prefix=prefix,
+        )  # fmt: skip
+        for layer, (logits, layer_ratios) in per_layer.items():
+            value = objective(logits).double().numpy()
+            values[layer] = sign * value + values.get(layer, 0.0)
+            ratios.setdefault(layer, layer_ratios)
+        if directions is not None and null_method == "gradient":
+            for layer, (grad, factor) in _grad_pass(
+                model, seq, mask, first, prefix, layer_list, vector, relative, keep, objective
+            ).items():
+                prev = grads.get(layer, (0.0, factor))[0]
+                grads[layer] = (prev + sign * grad, factor)
+    k = 0 if directions is None else next(iter(directions.values())).shape[0]
     result = {}
-    for layer, parts in out.items():
-        value = parts[0][0] if len(parts) == 1 else parts[0][0] - parts[1][0]
-        vec_m = value[:n_s]
-        null_m = value[n_s : n_s + 2 * k].reshape(k, 2) if k else None
-        result[layer] = (vec_m, null_m, float(value[-1]), parts[0][1])
+    for layer, value in values.items():
+        null_s = None
+        if k and null_method == "sampled":
+            pairs = value[n_s : n_s + 2 * k].reshape(k, 2)
+            null_s = (pairs[:, 1] - pairs[:, 0]) / (null_lam[1] - null_lam[0])
+        elif k:
+            grad, factor = grads[layer]
+            null_s = (directions[layer].double() @ grad.double()).numpy() * factor
+        result[layer] = (value[:n_s], null_s, float(value[-1]), ratios[layer])
     return result
 
 
@@ -1127,6 +1152,65 @@ def _sweep_item(
     return out
 
 
+def _scale_factor(
+    own: torch.Tensor, prefix: tuple[float, int] | None, skip_first: int, vnorm: float, relative: bool
+) -> tuple[float, float]:
+    """Mean residual norm over the prefix and this unedited row, and what multiplies λ (mean‖h‖/‖v‖ when
+    strengths are relative, else 1)."""
+    total, count = prefix if prefix is not None else (0.0, 0)
+    body = own[0, skip_first:].detach().float()
+    mean_norm = (total + float(body.norm(dim=-1).sum())) / max(1, count + body.shape[0])
+    return mean_norm, (mean_norm / max(vnorm, 1e-12) if relative else 1.0)
+
+
+def _grad_pass(
+    model: Any,
+    seq: list[int],
+    mask: torch.Tensor,
+    first: int,
+    prefix: tuple[list | None, dict[int, tuple[float, int]]],
+    layer_list: list[int],
+    vector: SteeringVector,
+    relative: bool,
+    keep: int,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+) -> dict[int, tuple[torch.Tensor, float]]:
+    """∇ of the unsteered objective with respect to a vector δ added at the steered positions, per layer.
+
+    For any direction r, the slope dm(λr)/dλ at λ = 0 is then ``factor · ∇·r``: one backward pass gives every
+    random direction's first-order slope. One row per layer (δ of row g enters at layer g only).
+    """
+    prefix_kv, prefix_norms = prefix
+    ordered = sorted(layer_list)
+    rows, split = len(ordered), ordered[0]
+    suffix = torch.tensor([seq])[:, first:]
+    pos_mask = mask[first : len(seq)][None, :, None]
+    delta = torch.zeros((rows, model.d_model), requires_grad=True)
+    kwargs: dict[str, Any] = dict(logits_to_keep=keep, remote=model.remote)
+    if prefix_kv is not None:
+        kwargs.update(past_key_values=_cache_from(prefix_kv, rows, split), use_cache=True)
+    skip_first = 1 if first == 0 else 0
+    factors: dict[int, float] = {}
+    with warnings.catch_warnings(), torch.enable_grad():
+        warnings.simplefilter("ignore", FutureWarning)
+        with model.lock, model.nn.trace(suffix, **kwargs):
+            for g, layer in enumerate(ordered):
+                envoy = model.block(layer)
+                out = envoy.output
+                hidden = _hidden(out)
+                own = hidden[:1] if hidden.shape[0] == 1 else hidden[g : g + 1]
+                vnorm = float(vector[layer].norm())
+                factors[layer] = _scale_factor(own, prefix_norms.get(layer), skip_first, vnorm, relative)[1]
+                if layer == split:
+                    hidden = hidden.expand(rows, -1, -1)
+                row = torch.zeros((rows, 1, 1))
+                row[g] = 1.0
+                _set_hidden(envoy, out, hidden + (row * delta[g] * pos_mask).to(hidden.dtype))
+            logits = model.nn.lm_head.output[:, -keep:].save()
+        (grad,) = torch.autograd.grad(objective(logits.float()).sum(), delta)
+    return {layer: (grad[g].detach(), factors[layer]) for g, layer in enumerate(ordered)}
+
+
 def _sweep_pass(
     model: Any,
     suffix: torch.Tensor,
@@ -1170,11 +1254,8 @@ def _sweep_pass(
                 hidden = _hidden(out)
                 start = int(offsets[g])
                 own = hidden[:1] if hidden.shape[0] == 1 else hidden[start : start + 1]
-                total, count = prefix_norms.get(layer, (0.0, 0))
-                body = own[0, skip_first:].float()
-                mean_norm = (total + float(body.norm(dim=-1).sum())) / max(1, count + body.shape[0])
                 vnorm = float(vector[layer].norm())
-                factor = mean_norm / max(vnorm, 1e-12) if relative else 1.0
+                mean_norm, factor = _scale_factor(own, prefix_norms.get(layer), skip_first, vnorm, relative)
                 ratios[layer] = (rowsets[layer][0][1].abs() * factor * vnorm / max(mean_norm, 1e-12)).numpy()
                 if layer == split:
                     hidden = hidden.expand(rows, -1, -1)

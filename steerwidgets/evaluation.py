@@ -173,7 +173,7 @@ def propensity_matrix(
     if sweepable is not None:
         vector, layer, effective = sweepable
         return propensity_sweep(
-            model, items, vector, [layer], effective, positions="all", cancel=cancel
+            model, items, vector, [layer], effective, positions="all", null_directions=0, cancel=cancel
         ).propensity[layer]
     return ab_propensities(model, items, steer, lam, cancel=cancel)
 

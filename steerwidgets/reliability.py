@@ -30,8 +30,9 @@ from .engine import (
     tokenize_prompt,
 )
 from .interventions import SteeringError, position_mask
-from .methods import ab_activations, caa
+from .methods import ab_activations, both_orders, caa
 from .vectors import SteeringVector
+from .verdicts import NULL_DIRECTIONS
 
 # Traffic-light thresholds for the pre-check (our defaults; no standard exists — shown to the user).
 COSINE_GREEN, COSINE_AMBER = 0.30, 0.10
@@ -56,26 +57,40 @@ class PreCheck:
     effect_size: float  # Cohen's d of the projections (positive vs negative)
     level: str  # "green" | "amber" | "red"
     reason: str
-    mean_to_single: float = float(
-        "nan"
-    )  # ‖v‖ / mean ‖d_i‖: how much of a single difference survives the mean
+    mean_to_single: float = float("nan")  # ‖v‖ / mean ‖d_i‖: how much of a single difference survives
     group_cosine: float | None = None  # cos(mean d of group A, mean d of group B), e.g. by matching letter
+    letter_norm: float | None = None  # ½‖m_A − m_B‖: the part of the differences that follows the letter
+    behaviour_norm: float | None = None  # ½‖m_A + m_B‖: the part that does not (the behaviour)
+    both_orders: bool = False  # each question read in both letter orders; consistency is per question
 
 
 LETTER_CONFOUND_COSINE = -0.5  # below this the two letter groups' differences point opposite ways
 
 
 def precheck(
-    layer: int, positive: torch.Tensor, negative: torch.Tensor, groups: Sequence[bool] | None = None
+    layer: int,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    groups: Sequence[bool] | None = None,
+    both_orders: bool = False,
 ) -> PreCheck:
     """Consistency of the differences and separation along v = mean difference (Braun et al. 2025).
 
-    ``groups`` (one bool per pair, e.g. "the matching letter is A") also checks whether the two groups'
-    differences point opposite ways: then the vector mostly encodes the answer letter, not the behaviour.
+    ``groups`` (one bool per pair, e.g. "the matching letter is A") splits the differences into their
+    letter part ½(m_A − m_B) and behaviour part ½(m_A + m_B) and checks whether the two groups point
+    opposite ways (then a vector from these pairs mostly encodes the answer letter). ``both_orders``: the
+    second half of the pairs is the first half with the options swapped; consistency and separation are then
+    measured on each question's mean over both orders (whose letter part cancels), as the vector is built.
     """
+    raw = (positive - negative).double()
+    if raw.shape[0] < 2 or (both_orders and raw.shape[0] % 2):
+        raise SteeringError("the pre-check needs at least two training pairs (both orders: an even count)")
+    if both_orders:
+        n = raw.shape[0] // 2
+        positive, negative = (positive[:n] + positive[n:]) / 2, (negative[:n] + negative[n:]) / 2
     diffs = (positive - negative).double()
     if diffs.shape[0] < 2:
-        raise SteeringError("the pre-check needs at least two training pairs")
+        raise SteeringError("the pre-check needs at least two training questions")
     unit = diffs / diffs.norm(dim=1, keepdim=True).clamp_min(1e-12)
     cos = unit @ unit.T
     n = cos.shape[0]
@@ -92,40 +107,56 @@ def precheck(
         level = "amber"
     else:
         level = "red"
+    per = "questions (each read in both letter orders)" if both_orders else "pairs"
     reason = (
         f"differences agree with mean cosine {mean_cos:.2f} (green ≥ {COSINE_GREEN}, amber ≥ "
-        f"{COSINE_AMBER}); {separation:.0%} of pairs separate along v (green ≥ "
+        f"{COSINE_AMBER}); {separation:.0%} of {per} separate along v (green ≥ "
         f"{SEPARATION_GREEN:.0%}, amber ≥ {SEPARATION_AMBER:.0%})"
     )
     mean_to_single = float(v.norm() / diffs.norm(dim=1).mean().clamp_min(1e-12))
-    group_cos = None
+    group_cos = letter_norm = behaviour_norm = None
     if groups is not None:
         g = torch.as_tensor(list(groups), dtype=torch.bool)
-        if g.shape[0] != diffs.shape[0]:
+        if g.shape[0] != raw.shape[0]:
             raise SteeringError(
-                f"groups has {g.shape[0]} entries for {diffs.shape[0]} pairs; give one per pair"
+                f"groups has {g.shape[0]} entries for {raw.shape[0]} pairs; give one per pair"
             )
         if bool(g.any()) and not bool(g.all()):
-            a, b = diffs[g].mean(0), diffs[~g].mean(0)
+            a, b = raw[g].mean(0), raw[~g].mean(0)
             group_cos = float(a @ b / (a.norm() * b.norm()).clamp_min(1e-12))
-            if group_cos < LETTER_CONFOUND_COSINE:
+            letter_norm, behaviour_norm = float((a - b).norm() / 2), float((a + b).norm() / 2)
+            reason += (
+                f"; letter part ½‖m_A − m_B‖ = {letter_norm:.2f}, behaviour part ½‖m_A + m_B‖ = "
+                f"{behaviour_norm:.2f}"
+            )
+            if group_cos < LETTER_CONFOUND_COSINE and not both_orders:
                 reason += (
                     ". The answer letter dominates: items whose matching letter is A and those where it "
                     f"is B give opposite differences (cosine {group_cos:.2f}), which cancel to "
                     f"{mean_to_single:.0%} of one difference's norm, so the vector is mostly the letter "
-                    "direction and noise. Read activations where the behaviour itself is expressed (e.g. "
-                    "mean_difference on contrast pairs read in context) or balance the letters per question"
+                    "direction and noise. Read each question in both letter orders (caa's default, "
+                    "swap_options=True) or read activations where the behaviour itself is expressed (e.g. "
+                    "mean_difference on contrast pairs read in context)"
                 )
-    return PreCheck(layer, mean_cos, separation, effect, level, reason, mean_to_single, group_cos)
+    return PreCheck(
+        layer, mean_cos, separation, effect, level, reason, mean_to_single, group_cos, letter_norm,
+        behaviour_norm, both_orders,
+    )  # fmt: skip
 
 
 def prechecks(
-    model: Any, items: Sequence[ABItem], layers: int | Sequence[int] | None = None
+    model: Any,
+    items: Sequence[ABItem],
+    layers: int | Sequence[int] | None = None,
+    *,
+    swap_options: bool | None = None,
 ) -> dict[int, PreCheck]:
-    """:func:`precheck` at each layer from one pass over the training items."""
-    acts = ab_activations(model, items, layers)
-    letters = [item.matching == "A" for item in items]
-    return {layer: precheck(layer, pos, neg, letters) for layer, (pos, neg) in acts.items()}
+    """:func:`precheck` at each layer from one pass over the training items, read as :func:`~.methods.caa`
+    reads them (by default in both letter orders)."""
+    read, swapped = both_orders(items, swap_options)
+    acts = ab_activations(model, read, layers)
+    letters = [item.matching == "A" for item in read]
+    return {layer: precheck(layer, pos, neg, letters, swapped) for layer, (pos, neg) in acts.items()}
 
 
 @dataclass
@@ -141,6 +172,11 @@ class LayerSweepResult:
     kl: list[list[float]]  # [layer][strength], mean KL(steered ‖ unsteered) on neutral prompts
     suggested_layer: int | None
     reason: str
+    backfire_fraction: list[float] = field(default_factory=list)  # items below their null band
+    verdicts: list[str] = field(default_factory=list)  # the letter protocol's verdict per layer
+    verdict_reasons: list[str] = field(default_factory=list)
+    steerability_ci95: list[list[float]] = field(default_factory=list)
+    option_dependence: float | None = None
     propensity: PropensityResult | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -178,28 +214,45 @@ def kl_side_effects(
 def suggest_layer(
     layers: list[int],
     steerability: list[float],
-    anti: list[float],
+    backfire: list[float],
     kl_at_max: list[float],
     max_kl: float = 1.0,
+    verdicts: list[str] | None = None,
 ) -> tuple[int | None, str]:
-    """Highest steerability among layers with anti-steerable < 30 % and KL at the top strength ≤ max_kl."""
+    """Highest steerability among layers whose verdict is "steers" (when given), with fewer than 30 % of
+    items backfiring and KL at the top strength ≤ max_kl."""
     ok = [
         i
         for i in range(len(layers))
-        if anti[i] < metrics.WARNING_AT and kl_at_max[i] <= max_kl and steerability[i] > 0
+        if backfire[i] < metrics.WARNING_AT
+        and kl_at_max[i] <= max_kl
+        and steerability[i] > 0
+        and (verdicts is None or verdicts[i] == "steers")
     ]
     if not ok:
         best = int(np.argmax(steerability))
+        tally = ""
+        if verdicts is not None:
+            counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
+            tally = " Verdicts per layer: " + ", ".join(
+                f"{n} {v.replace('_', ' ')}" for v, n in counts.items()
+            )
+            tally += "."
+            if counts.get("cannot_judge"):
+                tally += " Where the letter protocol cannot judge, check the candidate layers with the "
+                tally += "answer-text protocol (ReliabilityReport)."
         return None, (
-            f"no layer passes (anti-steerable < {metrics.WARNING_AT:.0%}, KL ≤ {max_kl} nats at the "
-            f"largest strength, steerability > 0); the highest steerability is at layer "
-            f"{layers[best]} ({steerability[best]:.2f}) — treat this vector as unreliable"
+            f"no layer passes (verdict 'steers' against random directions, backfiring < "
+            f"{metrics.WARNING_AT:.0%}, KL ≤ {max_kl} nats at the largest strength, steerability > 0); the "
+            f"highest steerability is at layer {layers[best]} ({steerability[best]:.2f}) — treat this vector "
+            f"as unreliable.{tally}"
         )
     best = max(ok, key=lambda i: steerability[i])
+    beats = " beyond random directions" if verdicts is not None else ""
     return layers[best], (
-        f"layer {layers[best]}: highest steerability ({steerability[best]:.2f} per unit λ) with "
-        f"{anti[best]:.0%} anti-steerable and KL {kl_at_max[best]:.2f} nats on neutral prompts at the "
-        f"largest strength"
+        f"layer {layers[best]}: highest steerability{beats} ({steerability[best]:.2f} per unit λ) with "
+        f"{backfire[best]:.0%} of items backfiring and KL {kl_at_max[best]:.2f} nats on neutral prompts at "
+        f"the largest strength"
     )
 
 
@@ -212,10 +265,12 @@ def layer_sweep(
     *,
     positions: Any = "last",
     neutral_prompts: Sequence[str] = NEUTRAL_PROMPTS,
+    null_directions: int = NULL_DIRECTIONS,
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> LayerSweepResult:
-    """Steerability, anti-steerable fraction and KL side effects for every layer × strength."""
+    """Steerability, its verdict against random directions, backfiring and anti-steerable fractions and KL
+    side effects for every layer × strength (letter protocol)."""
     layer_list = list(range(model.n_layers)) if layers is None else list(layers)
     lam = _check_strengths(strengths)
     n_total = len(items) + len(neutral_prompts)
@@ -225,7 +280,15 @@ def layer_sweep(
             progress(done, n_total)
 
     result = propensity_sweep(
-        model, items, vector, layer_list, lam, positions=positions, progress=item_progress, cancel=cancel
+        model,
+        items,
+        vector,
+        layer_list,
+        lam,
+        positions=positions,
+        null_directions=null_directions,
+        progress=item_progress,
+        cancel=cancel,
     )
     if cancel is not None and cancel.is_set():
         raise GenerationCancelled("sweep cancelled")
@@ -238,14 +301,23 @@ def layer_sweep(
         progress(n_total, n_total)
     steer = [float(result.slopes(layer).mean()) for layer in layer_list]
     anti = [metrics.anti_steerable_fraction(result.slopes(layer)) for layer in layer_list]
+    judged = [result.verdict(layer) for layer in layer_list]
+    backfire = [v.backfire_fraction for v in judged]
     top = int(np.argmax(np.abs(lam)))
-    suggested, reason = suggest_layer(layer_list, steer, anti, [float(k[top]) for k in kl])
+    names = [v.verdict for v in judged] if null_directions >= 2 else None
+    kl_top = [float(k[top]) for k in kl]
+    suggested, reason = suggest_layer(layer_list, steer, backfire, kl_top, verdicts=names)
     return LayerSweepResult(
         layers=layer_list,
         strengths=[float(x) for x in lam],
         positions=positions,
         steerability=steer,
         anti_steerable_fraction=anti,
+        backfire_fraction=backfire,
+        verdicts=[v.verdict for v in judged],
+        verdict_reasons=[v.reason for v in judged],
+        steerability_ci95=[list(v.steerability_ci95) for v in judged],
+        option_dependence=result.option_dependence(),
         mean_propensity=[[float(x) for x in result.propensity[layer].mean(0)] for layer in layer_list],
         kl=[[float(x) for x in row] for row in kl],
         suggested_layer=suggested,
@@ -276,14 +348,18 @@ def generalisation(
     v_a = caa(model, train, [layer])
     v_b = caa(model, shift_items(train, prefix), [layer])
     shifted = shift_items(test, prefix)
-    s_ab = float(
-        propensity_sweep(model, shifted, v_a, [layer], strengths, positions=positions).slopes(layer).mean()
-    )
+    in_shift = propensity_sweep(model, shifted, v_a, [layer], strengths, positions=positions)
+    s_ab = float(in_shift.slopes(layer).mean())
+    verdict = in_shift.verdict(layer)
     s_bb = float(
-        propensity_sweep(model, shifted, v_b, [layer], strengths, positions=positions).slopes(layer).mean()
+        propensity_sweep(model, shifted, v_b, [layer], strengths, positions=positions, null_directions=0)
+        .slopes(layer)
+        .mean()
     )
     s_aa = float(
-        propensity_sweep(model, test, v_a, [layer], strengths, positions=positions).slopes(layer).mean()
+        propensity_sweep(model, test, v_a, [layer], strengths, positions=positions, null_directions=0)
+        .slopes(layer)
+        .mean()
     )
     return {
         "layer": layer,
@@ -292,5 +368,7 @@ def generalisation(
         "steerability_shifted_vA": s_ab,
         "steerability_shifted_vB": s_bb,
         "relative_steerability": metrics.relative_steerability(s_ab, s_bb),
+        "verdict_shifted_vA": verdict.verdict,
+        "verdict_reason_shifted_vA": verdict.reason,
         "definition": "s(v_A, D_B) / s(v_B, D_B); None where s(v_B, D_B) < 0.25",
     }

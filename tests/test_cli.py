@@ -80,6 +80,42 @@ def test_evaluate_json_contract(files, tmp_path, smol):
     assert data["anti_steerable_fraction"] == pytest.approx(
         sum(ex["anti_steerable"] for ex in data["per_example"]) / 6
     )
+    # the verdict fields (issue contract): letter protocol at the top, answer text beside it
+    assert data["verdict"] in sw.verdicts.VERDICTS and data["verdict_reason"].endswith(".")
+    lo, hi = data["steerability_ci95"]
+    assert lo <= data["steerability"] <= hi
+    assert set(data["null"]) == {"method", "n_directions", "steerability_q025", "steerability_q975"}
+    assert data["null"]["n_directions"] == sw.verdicts.NULL_DIRECTIONS
+    assert data["null"]["steerability_q025"] < data["null"]["steerability_q975"]
+    assert set(data["item_classes"]) == {"steers", "backfires", "no_detectable_effect"}
+    assert sum(data["item_classes"].values()) == data["n_test"]
+    assert [ex["class"] for ex in data["per_example"]].count("backfires") == data["item_classes"]["backfires"]
+    assert 0.0 <= data["option_dependence"] <= 1.0
+    at = data["answer_text"]
+    for key in (
+        "steerability",
+        "steerability_ci95",
+        "null",
+        "item_classes",
+        "verdict",
+        "verdict_reason",
+        "mean_propensity",
+    ):
+        assert key in at
+    assert at["verdict"] in sw.verdicts.VERDICTS and sum(at["item_classes"].values()) == at["n_items"] == 6
+    assert len(at["mean_propensity"]) == 3 and at["positions"] == "continuation"
+    if data["verdict"] == "cannot_judge":  # the message says what to do instead
+        assert "answer-text" in data["verdict_reason"]
+
+
+@pytest.mark.model
+def test_evaluate_letter_protocol_only(files, tmp_path):
+    train, test = files
+    out = tmp_path / "out.json"
+    args = ["evaluate", "--train", str(train), "--test", str(test), "--layer", "5", "--strengths", "-1,1"]
+    assert cli.main([*args, "--protocol", "letter", "--no-swap", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert "answer_text" not in data and data["positions"] == "last" and data["vector_swap_options"] is False
 
 
 @pytest.mark.model
@@ -113,7 +149,13 @@ def test_sweep_json_and_progress(files, tmp_path):
     data = json.loads(out.read_text())
     assert [row["layer"] for row in data["per_layer"]] == [10, 11, 20]
     for row in data["per_layer"]:
-        assert {"steerability", "anti_steerable_fraction", "mean_propensity"} <= set(row)
+        assert {
+            "steerability",
+            "anti_steerable_fraction",
+            "mean_propensity",
+            "verdict",
+            "item_classes",
+        } <= set(row)
     assert "sweep" in proc.stderr  # tqdm bar
 
 
@@ -124,6 +166,7 @@ def test_sweep_json_and_progress(files, tmp_path):
         (["--strengths", "1"], "at least two"),
         (["--strengths", "a,b"], "comma-separated"),
         (["--positions", "middle"], "unknown position spec"),
+        (["--null-directions", "1"], "at least 2"),
     ],
 )
 def test_bad_input_exits_2(files, capsys, args, message):

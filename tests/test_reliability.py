@@ -42,11 +42,21 @@ def test_precheck_flags_the_answer_letter_confound_by_hand():
     # v = (0, 0.1); every ‖d_i‖ = √1.01
     assert check.mean_to_single == pytest.approx(0.1 / 1.01**0.5)
     assert check.level == "red" and "answer letter dominates" in check.reason
+    # letter part ½‖m_A − m_B‖ = ‖(1, 0)‖ = 1, behaviour part ½‖m_A + m_B‖ = ‖(0, 0.1)‖ = 0.1
+    assert check.letter_norm == pytest.approx(1.0) and check.behaviour_norm == pytest.approx(0.1)
+    # the same questions read in both letter orders (second half = options swapped): per question the
+    # letter cancels, every averaged difference is (0, 0.1), consistency is perfect
+    swapped = torch.tensor(
+        [[1.0, 0.1], [-1.0, 0.1], [-1.0, 0.1], [1.0, 0.1]]
+    )  # q0, q1, q0 swapped, q1 swapped
+    both = reliability.precheck(3, swapped, torch.zeros(4, 2), [True, False, False, True], both_orders=True)
+    assert both.mean_cosine == pytest.approx(1.0) and both.mean_to_single == pytest.approx(1.0)
+    assert both.letter_norm == pytest.approx(1.0) and "answer letter dominates" not in both.reason
     # the same behaviour part without the letter flip: no confound reported
     clean = reliability.precheck(
         3, torch.tensor([[0.2, 1.0], [0.1, 1.0], [0.3, 1.0], [0.2, 0.9]]), torch.zeros(4, 2), groups
     )
-    assert clean.group_cosine > 0.9 and "letter" not in clean.reason
+    assert clean.group_cosine > 0.9 and "answer letter dominates" not in clean.reason
     with pytest.raises(sw.SteeringError, match="one per pair"):
         reliability.precheck(3, diffs, torch.zeros(4, 2), groups[:3])
 
@@ -116,27 +126,37 @@ def test_report_html_is_standalone_and_escaped(tiny_llama, tmp_path):
 
 
 @pytest.mark.model
-def test_precheck_agrees_with_measured_steerability_on_the_builtin_sets(smol):
-    """Braun et al. (2025): consistent training differences predict steerability. On SmolLM2 the
-    built-in A/B sets give no spread to correlate over: at every layer the answer-letter flip dominates
-    the CAA differences (mean cosine ≈ −1/(n−1), i.e. they cancel), so every pre-check is red, and the
-    measured steerability on held-out items agrees: about half the items go the wrong way. A pre-check
-    that said green here, or a vector that steered reliably, would fail this test."""
+def test_precheck_and_verdicts_on_the_builtin_sets(smol):
+    """Braun et al. (2025): consistent training differences predict steerability. On SmolLM2 the built-in
+    A/B sets give no spread to correlate over. Read as given, the answer-letter flip dominates the CAA
+    differences at every layer (mean cosine ≈ −1/(n−1): they cancel), so every pre-check is red. Read in
+    both letter orders, the letter part ½‖m_A − m_B‖ is still far larger than the behaviour part, but it
+    cancels per question, so the differences agree more. And whatever the vector, the letter protocol
+    cannot judge on this model: swapping the options' texts flips its unsteered preference on most items.
+    A green given-order pre-check, a small letter part, or a model that reads the options fails this test."""
     layers = [8, 14, 20]
     anti = []
     for name in ("sentiment", "formality", "sycophancy"):
         items = sw.builtin_ab(name)
         train, test = items[:40], items[40:]
-        checks = sw.prechecks(smol, train, layers)
-        vector = sw.caa(smol, train, layers)
+        given = sw.prechecks(smol, train, layers, swap_options=False)
+        both = sw.prechecks(smol, train, layers)
+        vector = sw.caa(smol, train, layers, swap_options=False)
         sweep = sw.propensity_sweep(
-            smol, test, vector, layers, (-1.0, -0.5, 0.0, 0.5, 1.0), positions="last", relative=True
+            smol, test, vector, layers, (-1.0, -0.5, 0.0, 0.5, 1.0), relative=True, null_directions=50
         )
+        assert sweep.positions == "last"  # Tan et al. / CAA: the letter is read from the last prompt token
         for layer in layers:
-            check = checks[layer]
+            check = given[layer]
             assert check.level == "red", (name, layer, check)
             assert abs(check.mean_cosine + 1 / (len(train) - 1)) < 0.02, (name, layer, check.mean_cosine)
             # ... because the two letter groups' differences point opposite ways, and the report says so
             assert check.group_cosine < -0.9 and "answer letter dominates" in check.reason
             anti.append(float(steerwidgets.metrics.anti_steerable(sweep.slopes(layer)).mean()))
-    assert 0.3 <= float(np.mean(anti)) <= 0.7, anti
+            deconfounded = both[layer]
+            assert deconfounded.both_orders and deconfounded.letter_norm > 5 * deconfounded.behaviour_norm
+            assert deconfounded.mean_cosine > check.mean_cosine + 0.05, (name, layer, deconfounded)
+            verdict = sweep.verdict(layer)
+            assert verdict.verdict == "cannot_judge", (name, layer, verdict.reason)
+        assert sweep.option_dependence() < 0.5, (name, sweep.option_dependence())
+    assert 0.3 <= float(np.mean(anti)) <= 0.7, anti  # Tan et al.'s raw fraction would cry "warning"

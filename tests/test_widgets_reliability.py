@@ -51,29 +51,54 @@ def test_report_fills_its_traits(report):
     assert report.precheck["level"] in ("green", "amber", "red") and report.precheck["layer"] == LAYER
     assert {"mean_cosine", "separation", "effect_size", "reason"} <= set(report.precheck)
     assert report.propensity_spec["hconcat"] and report.slopes_spec["layer"]
-    assert report.anti["level"] == metrics.warning_level(rep["anti_steerable_fraction"])
-    assert f"{rep['anti_steerable_fraction']:.0%}" in report.anti["message"]
-    assert "10%" in report.anti["message"] and "30%" in report.anti["message"]
+    # the level follows backfires beyond the null (or the verdict), never raw s_i ≤ 0
+    letter = report.result.verdict(LAYER)
+    assert rep["verdict"] == letter.verdict and rep["verdict_reason"] == letter.reason
+    assert rep["null"]["n_directions"] == sw.verdicts.NULL_DIRECTIONS
+    assert sum(rep["item_classes"].values()) == 10
+    at = rep["answer_text"]
+    assert at["verdict"] in sw.verdicts.VERDICTS and at["positions"] == "continuation"
+    levels = ["ok", "notice", "warning"]
+    assert report.anti["level"] == max(letter.warning_level, at["warning_level"], key=levels.index)
+    assert f"Letter protocol: {letter.verdict.replace('_', ' ')}" in report.anti["message"]
+    assert f"{rep['anti_steerable_fraction']:.0%}" in report.anti["message"]  # Tan et al.'s, kept and named
+    if rep["lead"] == "answer_text":  # the letter protocol cannot judge: the answer text leads
+        assert letter.verdict == "cannot_judge"
+        assert report.anti["message"].startswith("Answer-text protocol")
     assert report.vector is not None and report.vector.method == "caa" and report.vector.layers == [LAYER]
+    assert report.vector.meta["swap_options"] is True  # both letter orders by default
     assert report.generalisation == {}  # not asked for
-    assert set(report.timings) == {"vector_and_precheck_s", "sweep_s"}
+    assert set(report.timings) == {"vector_and_precheck_s", "sweep_s", "answer_text_s"}
 
 
 @pytest.mark.model
-def test_anti_steerable_items_come_first_and_match_the_metrics(report):
+def test_backfiring_then_anti_steerable_items_match_the_metrics(report):
     result = report.result
     m = result.propensity[LAYER]
     slopes = metrics.slopes(m, result.strengths)
     anti = metrics.anti_steerable(slopes)
     nonmono = metrics.non_monotonic(m) & ~anti
+    rep = report.report
+    if rep["lead"] == "answer_text":
+        at = report.answer_text_result
+        backfire = [at.item_index[i] for i, c in enumerate(at.verdict(LAYER).classes) if c == "backfires"]
+    else:
+        backfire = [i for i, c in enumerate(result.verdict(LAYER).classes) if c == "backfires"]
     kinds = [row["kind"] for row in report.items]
-    n_anti = int(anti.sum())
-    assert kinds == ["anti-steerable"] * n_anti + ["non-monotonic"] * int(nonmono.sum())
-    listed_anti = [row["index"] for row in report.items[:n_anti]]
+    n_back, n_anti = len(backfire), int(anti.sum())
+    assert kinds == ["backfires"] * n_back + ["anti-steerable"] * n_anti + ["non-monotonic"] * int(
+        nonmono.sum()
+    )
+    assert sorted(row["index"] for row in report.items[:n_back]) == sorted(backfire)
+    listed_anti = [row["index"] for row in report.items[n_back : n_back + n_anti]]
     assert sorted(listed_anti) == [int(i) for i in np.flatnonzero(anti)]
-    assert [row["slope"] for row in report.items[:n_anti]] == sorted(float(slopes[i]) for i in listed_anti)
-    assert {row["index"] for row in report.items[n_anti:]} == {int(i) for i in np.flatnonzero(nonmono)}
-    for row in report.items:
+    assert [row["slope"] for row in report.items[n_back : n_back + n_anti]] == sorted(
+        float(slopes[i]) for i in listed_anti
+    )
+    assert {row["index"] for row in report.items[n_back + n_anti :]} == {
+        int(i) for i in np.flatnonzero(nonmono)
+    }
+    for row in report.items[n_back:]:
         assert row["question"] == report.test_items[row["index"]].question
         assert row["slope"] == pytest.approx(float(slopes[row["index"]]))
     assert report.anti["count"] == n_anti
@@ -213,6 +238,9 @@ def test_layer_sweep_cancel_leaves_it_usable_and_the_model_unsteered(smol, repor
         assert widget.heatmap_spec["hconcat"] and widget.anti_spec["layer"]
         anti = [metrics.anti_steerable_fraction(widget.result.propensity.slopes(layer)) for layer in layers]
         assert sweep["anti_steerable_fraction"] == pytest.approx(anti)
+        judged = [widget.result.propensity.verdict(layer) for layer in layers]
+        assert sweep["verdicts"] == [v.verdict for v in judged]
+        assert sweep["backfire_fraction"] == pytest.approx([v.backfire_fraction for v in judged])
         assert widget._repr_mimebundle_()[0]["text/html"].count("<svg") == 2
 
         # Clicking a heatmap cell: {layer, strength} from the vega listener.
@@ -249,11 +277,17 @@ def test_two_widgets_on_one_model_take_turns(smol, ab_items):
 
 
 # --- pure helpers ------------------------------------------------------------------------------------
-def _fake_report(fraction: float) -> dict:
+def _fake_report(level: str, verdict: str = "steers", lead: str = "letter", at: dict | None = None) -> dict:
     return {
-        "warning_level": metrics.warning_level(fraction),
-        "anti_steerable_fraction": fraction,
+        "warning_level": level,
+        "verdict": verdict,
+        "verdict_reason": f"reason for {verdict}.",
+        "item_classes": {"steers": 7, "backfires": 1, "no_detectable_effect": 2},
+        "lead": lead,
+        "answer_text": at,
+        "anti_steerable_fraction": 0.1,
         "n_items": 10,
+        "backfire_items": [{"index": 1, "slope": -0.9, "propensity": [1.0, -1.0], "question": "q1"}],
         "anti_steerable_items": [
             {"index": 2, "slope": -0.5, "propensity": [1.0, 0.0], "question": "q2"},
         ],
@@ -261,21 +295,35 @@ def _fake_report(fraction: float) -> dict:
     }
 
 
-@pytest.mark.parametrize(
-    ("fraction", "level", "word"),
-    [(0.05, "ok", "Few inputs"), (0.1, "notice", "Notice"), (0.3, "warning", "Warning")],
-)
-def test_anti_summary_levels_and_wording(fraction, level, word):
-    out = RW.anti_summary(_fake_report(fraction))
-    assert out["level"] == level and out["message"].startswith(word)
-    assert f"Measured: {fraction:.0%}" in out["message"] and "notice at ≥ 10%" in out["message"]
+def test_anti_summary_leads_with_the_protocol_that_can_judge():
+    out = RW.anti_summary(_fake_report("notice"))
+    assert out["level"] == "notice" and out["message"].startswith(
+        "Letter protocol: steers — reason for steers."
+    )
+    assert "backfiring beyond the null: 1 of 10" in out["message"]
+    assert "anti-steerable (slope ≤ 0, not compared with the null): 10%" in out["message"]
+    at = {
+        "verdict": "backfires",
+        "verdict_reason": "it backfires.",
+        "warning_level": "warning",
+        "per_example": [],
+    }
+    out = RW.anti_summary(_fake_report("notice", "cannot_judge", "answer_text", at))
+    assert out["message"].startswith(
+        "Answer-text protocol: backfires — it backfires. Letter protocol: cannot"
+    )
+    assert out["level"] == "warning" and out["lead"] == "answer_text"
 
 
-def test_listed_items_put_anti_steerable_first():
+def test_listed_items_put_backfires_first():
     items = [sw.ABItem(f"q{i}", "A", "B") for i in range(3)]
-    rows = RW.listed_items(_fake_report(0.1), items)
-    assert [(r["kind"], r["index"]) for r in rows] == [("anti-steerable", 2), ("non-monotonic", 0)]
-    assert rows[1]["propensity_min"] == 0.0 and rows[1]["propensity_max"] == 1.0
+    rows = RW.listed_items(_fake_report("notice"), items)
+    assert [(r["kind"], r["index"]) for r in rows] == [
+        ("backfires", 1),
+        ("anti-steerable", 2),
+        ("non-monotonic", 0),
+    ]
+    assert rows[2]["propensity_min"] == 0.0 and rows[2]["propensity_max"] == 1.0
 
 
 def test_jsonable_replaces_nan_and_numpy():

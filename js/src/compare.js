@@ -91,10 +91,12 @@ function render({ model, el }) {
   runButton.type = "button";
   runButton.className = "sw-button sw-button-primary sw-compare-run";
   runButton.textContent = "Run";
+  runButton.setAttribute("aria-label", "Run the comparison");
   const cancelButton = document.createElement("button");
   cancelButton.type = "button";
   cancelButton.className = "sw-button sw-compare-cancel";
   cancelButton.textContent = "Cancel";
+  cancelButton.setAttribute("aria-label", "Cancel the comparison");
   const progress = document.createElement("progress");
   progress.className = "sw-compare-progress";
   progress.max = 1;
@@ -126,6 +128,7 @@ function render({ model, el }) {
   chartLabel.textContent = "chart metric";
   const metricSelect = document.createElement("select");
   metricSelect.className = "sw-select sw-compare-metric";
+  metricSelect.setAttribute("aria-label", "Chart metric");
   chartLabel.append(" ", metricSelect);
   chartBar.append(chartLabel);
   const chart = document.createElement("div");

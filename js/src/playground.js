@@ -187,6 +187,42 @@ function render({ model, el }) {
     model.save_changes();
   };
 
+  /**
+   * Commit what the user typed into a number box to `trait` on Enter, on `change` and when the
+   * box loses focus (Tab, a click elsewhere). Inside JupyterLab, Enter in a number input fires no
+   * `change` (its keyboard handling prevents the key's default action), hence the keydown handler.
+   * Only an edited, valid value that differs from the trait is committed, so Enter then Tab runs
+   * once and a box that was merely focused never writes back a stale value; on blur the box shows
+   * the trait again (an invalid entry, e.g. empty, is dropped).
+   * @param {HTMLInputElement} input
+   * @param {string} trait
+   * @param {(x: number) => number | null} parse  the value to commit, or null when invalid
+   */
+  const numberField = (input, trait, parse) => {
+    let edited = false;
+    const commitValue = () => {
+      if (!edited) return;
+      edited = false;
+      const raw = input.value.trim();
+      const v = raw === "" ? null : parse(Number(raw));
+      if (v !== null && v !== model.get(trait)) commit({ [trait]: v });
+    };
+    on(input, "input", () => {
+      edited = true;
+    });
+    on(input, "keydown", (/** @type {KeyboardEvent} */ e) => {
+      if (e.key === "Enter") {
+        e.preventDefault();
+        commitValue();
+      }
+    });
+    on(input, "change", commitValue);
+    on(input, "blur", () => {
+      commitValue();
+      input.value = String(model.get(trait));
+    });
+  };
+
   // ---------------------------------------------------------------------------------------
   // Controls
   // ---------------------------------------------------------------------------------------
@@ -288,10 +324,7 @@ function render({ model, el }) {
     strengthNumber.value = strengthSlider.value;
   });
   on(strengthSlider, "change", () => commit({ strength: Number(strengthSlider.value) }));
-  on(strengthNumber, "change", () => {
-    const v = Number(strengthNumber.value);
-    if (Number.isFinite(v)) commit({ strength: v });
-  });
+  numberField(strengthNumber, "strength", (x) => (Number.isFinite(x) ? x : null));
   const relativeBox = h("input", "sw-pg-relative", {
     type: "checkbox",
     id: `${uid}-relative`,
@@ -371,20 +404,14 @@ function render({ model, el }) {
     "aria-label": "Max new tokens",
     style: "width: 5em",
   });
-  on(maxNew, "change", () => {
-    const v = Math.round(Number(maxNew.value));
-    if (Number.isFinite(v) && v >= 1) commit({ max_new_tokens: v });
-  });
+  numberField(maxNew, "max_new_tokens", (x) => (Number.isFinite(x) && x >= 1 ? Math.round(x) : null));
   const seedInput = h("input", "sw-input sw-pg-seed", {
     type: "number",
     step: "1",
     "aria-label": "Seed",
     style: "width: 5em",
   });
-  on(seedInput, "change", () => {
-    const v = Math.round(Number(seedInput.value));
-    if (Number.isFinite(v)) commit({ seed: v });
-  });
+  numberField(seedInput, "seed", (x) => (Number.isFinite(x) ? Math.round(x) : null));
   const genRow = h("div", "sw-row");
   genRow.append(label("Max new tokens"), maxNew, label("Seed"), seedInput);
 
@@ -478,10 +505,11 @@ function render({ model, el }) {
     strengthSlider.max = String(limit);
     strengthSlider.step = rel ? "0.05" : "0.5";
     strengthSlider.value = String(s);
-    strengthNumber.value = String(s);
+    // A box being typed into keeps its text; it shows the trait again on blur.
+    if (document.activeElement !== strengthNumber) strengthNumber.value = String(s);
     relativeBox.checked = rel;
-    maxNew.value = String(model.get("max_new_tokens"));
-    seedInput.value = String(model.get("seed"));
+    if (document.activeElement !== maxNew) maxNew.value = String(model.get("max_new_tokens"));
+    if (document.activeElement !== seedInput) seedInput.value = String(model.get("seed"));
     if (document.activeElement !== actaddPos) actaddPos.value = model.get("actadd_positive");
     if (document.activeElement !== actaddNeg) actaddNeg.value = model.get("actadd_negative");
     const spec = model.get("positions");

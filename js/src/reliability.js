@@ -8,7 +8,7 @@ import { destroyChart, renderChart, themeConfig } from "./chart.js";
 
 /**
  * @typedef {object} ListedItem
- * @property {"anti-steerable" | "non-monotonic"} kind
+ * @property {"backfires" | "anti-steerable" | "non-monotonic"} kind
  * @property {number} index       position in the test items
  * @property {number} slope       OLS slope of the propensity over the strengths
  * @property {string} question    dataset text (untrusted)
@@ -282,11 +282,11 @@ export function labChrome(model, host, { top, root, message, playgroundBox, show
  * @param {(index: number) => void} onOpen
  */
 function itemRow(item, onOpen) {
-  const li = h("li", `sw-rl-item sw-rl-${item.kind === "anti-steerable" ? "anti" : "nonmono"}`);
+  const li = h("li", `sw-rl-item sw-rl-${item.kind === "non-monotonic" ? "nonmono" : "anti"}`);
   li.dataset.index = String(item.index);
   const badge = h(
     "span",
-    `sw-rl-badge ${item.kind === "anti-steerable" ? "sw-rl-warning" : "sw-rl-notice"}`,
+    `sw-rl-badge ${item.kind === "backfires" ? "sw-rl-warning" : "sw-rl-notice"}`,
     {},
     item.kind,
   );
@@ -343,7 +343,12 @@ function render({ model, el, host }) {
     "aria-label": "Strength for opening items in the Playground",
   });
   openRow.append(strengthLabel, strengthInput);
-  const antiHead = h("h3", "", {}, "Inputs that steer the wrong way (slope ≤ 0), worst first");
+  const antiHead = h(
+    "h3",
+    "",
+    {},
+    "Inputs that backfire beyond random directions, then those with slope ≤ 0 (raw), worst first",
+  );
   const antiList = h("ul", "sw-rl-list sw-rl-anti-list", { "aria-label": "Anti-steerable items" });
   const monoHead = h("h3", "", {}, "Non-monotonic inputs (the effect changes direction along λ)");
   const monoList = h("ul", "sw-rl-list sw-rl-nonmono-list", { "aria-label": "Non-monotonic items" });
@@ -380,7 +385,7 @@ function render({ model, el, host }) {
     settings.textContent =
       `${model.get("model_name")} · ${model.get("vector_method")} vector${train} · layer ${model.get("layer")} · ` +
       `positions ${model.get("positions")} · ${model.get("n_test")} test items · strengths ${strengths}`;
-    strengthInput.value = String(model.get("open_strength"));
+    if (document.activeElement !== strengthInput) strengthInput.value = String(model.get("open_strength"));
   };
 
   const drawPrecheck = () => {
@@ -420,7 +425,10 @@ function render({ model, el, host }) {
       summary.append(span);
     };
     stat("steerability", fmt(rep.steerability), "mean per-item OLS slope of the propensity over λ");
-    stat("anti-steerable", `${pct(rep.anti_steerable_fraction)} (${anti.count}/${anti.n_items})`, "slope ≤ 0");
+    stat("verdict", String(rep.verdict ?? "").replaceAll("_", " "), "letter protocol, against random directions");
+    stat("backfires", `${anti.backfires ?? 0}/${anti.n_items}`, "slope below the item's random-direction band");
+    const raw = `${pct(rep.anti_steerable_fraction)} (${anti.count}/${anti.n_items})`;
+    stat("anti-steerable (s ≤ 0)", raw, "raw, Tan et al.; not compared with the null");
     stat("non-monotonic", pct(rep.non_monotonic_fraction), "the propensity changes direction along λ");
     stat("A/B-bias R²", fmt(rep.ab_bias_r2, 2), "R² of the slopes regressed on 1[matching letter is A]");
     const level = anti.level ?? "ok";
@@ -437,7 +445,7 @@ function render({ model, el, host }) {
   const drawItems = () => {
     /** @type {ListedItem[]} */
     const items = model.get("items") ?? [];
-    const anti = items.filter((i) => i.kind === "anti-steerable");
+    const anti = items.filter((i) => i.kind !== "non-monotonic");
     const mono = items.filter((i) => i.kind === "non-monotonic");
     antiList.replaceChildren(...anti.map((i) => itemRow(i, open)));
     monoList.replaceChildren(...mono.map((i) => itemRow(i, open)));
@@ -470,16 +478,37 @@ function render({ model, el, host }) {
 
   const onExportHtml = () => model.send({ type: "export", format: "html" });
   const onExportJson = () => model.send({ type: "export", format: "json" });
+  // Enter (inside JupyterLab it fires no `change` in a number input), change and blur (Tab, a click
+  // elsewhere) commit what the user typed; on blur the box shows the trait again.
+  let strengthEdited = false;
+  const onStrengthInput = () => {
+    strengthEdited = true;
+  };
   const onStrength = () => {
+    if (!strengthEdited) return;
+    strengthEdited = false;
     const value = parseFloat(strengthInput.value);
-    if (Number.isFinite(value)) {
+    if (Number.isFinite(value) && value !== model.get("open_strength")) {
       model.set("open_strength", value);
       model.save_changes();
     }
   };
+  const onStrengthKey = (/** @type {KeyboardEvent} */ e) => {
+    if (e.key === "Enter") {
+      e.preventDefault();
+      onStrength();
+    }
+  };
+  const onStrengthBlur = () => {
+    onStrength();
+    strengthInput.value = String(model.get("open_strength"));
+  };
   exportHtml.addEventListener("click", onExportHtml);
   exportJson.addEventListener("click", onExportJson);
+  strengthInput.addEventListener("input", onStrengthInput);
   strengthInput.addEventListener("change", onStrength);
+  strengthInput.addEventListener("keydown", onStrengthKey);
+  strengthInput.addEventListener("blur", onStrengthBlur);
 
   const drawPropChart = () => propChart.draw(model.get("propensity_spec"));
   const drawSlopeChart = () => slopeChart.draw(model.get("slopes_spec"));
@@ -513,7 +542,10 @@ function render({ model, el, host }) {
     chromeDown();
     exportHtml.removeEventListener("click", onExportHtml);
     exportJson.removeEventListener("click", onExportJson);
+    strengthInput.removeEventListener("input", onStrengthInput);
     strengthInput.removeEventListener("change", onStrength);
+    strengthInput.removeEventListener("keydown", onStrengthKey);
+    strengthInput.removeEventListener("blur", onStrengthBlur);
     for (const [name, handler] of handlers) model.off(name, handler);
     propChart.destroy();
     slopeChart.destroy();

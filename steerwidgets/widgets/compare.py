@@ -20,7 +20,7 @@ import traitlets
 
 from ..engine import DEFAULT_STRENGTHS, GenerationCancelled
 from ..evaluation import CompareResult, compare, compare_chart
-from ._frontend import bundle, css
+from ._frontend import bundle, css, shared_bundle_trait
 
 # key, label, tooltip; "band" names the random baseline's min/max keys shown beside its mean
 COLUMNS: list[dict[str, Any]] = [
@@ -82,6 +82,7 @@ class CompareWidget(anywidget.AnyWidget):
 
     _esm = bundle("compare")
     _css = css()
+    _bundle = shared_bundle_trait()  # the shared front-end bundle, sent to the page once
 
     rows = traitlets.List(traitlets.Dict()).tag(sync=True)
     columns = traitlets.List(traitlets.Dict()).tag(sync=True)

@@ -34,7 +34,7 @@ import steerwidgets as sw
 from .. import metrics
 from ..interventions import require_model
 from ..verdicts import warnings_for
-from ._frontend import bundle, css
+from ._frontend import bundle, css, shared_bundle_trait
 from ._worker import LatestWorker
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,7 @@ class Playground(anywidget.AnyWidget):
 
     _esm = bundle("playground")
     _css = css()
+    _bundle = shared_bundle_trait()  # the shared front-end bundle, sent to the page once
 
     # --- controls (front end -> Python) ---
     prompt = traitlets.Unicode(DEFAULT_PROMPT).tag(sync=True)

@@ -42,7 +42,8 @@ from ..interventions import SteeringError, require_model
 from ..methods import caa
 from ..reliability import LayerSweepResult, PreCheck, generalisation, layer_sweep, prechecks
 from ..vectors import SteeringVector
-from ._frontend import bundle, css
+from ..verdicts import NULL_DIRECTIONS
+from ._frontend import bundle, css, shared_bundle_trait
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +317,7 @@ class ReliabilityReport(_LabWidget):
 
     _esm = bundle("reliability")
     _css = css()
+    _bundle = shared_bundle_trait()  # the shared front-end bundle, sent to the page once
 
     layer = traitlets.Int(0).tag(sync=True)
     n_test = traitlets.Int(0).tag(sync=True)
@@ -362,6 +364,7 @@ class ReliabilityReport(_LabWidget):
         top = max(self.strengths, key=abs)
         self.open_strength = float(open_strength if open_strength is not None else abs(top))
         self.result: PropensityResult | None = None
+        self.answer_text_result: PropensityResult | None = None
         self.precheck_result: PreCheck | None = None
         self.generalisation_result: dict[str, Any] | None = None
         self.sweep_result: LayerSweepResult | None = None
@@ -426,6 +429,7 @@ class ReliabilityReport(_LabWidget):
         want_gen = bool(self.shift_prefix) and self._train is not None
         high = 0.7 if want_gen else 0.98
         start = time.perf_counter()
+        middle = 0.12 + (high - 0.12) * 0.4
         result = propensity_sweep(
             model,
             self.test_items,
@@ -433,10 +437,29 @@ class ReliabilityReport(_LabWidget):
             [layer],
             self.strengths,
             positions=self._positions,
-            progress=self._progress_between(0.12, high, "propensity sweep, items"),
+            null_directions=NULL_DIRECTIONS,
+            progress=self._progress_between(0.12, middle, "letter protocol with its null, items"),
             cancel=cancel,
         )
         timings["sweep_s"] = round(time.perf_counter() - start, 2)
+        self._check_cancel(cancel)
+        start = time.perf_counter()
+        try:
+            self.answer_text_result = propensity_sweep(
+                model,
+                self.test_items,
+                self.vector,
+                [layer],
+                self.strengths,
+                protocol="answer_text",
+                null_directions=NULL_DIRECTIONS,
+                progress=self._progress_between(middle, high, "answer-text protocol with its null, items"),
+                cancel=cancel,
+            )
+        except SteeringError as exc:  # no item lists its options: the letter protocol stands alone
+            self.answer_text_result = None
+            log.info("answer-text protocol skipped: %s", exc)
+        timings["answer_text_s"] = round(time.perf_counter() - start, 2)
         self._check_cancel(cancel)
         gen: dict[str, Any] = {}
         if self.shift_prefix and self._train is None:
@@ -473,6 +496,7 @@ class ReliabilityReport(_LabWidget):
             generalisation=self.generalisation_result,
             model_name=self.model_name,
             vector_method=self.vector.method,
+            answer_text=self.answer_text_result,
         )
         rep = _jsonable(rep)
         self._report = rep
@@ -529,7 +553,7 @@ class ReliabilityReport(_LabWidget):
             return "\n".join(parts)
         r2 = rep.get("ab_bias_r2")
         parts.append(
-            f"<div>Steerability <b>{rep['steerability']:.3f}</b> per unit λ · anti-steerable "
+            f"<div>Steerability <b>{rep['steerability']:.3f}</b> per unit λ · anti-steerable (s ≤ 0) "
             f"<b>{rep['anti_steerable_fraction']:.0%}</b> · non-monotonic {rep['non_monotonic_fraction']:.0%}"
             f" · A/B-bias R² {'–' if r2 is None else f'{r2:.2f}'}</div>"
         )
@@ -569,6 +593,7 @@ class LayerSweep(_LabWidget):
 
     _esm = bundle("layersweep")
     _css = css()
+    _bundle = shared_bundle_trait()  # the shared front-end bundle, sent to the page once
 
     layers = traitlets.List(traitlets.Int()).tag(sync=True)
     n_test = traitlets.Int(0).tag(sync=True)
@@ -713,33 +738,58 @@ class LayerSweep(_LabWidget):
 # Pure helpers (testable without a model)
 # ----------------------------------------------------------------------------------------------
 def anti_summary(rep: dict[str, Any]) -> dict[str, Any]:
-    """The anti-steerable fraction with its level and the wording shown to the user."""
+    """The verdicts' headline: the protocol that can judge first, each with its reason; then how many items
+    backfire beyond the null, and Tan et al.'s raw anti-steerable count (s_i ≤ 0) for reference."""
+    at = rep.get("answer_text") or None
+    levels = ["ok", "notice", "warning"]
     level = rep["warning_level"]
+    if at and at.get("warning_level") in levels:
+        level = max(level, at["warning_level"], key=levels.index)
     fraction = float(rep["anti_steerable_fraction"])
     n_anti = len(rep["anti_steerable_items"])
-    notice, warning = metrics.NOTICE_AT, metrics.WARNING_AT
-    text = R.LEVEL_TEXT[level].format(notice=notice, warning=warning)
+    lines = [f"Letter protocol: {rep['verdict'].replace('_', ' ')} — {rep['verdict_reason']}"]
+    if at and at.get("verdict"):
+        lines.append(f"Answer-text protocol: {at['verdict'].replace('_', ' ')} — {at['verdict_reason']}")
+        if rep.get("lead") == "answer_text":
+            lines.reverse()
+    backfires = rep.get("item_classes", {}).get("backfires", 0)
     message = (
-        f"{text} Measured: {fraction:.0%} ({n_anti} of {rep['n_items']} items have slope ≤ 0). "
-        f"Thresholds: notice at ≥ {notice:.0%}, warning at ≥ {warning:.0%} (suggested defaults; no "
-        "standard exists)."
+        " ".join(lines)
+        + f" Letter protocol items backfiring beyond the null: {backfires} of {rep['n_items']}; Tan et al.'s "
+        f"anti-steerable (slope ≤ 0, not compared with the null): {fraction:.0%} ({n_anti} items)."
     )
     return {
         "fraction": fraction,
         "count": n_anti,
+        "backfires": backfires,
         "n_items": rep["n_items"],
         "level": level,
+        "verdict": rep["verdict"],
+        "answer_text_verdict": (at or {}).get("verdict"),
+        "lead": rep.get("lead", "letter"),
         "message": message,
-        "notice": notice,
-        "warning": warning,
+        "notice": metrics.NOTICE_AT,
+        "warning": metrics.WARNING_AT,
     }
 
 
 def listed_items(rep: dict[str, Any], items: Sequence[ABItem]) -> list[dict[str, Any]]:
-    """The anti-steerable items (worst slope first), then the non-monotonic ones, for the item list."""
+    """Items that backfire beyond the null (the leading protocol's), then the raw anti-steerable ones
+    (slope ≤ 0), then the non-monotonic ones, each worst slope first, for the item list."""
+    at = rep.get("answer_text") or {}
+    backfire_rows = rep.get("backfire_items", [])
+    if rep.get("lead") == "answer_text":
+        backfire_rows = sorted(
+            (ex for ex in at.get("per_example", []) if ex.get("class") == "backfires"),
+            key=lambda ex: ex["slope"],
+        )
     out = []
-    for kind, key in (("anti-steerable", "anti_steerable_items"), ("non-monotonic", "non_monotonic_items")):
-        for row in rep[key]:
+    for kind, rows in (
+        ("backfires", backfire_rows),
+        ("anti-steerable", rep["anti_steerable_items"]),
+        ("non-monotonic", rep["non_monotonic_items"]),
+    ):
+        for row in rows:
             item = items[row["index"]]
             prop = row["propensity"]
             out.append(
@@ -747,7 +797,7 @@ def listed_items(rep: dict[str, Any], items: Sequence[ABItem]) -> list[dict[str,
                     "kind": kind,
                     "index": row["index"],
                     "slope": row["slope"],
-                    "question": row["question"],
+                    "question": row.get("question", item.question),
                     "matching": item.matching,
                     "propensity_min": min(prop),
                     "propensity_max": max(prop),
@@ -757,29 +807,41 @@ def listed_items(rep: dict[str, Any], items: Sequence[ABItem]) -> list[dict[str,
 
 
 def anti_chart(sweep: dict[str, Any]) -> dict:
-    """Anti-steerable fraction per layer, with the notice and warning thresholds as rules."""
+    """Share of items backfiring beyond random directions per layer (the verdict in the tooltip), with the
+    notice and warning thresholds as rules; Tan et al.'s raw anti-steerable fraction is in the tooltip."""
     import altair as alt
 
+    backfire = sweep.get("backfire_fraction") or [0.0] * len(sweep["layers"])
+    verdict_names = sweep.get("verdicts") or [""] * len(sweep["layers"])
     rows = [
         {
             "layer": layer,
+            "backfire": b,
             "anti": anti,
-            "level": metrics.warning_level(anti),
+            "verdict": v.replace("_", " "),
+            "level": metrics.warning_level(b),
         }
-        for layer, anti in zip(sweep["layers"], sweep["anti_steerable_fraction"])
+        for layer, b, anti, v in zip(
+            sweep["layers"], backfire, sweep["anti_steerable_fraction"], verdict_names
+        )
     ]
     bars = (
         alt.Chart(alt.Data(values=rows))
         .mark_bar()
         .encode(
             x=alt.X("layer:O"),
-            y=alt.Y("anti:Q", title="anti-steerable fraction", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("backfire:Q", title="items backfiring beyond the null", scale=alt.Scale(domain=[0, 1])),
             color=alt.Color(
                 "level:N",
                 title="level",
                 scale=alt.Scale(domain=["ok", "notice", "warning"], range=["#4c78a8", "#f9a825", "#e45756"]),
             ),
-            tooltip=["layer:O", alt.Tooltip("anti:Q", format=".0%"), "level:N"],
+            tooltip=[
+                "layer:O",
+                alt.Tooltip("backfire:Q", format=".0%", title="backfiring"),
+                alt.Tooltip("anti:Q", format=".0%", title="anti-steerable (s ≤ 0)"),
+                "verdict:N",
+            ],
         )
     )
     rules = (
@@ -797,7 +859,7 @@ def anti_chart(sweep: dict[str, Any]) -> dict:
     width = max(180, 16 * len(rows))
     return (
         (bars + rules)
-        .properties(title="Anti-steerable fraction per layer", width=width, height=120)
+        .properties(title="Items backfiring beyond random directions, per layer", width=width, height=120)
         .to_dict()
     )
 

@@ -92,7 +92,7 @@ def _log_tail(path: Path, n: int = 60) -> str:
 @pytest.fixture(scope="session")
 def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start ``jupyter lab`` on a free port in a temp root dir; yield its base URL."""
-    for name in ("hello.js", "widget.css"):
+    for name in ("widgets.js", "compare.js", "widget.css"):
         if not (REPO_ROOT / "steerwidgets" / "static" / name).is_file():
             unavailable(f"steerwidgets/static/{name} is not built; run `bash scripts/build_js.sh`")
     if importlib.util.find_spec("jupyterlab") is None:

@@ -1,8 +1,11 @@
-"""End-to-end proof of the front-end plumbing with the demo HelloWidget, in a real browser.
+"""End-to-end proof of the front-end plumbing with a real widget (CompareWidget, which needs no
+model), in a real browser.
 
-Checks: the esbuild bundle loads through anywidget, traits sync both ways, model text is shown
-as text (no HTML injection), the bundled vega-embed draws an SVG chart offline, the widget and
-chart follow JupyterLab's dark theme, and it also renders in Notebook 7.
+Checks: the shared bundle (static/widgets.js) reaches the page once through the SharedBundle model
+and is imported once however many widgets there are, each widget's `_esm` is the small loader,
+traits sync both ways, model text is shown as text (no HTML injection), the bundled vega-embed draws
+an SVG chart offline, the widget and chart follow JupyterLab's dark theme, and it also renders in
+Notebook 7.
 """
 
 from __future__ import annotations
@@ -17,19 +20,25 @@ import pytest
 pytestmark = pytest.mark.browser
 
 XSS_TEXT = '<img src=x onerror="window.__pwned=1">'
-BAR_SPEC = {
-    # The schema URL altair 6 emits; chart.js rewrites it to the bundled vega-lite's version.
-    "$schema": "https://vega.github.io/schema/vega-lite/v6.4.1.json",
-    "data": {"values": [{"label": "a", "value": 3}, {"label": "b", "value": 7}]},
-    "mark": "bar",
-    "encoding": {
-        "x": {"field": "label", "type": "nominal"},
-        "y": {"field": "value", "type": "quantitative"},
-    },
-    "width": 200,
-    "height": 120,
-}
-
+ROWS = [
+    {"method": XSS_TEXT, "behaviour": "sentiment", "steerability": 0.2, "delta_pos_50": 0.1, "kl": 0.05},
+    {"method": "caa", "behaviour": "sentiment", "steerability": 0.9, "delta_pos_50": 0.4, "kl": 0.2},
+]
+ROOT = ".sw-compare"
+STATUS_SEL = f"{ROOT} .sw-compare-status"
+AXIS_LABEL_SEL = f"{ROOT} .sw-chart-inner:not(.sw-chart-pending) svg .role-axis-label text"
+METHOD_CELLS = f"{ROOT} .sw-compare-table tbody td[data-key=method]"
+# Blobs the page makes (anywidget imports every `_esm` from one, the loader the shared bundle):
+# their sizes, recorded before any page script runs.
+COUNT_BLOBS = """(() => {
+  const orig = URL.createObjectURL.bind(URL);
+  window.__swBlobSizes = [];
+  URL.createObjectURL = (obj) => {
+    if (obj instanceof Blob) window.__swBlobSizes.push(obj.size);
+    return orig(obj);
+  };
+})();"""
+BIG = 100_000  # bytes: the shared bundle is ~0.9 MB, a loader ~1 KB
 
 # Uncaught errors Notebook 7.6 itself raises (notebook_core.*.js) on any notebook, with or without
 # widgets; not ours, so tolerated in the Notebook 7 test. The first comes from its shortcuts
@@ -41,75 +50,84 @@ NB7_UPSTREAM_ERRORS = [
 ]
 
 
-def _hello_notebook(path: Path) -> Path:
+def _compare_notebook(path: Path, n_widgets: int = 1) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(
-            "from steerwidgets.widgets.hello import HelloWidget\n"
-            f"w = HelloWidget(text={XSS_TEXT!r}, spec={BAR_SPEC!r})\n"
+            "from steerwidgets import evaluation\n"
+            "from steerwidgets.widgets.compare import CompareWidget\n"
+            f"rows = {ROWS!r}\n"
+            "def make():\n"
+            "    return CompareWidget.from_result(evaluation.CompareResult(rows, {}, {}), model=None)\n"
+            "w = make()\n"
             "w"
         )
     ]
+    nb.cells += [nbformat.v4.new_code_cell(f"w{i} = make()\nw{i}") for i in range(2, n_widgets + 1)]
     nbformat.write(nb, path)
     return path
 
 
-TEXT_SEL = ".sw-hello .sw-text"
-AXIS_LABEL_SEL = ".sw-hello .sw-chart-inner:not(.sw-chart-pending) svg .role-axis-label text"
-
-
-def _assert_hello_renders(page: Any) -> Any:
-    """Shared checks; returns the widget's root locator."""
-    root = page.locator(".sw-hello")
+def _assert_renders(page: Any, n_widgets: int) -> Any:
+    """Shared checks; returns the first widget's root locator."""
+    roots = page.locator(ROOT)
+    roots.nth(n_widgets - 1).wait_for(state="attached")
+    assert roots.count() == n_widgets
+    root = roots.first
+    root.scroll_into_view_if_needed()
     root.wait_for(state="visible")
-    button = root.get_by_role("button", name="Increment")
-    assert button.is_visible()
-    count = root.locator(".sw-count")
-    assert count.inner_text() == "0"
+    assert root.get_by_role("button", name="Run the comparison").is_visible()
 
     # Model text is shown literally, never parsed as HTML.
-    text = root.locator(".sw-text")
-    assert text.inner_text() == XSS_TEXT
-    assert root.locator(".sw-text img").count() == 0
+    root.locator(".sw-compare-table tbody tr").first.wait_for()
+    methods = root.locator(".sw-compare-table tbody td[data-key=method]").all_text_contents()
+    assert XSS_TEXT in methods
+    assert root.locator(".sw-compare-table img").count() == 0
     assert page.evaluate("() => window.__pwned") is None
 
-    # The bundled vega-embed drew the chart (two bars) as SVG, with no action menu.
-    chart = root.locator(".sw-chart")
-    chart.locator("svg").first.wait_for(state="visible")
-    assert chart.locator("svg .mark-rect path").count() == 2
+    # The bundled vega-embed drew the chart as SVG, with no action menu.
+    root.locator(".sw-compare-chart svg").first.wait_for(state="visible")
     assert root.locator(".vega-actions").count() == 0
+    for i in range(n_widgets):
+        roots.nth(i).locator(".sw-compare-chart svg").first.wait_for(state="attached")
+
+    # One shared bundle for the page: imported from one big blob, every `_esm` a small loader.
+    sizes = page.evaluate("() => window.__swBlobSizes")
+    big = [s for s in sizes if s >= BIG]
+    assert len(big) == 1, sizes
+    assert len([s for s in sizes if s < BIG]) >= n_widgets, sizes
     return root
 
 
-def test_hello_widget_in_jupyterlab(
+def test_compare_widget_in_jupyterlab(
     tmp_path, page, page_log, lab_server, run_notebook, kernel_execute, save_screenshot, luminance_js
 ):
-    notebook = _hello_notebook(tmp_path / "hello_lab.ipynb")
+    page.add_init_script(COUNT_BLOBS)
+    notebook = _compare_notebook(tmp_path / "harness_lab.ipynb", n_widgets=2)
     run_notebook(page, lab_server, notebook)
-    root = _assert_hello_renders(page)
-    count = root.locator(".sw-count")
+    root = _assert_renders(page, n_widgets=2)
+    # Both widgets refer to the same SharedBundle model.
+    same = kernel_execute(page, "print(w.get_state()['_bundle'] == w2.get_state()['_bundle'])")
+    assert same.strip() == "True"
 
-    # JS -> Python: clicks update the front end and reach the kernel.
-    button = root.get_by_role("button", name="Increment")
-    button.click()
-    button.click()
-    assert count.inner_text() == "2"
-    # The comm message may still be in flight: poll the kernel briefly.
+    # JS -> Python: choosing a metric reaches the kernel.
+    root.locator(".sw-compare-metric").select_option("steerability")
     for _ in range(50):
-        if kernel_execute(page, "print(w.count)").strip() == "2":
+        if kernel_execute(page, "print(w.metric)").strip() == "steerability":
             break
         page.wait_for_timeout(100)
-    assert kernel_execute(page, "print(w.count)").strip() == "2"
+    assert kernel_execute(page, "print(w.metric)").strip() == "steerability"
 
     # Python -> JS: trait changes in the kernel update the view (still as plain text).
-    kernel_execute(page, "w.text = '<b>bold?</b> from python'; w.count = 41")
-    page.wait_for_function("() => document.querySelector('.sw-hello .sw-count').textContent === '41'")
-    assert root.locator(".sw-text").inner_text() == "<b>bold?</b> from python"
-    assert root.locator(".sw-text b").count() == 0
-    save_screenshot(page, "hello-lab-light")
+    kernel_execute(page, "w.status = '<b>bold?</b> from python'")
+    page.wait_for_function(
+        f"() => document.querySelector('{STATUS_SEL}').textContent === '<b>bold?</b> from python'"
+    )
+    assert root.locator(".sw-compare-status b").count() == 0
+    save_screenshot(page, "harness-lab-light")
 
     # Light theme: dark text and dark axis labels.
-    assert 0 <= page.evaluate(f"() => {luminance_js(TEXT_SEL, 'color')}") < 128
+    assert 0 <= page.evaluate(f"() => {luminance_js(METHOD_CELLS, 'color')}") < 128
     assert 0 <= page.evaluate(f"() => {luminance_js(AXIS_LABEL_SEL, 'fill')}") < 128
 
     # Dark theme: the CSS variables flip the widget, and the chart is re-rendered with them.
@@ -120,14 +138,11 @@ def test_hello_widget_in_jupyterlab(
         "() => document.body.dataset.jpThemeName === 'JupyterLab Dark'"
         " && document.body.dataset.jpThemeLight === 'false'"
     )
-    page.wait_for_function(f"() => {luminance_js(TEXT_SEL, 'color')} > 128")
-    # Axis labels are redrawn with the dark theme's (light) font colour.
+    page.wait_for_function(f"() => {luminance_js(METHOD_CELLS, 'color')} > 128")
     page.wait_for_function(f"() => {luminance_js(AXIS_LABEL_SEL, 'fill')} > 128")
-    assert root.locator(".sw-chart svg .mark-rect path").count() == 2
     assert root.locator(".sw-chart-inner").count() == 1
-    # JupyterLab shows a splash screen while it switches themes.
     page.locator("#jupyterlab-splash").wait_for(state="detached")
-    save_screenshot(page, "hello-lab-dark")
+    save_screenshot(page, "harness-lab-dark")
 
     assert page.evaluate("() => window.__pwned") is None
     assert page_log.external_requests == [], page_log.external_requests
@@ -144,13 +159,14 @@ def test_hello_widget_in_jupyterlab(
     page.locator("#jupyterlab-splash").wait_for(state="detached")
 
 
-def test_hello_widget_in_notebook7(tmp_path, page, page_log, lab_server, run_notebook_nb7, save_screenshot):
-    notebook = _hello_notebook(tmp_path / "hello_nb7.ipynb")
+def test_compare_widget_in_notebook7(tmp_path, page, page_log, lab_server, run_notebook_nb7, save_screenshot):
+    page.add_init_script(COUNT_BLOBS)
+    notebook = _compare_notebook(tmp_path / "harness_nb7.ipynb")
     run_notebook_nb7(page, lab_server, notebook)
-    root = _assert_hello_renders(page)
-    root.get_by_role("button", name="Increment").click()
-    assert root.locator(".sw-count").inner_text() == "1"
-    save_screenshot(page, "hello-notebook7")
+    root = _assert_renders(page, n_widgets=1)
+    root.locator(".sw-compare-table th[data-key=steerability]").click()
+    assert root.locator(".sw-compare-table tbody td[data-key=method]").first.text_content() == XSS_TEXT
+    save_screenshot(page, "harness-notebook7")
     assert page_log.external_requests == [], page_log.external_requests
     unexpected = [e for e in page_log.page_errors if not any(re.search(k, e) for k in NB7_UPSTREAM_ERRORS)]
     assert unexpected == [], unexpected

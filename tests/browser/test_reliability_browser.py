@@ -21,6 +21,15 @@ REPO = Path(__file__).resolve().parents[2]
 XSS = '<img src=x onerror="window.__pwned=1">'
 REPORT = ".sw-reliability"
 SWEEP = ".sw-layersweep"
+# Sizes of the blobs the page makes (anywidget imports every `_esm` from one, the loader the bundle).
+COUNT_BLOBS = """(() => {
+  const orig = URL.createObjectURL.bind(URL);
+  window.__swBlobSizes = [];
+  URL.createObjectURL = (obj) => {
+    if (obj instanceof Blob) window.__swBlobSizes.push(obj.size);
+    return orig(obj);
+  };
+})();"""
 
 SETUP = f"""
 import steerwidgets as sw
@@ -42,7 +51,7 @@ sweep
 
 @pytest.fixture(autouse=True)
 def _built():
-    for name in ("reliability.js", "layersweep.js", "playground.js"):
+    for name in ("widgets.js", "reliability.js", "layersweep.js", "playground.js"):
         if not (REPO / "steerwidgets" / "static" / name).is_file():
             reason = f"steerwidgets/static/{name} is not built; run `bash scripts/build_js.sh`"
             if os.environ.get("CI"):
@@ -81,6 +90,7 @@ def _kernel_value(kernel_execute: Any, page: Any, expr: str, want: str, tries: i
 def test_anti_steerable_item_opens_in_the_playground(
     tmp_path, page, page_log, lab_server, run_notebook, kernel_execute, save_screenshot
 ):
+    page.add_init_script(COUNT_BLOBS)
     run_notebook(page, lab_server, _notebook(tmp_path / "reliability_lab.ipynb"), timeout_s=300)
     report = page.locator(REPORT)
     sweep = page.locator(SWEEP)
@@ -121,10 +131,18 @@ def test_anti_steerable_item_opens_in_the_playground(
     assert _kernel_value(kernel_execute, page, "report.opened_playground.layer", "9") == "9"
     page.wait_for_function(
         f"() => document.querySelector('{REPORT} .sw-playground')?.dataset.status === 'done'",
-        timeout=120_000,
+        timeout=240_000,
     )
     assert "Opened item" in report.locator(".sw-rl-message").inner_text()
     save_screenshot(page, "reliability-report-playground")
+
+    # Real keyboard input: a strength typed into the number box and committed with Enter reaches the
+    # kernel (inside JupyterLab, Enter in a number input fires no `change`).
+    box = report.locator(".sw-rl-open-strength")
+    box.click()
+    box.fill("2.5")
+    page.keyboard.press("Enter")
+    assert _kernel_value(kernel_execute, page, "report.open_strength", "2.5") == "2.5"
 
     # LayerSweep: clicking a heatmap cell sends {layer, strength} from the vega click listener.
     sweep.scroll_into_view_if_needed()
@@ -142,6 +160,12 @@ def test_anti_steerable_item_opens_in_the_playground(
     strength = kernel_execute(page, "print(sweep.opened_playground.strength)").strip()
     assert layer in ("6", "9") and float(strength) in (-1.0, 0.0, 1.0)
     save_screenshot(page, "layer-sweep-playground")
+
+    # Report, sweep and two opened Playgrounds: the shared bundle was imported once, every `_esm` is a
+    # small loader (see steerwidgets/widgets/_frontend.py).
+    sizes = page.evaluate("() => window.__swBlobSizes")
+    assert len([s for s in sizes if s >= 100_000]) == 1, sizes
+    assert len([s for s in sizes if s < 100_000]) >= 4, sizes
 
     assert page.evaluate("() => window.__pwned") is None
     assert page_log.external_requests == [], page_log.external_requests

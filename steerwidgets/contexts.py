@@ -1,0 +1,291 @@
+"""Realistic contexts: the same A/B and open-ended items asked at the end of a conversation.
+
+Steering is usually measured on a bare question, but it is used inside conversations and agent loops. This
+module holds built-in multi-turn dialogues (2–4 earlier messages, the item is the last user turn) and
+tool-use contexts (a JSON function-call format described in the first user turn, a prior tool call and its
+result, then the item), and embeds items into them.
+
+The engine builds a prompt from *one* user turn (``model.chat_prompt(question)``). Until it accepts a list
+of messages, :func:`embed_ab` and :func:`embed_open_ended` produce ordinary :class:`ABItem` /
+:class:`OpenEndedItem` whose text is *spliced*: the conversation rendered by the chat template, minus the
+template's own prefix and suffix for a single user turn, so that ``model.chat_prompt(item.question)`` is
+exactly :func:`context_prompt` of the whole conversation. That identity is checked for every item (and the
+embedding refuses templates where it cannot hold, e.g. a context with its own system message on a
+template that adds a default one). One cost: the engine's ``user_start`` (used by ``positions="front"``)
+then points at the first turn of the conversation, not at the item.
+
+The tool result is sent as a user message starting with ``TOOL RESULT`` rather than as a ``tool`` role,
+because many chat templates (Gemma, Llama 2) reject roles other than user/assistant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .capabilities import paired_difference_ci
+from .data import ABItem, DatasetError, OpenEndedItem, _dataset_dir
+from .engine import DEFAULT_STRENGTHS, propensity_sweep
+from .evaluation import open_ended_loglik
+from .interventions import Steering, SteeringError, as_list
+from .vectors import SteeringVector
+
+CONTEXT_KINDS = ("dialogue", "tool_use")
+_FILES = {"dialogue": "context_dialogues.json", "tool_use": "context_tool_use.json"}
+_ROLES = ("system", "user", "assistant", "tool")
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Context:
+    """Earlier messages of a conversation; an item is asked as the next user turn."""
+
+    name: str
+    kind: str
+    messages: tuple[tuple[str, str], ...]  # (role, content), hashable and frozen
+
+    def __post_init__(self) -> None:
+        if self.kind not in CONTEXT_KINDS:
+            raise DatasetError(f"Context {self.name!r}: kind {self.kind!r}; use one of {CONTEXT_KINDS}")
+        for role, content in self.messages:
+            if role not in _ROLES or not isinstance(content, str) or not content.strip():
+                raise DatasetError(f"Context {self.name!r}: bad message ({role!r}, {content!r})")
+        if self.messages and self.messages[-1][0] == "user":
+            raise DatasetError(f"Context {self.name!r}: ends with a user turn; the item must be the next one")
+
+    def conversation(self, user_text: str) -> list[Message]:
+        """The context's messages followed by ``user_text`` as the last user turn."""
+        return [{"role": r, "content": c} for r, c in self.messages] + [
+            {"role": "user", "content": user_text}
+        ]
+
+    @property
+    def n_turns(self) -> int:
+        return len(self.messages)
+
+
+def builtin_contexts(kind: str | None = None) -> list[Context]:
+    """Built-in contexts (``kind`` ``"dialogue"``, ``"tool_use"`` or None for both)."""
+    kinds = CONTEXT_KINDS if kind is None else (kind,)
+    out = []
+    for k in kinds:
+        if k not in CONTEXT_KINDS:
+            raise DatasetError(f"no built-in context kind {k!r}; use one of {CONTEXT_KINDS}")
+        rows = json.loads((_dataset_dir() / _FILES[k]).read_text(encoding="utf-8"))
+        for row in rows:
+            messages = tuple((m["role"], m["content"]) for m in row["messages"])
+            out.append(Context(row["name"], k, messages))
+    return out
+
+
+def context_prompt(model: Any, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+    """The text the model sees for a whole conversation (chat template, generation prompt added)."""
+    if not model.has_chat_template:
+        raise SteeringError(f"{model.name} has no chat template; multi-turn contexts need one")
+    if not messages or messages[-1].get("role") != "user":
+        raise SteeringError("a conversation to prompt must end with a user message")
+    return model.tokenizer.apply_chat_template(
+        [dict(m) for m in messages], add_generation_prompt=add_generation_prompt, tokenize=False
+    )
+
+
+_SENTINEL = "\x00STEERWIDGETS_ITEM\x00"
+
+
+def spliced_user_text(model: Any, messages: Sequence[Message]) -> str:
+    """A single user-turn text t with ``model.chat_prompt(t) == context_prompt(model, messages)``.
+
+    Lets the current engine (one user turn per prompt) score items inside a conversation; raises
+    SteeringError where the template makes that impossible.
+    """
+    full = context_prompt(model, messages)
+    pre, _, post = model.chat_prompt(_SENTINEL).partition(_SENTINEL)
+    if not (full.startswith(pre) and full.endswith(post) and len(full) >= len(pre) + len(post)):
+        raise SteeringError(
+            f"{model.name}'s chat template renders this conversation with a different start or end than a "
+            "single user turn (a system message?), so it cannot be passed as one question; this needs the "
+            "engine to accept a list of messages"
+        )
+    text = full[len(pre) : len(full) - len(post)]
+    if model.chat_prompt(text) != full:  # pragma: no cover - guarded by the checks above
+        raise SteeringError("splicing the conversation into one user turn did not reproduce it")
+    return text
+
+
+def embed_ab(model: Any, items: Sequence[ABItem], context: Context) -> list[ABItem]:
+    """The same A/B items asked as the last user turn of ``context`` (engine-ready, see module doc)."""
+    return [replace(it, question=spliced_user_text(model, context.conversation(it.question))) for it in items]
+
+
+def embed_open_ended(model: Any, items: Sequence[OpenEndedItem], context: Context) -> list[OpenEndedItem]:
+    """The same open-ended items asked as the last user turn of ``context`` (continuations unchanged)."""
+    return [replace(it, query=spliced_user_text(model, context.conversation(it.query))) for it in items]
+
+
+def embed_all(
+    model: Any, items: Sequence[ABItem] | Sequence[OpenEndedItem], contexts: Sequence[Context] | None = None
+) -> dict[str, list]:
+    """Every item in every context, cycling contexts over items so each item appears once per kind.
+
+    Returns ``{"bare": items, "dialogue": [...], "tool_use": [...]}``: item i of each list is the same
+    question, so effects can be compared item by item.
+    """
+    contexts = builtin_contexts() if contexts is None else list(contexts)
+    items = list(items)
+    if not items:
+        raise SteeringError("no items to embed")
+    out: dict[str, list] = {"bare": items}
+    for kind in CONTEXT_KINDS:
+        pool = [c for c in contexts if c.kind == kind]
+        if not pool:
+            continue
+        embedded = []
+        for i, item in enumerate(items):
+            ctx = pool[i % len(pool)]
+            if isinstance(item, ABItem):
+                embedded += embed_ab(model, [item], ctx)
+            elif isinstance(item, OpenEndedItem):
+                embedded += embed_open_ended(model, [item], ctx)
+            else:
+                raise TypeError(f"expected ABItem or OpenEndedItem, got {type(item).__name__}")
+        out[kind] = embedded
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The effect in context relative to the bare format
+# ----------------------------------------------------------------------------------------------
+MIN_BARE_EFFECT = 0.25  # below this bare effect a ratio is not reported (as relative steerability)
+
+
+def context_verdict(difference_ci: tuple[float, float]) -> str:
+    """Weaker / stronger in context only when the paired 95 % interval excludes 0."""
+    if difference_ci[1] < 0:
+        return "weaker in context"
+    if difference_ci[0] > 0:
+        return "stronger in context"
+    return "no detectable change"
+
+
+@dataclass(frozen=True)
+class ContextEffect:
+    """A per-item steering effect on the bare items and on the same items in each context kind.
+
+    ``effect[kind]`` holds one number per item (A/B: the propensity slope over strengths; open-ended: the
+    per-token-mean likelihood shift Δ+ + Δ− of that item); ``difference_ci[kind]`` is the paired bootstrap
+    95 % interval of mean(effect in context − effect bare).
+    """
+
+    measure: str
+    effect: dict[str, tuple[float, ...]]
+    difference_ci: dict[str, tuple[float, float]]
+    settings: dict[str, Any]
+
+    def mean(self, kind: str) -> float:
+        return float(np.mean(self.effect[kind]))
+
+    def ratio(self, kind: str) -> float | None:
+        bare = self.mean("bare")
+        return None if bare < MIN_BARE_EFFECT else self.mean(kind) / bare
+
+    @property
+    def kinds(self) -> list[str]:
+        return [k for k in self.effect if k != "bare"]
+
+    def verdicts(self) -> dict[str, str]:
+        return {k: context_verdict(self.difference_ci[k]) for k in self.kinds}
+
+    @property
+    def verdict(self) -> str:
+        parts = [f"{k.replace('_', '-')}: {v}" for k, v in self.verdicts().items()]
+        caveat = (
+            f" (the bare effect {self.mean('bare'):.3g} is below {MIN_BARE_EFFECT}: too small to compare)"
+            if abs(self.mean("bare")) < MIN_BARE_EFFECT
+            else ""
+        )
+        return f"Steering effect in realistic contexts vs the bare format — {'; '.join(parts)}{caveat}."
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "measure": self.measure,
+            "n_items": len(self.effect["bare"]),
+            **self.settings,
+            "bare": self.mean("bare"),
+            "contexts": {
+                k: {
+                    "effect": self.mean(k),
+                    "ratio_to_bare": self.ratio(k),
+                    "difference": self.mean(k) - self.mean("bare"),
+                    "difference_ci": list(self.difference_ci[k]),
+                    "verdict": context_verdict(self.difference_ci[k]),
+                }
+                for k in self.kinds
+            },
+            "ratio_rule": f"ratio reported only where the bare effect ≥ {MIN_BARE_EFFECT}",
+            "verdict": self.verdict,
+        }
+
+
+def _effect(
+    measure: str, per_kind: dict[str, np.ndarray], settings: dict[str, Any], seed: int
+) -> ContextEffect:
+    bare = per_kind["bare"]
+    cis = {}
+    for kind, values in per_kind.items():
+        if kind != "bare":
+            _, low, high = paired_difference_ci(bare, values, seed=seed)
+            cis[kind] = (low, high)
+    effect = {k: tuple(float(x) for x in v) for k, v in per_kind.items()}
+    return ContextEffect(measure, effect, cis, settings)
+
+
+def context_effect_ab(
+    model: Any,
+    items: Sequence[ABItem],
+    vector: SteeringVector,
+    layer: int,
+    strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    *,
+    positions: Any = "last",
+    relative: bool = False,
+    contexts: Sequence[Context] | None = None,
+    seed: int = 0,
+) -> ContextEffect:
+    """Per-item steerability (Tan et al.'s slope) bare vs in each context kind, paired by item."""
+    embedded = embed_all(model, items, contexts)
+    slopes = {
+        kind: propensity_sweep(  # the paired bare-vs-context comparison is this check's own null
+            model, its, vector, [layer], strengths, positions=positions, relative=relative, null_directions=0
+        ).slopes(layer)
+        for kind, its in embedded.items()
+    }
+    settings = {"layer": layer, "positions": positions, "strengths": [float(x) for x in strengths]}
+    return _effect("steerability (propensity slope per unit strength)", slopes, settings, seed)
+
+
+def context_effect_open_ended(
+    model: Any,
+    items: Sequence[OpenEndedItem],
+    steering: Steering | Sequence[Steering],
+    *,
+    contexts: Sequence[Context] | None = None,
+    seed: int = 0,
+) -> ContextEffect:
+    """Per-item likelihood shift (per-token mean, Δ+ + Δ−) bare vs in each context kind, paired by item."""
+    steerings = as_list(steering)
+    if not steerings:
+        raise SteeringError("give a steering to measure")
+    embedded = embed_all(model, items, contexts)
+    shifts = {}
+    for kind, its in embedded.items():
+        base = open_ended_loglik(model, its)
+        steered = open_ended_loglik(model, its, steerings)
+        shifts[kind] = (steered.mean_pos - base.mean_pos) + (base.mean_neg - steered.mean_neg)
+    settings = {
+        "steering": [f"layer {s.layer}, strength {s.strength}, positions {s.positions}" for s in steerings]
+    }
+    return _effect("likelihood shift Δ+ + Δ− (per-token mean log-prob)", shifts, settings, seed)
