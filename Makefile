@@ -3,9 +3,10 @@
 setup:
 	bash scripts/setup.sh
 
-# The main job: JupyterLab on the quickstart notebook with the default model.
+# The main job: JupyterLab on the quickstart notebook with the default model (as root too; no news or
+# update checks). Extra JupyterLab arguments: make lab LAB_ARGS="--no-browser --ServerApp.port=8899"
 lab: setup
-	.venv/bin/jupyter lab example_notebooks/quickstart.ipynb
+	bash scripts/lab.sh $(LAB_ARGS)
 
 # The whole test suite (unit, real-model integration and real-browser tests).
 test:

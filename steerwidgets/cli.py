@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from .data import DatasetError, load_ab_items
 from .engine import DEFAULT_STRENGTHS
+from .models import ModelLoadError
 from .verdicts import NULL_DIRECTIONS
 
 EXIT_BAD_INPUT = 2
@@ -82,6 +84,32 @@ def _load_items(path: str, flag: str) -> list:
         return load_ab_items(path)
     except DatasetError as exc:
         raise CliError(f"{flag}: {exc}") from exc
+
+
+def check_output(path: str | None, flag: str) -> None:
+    """Fail before the run, not after it, when an output file cannot be written."""
+    if not path:
+        return
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise CliError(f"{flag} {path} is a folder; give a file name, e.g. {flag} results.json")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise CliError(f"{flag} {path}: the folder {parent} does not exist; create it or pick another path")
+    if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise CliError(f"{flag} {path}: cannot write there (permission denied); pick a writable path")
+
+
+def check_item_lengths(model: Any, items: list, path: str, flag: str) -> None:
+    """Name the file and item whose prompt does not fit the model, before any model work."""
+    from .engine import ab_prompt
+    from .interventions import SteeringError
+
+    for index, item in enumerate(items):
+        try:
+            ab_prompt(model, item)
+        except SteeringError as exc:
+            raise CliError(f"{flag} {path}: item {index}: {exc}") from exc
 
 
 def _load(model_name: str) -> Any:
@@ -155,9 +183,13 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     strengths = parse_strengths(args.strengths)
     positions = _positions(args.positions)
+    check_output(args.json_out, "--json")
+    check_output(getattr(args, "html", None), "--html")
     k = _null_count(args.null_directions)
     train, test = _load_items(args.train, "--train"), _load_items(args.test, "--test")
     model = _load(args.model)
+    check_item_lengths(model, train, args.train, "--train")
+    check_item_lengths(model, test, args.test, "--test")
     if not 0 <= args.layer < model.n_layers:
         raise CliError(f"--layer {args.layer} out of range: use 0..{model.n_layers - 1}")
     vector = methods.caa(model, train, [args.layer], swap_options=False if args.no_swap else None)
@@ -274,8 +306,12 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
 
     strengths = parse_strengths(args.strengths)
     positions = _positions(args.positions)
+    check_output(args.json_out, "--json")
+    check_output(getattr(args, "html", None), "--html")
     train, test = _load_items(args.train, "--train"), _load_items(args.test, "--test")
     model = _load(args.model)
+    check_item_lengths(model, train, args.train, "--train")
+    check_item_lengths(model, test, args.test, "--test")
     k = _null_count(args.null_directions)
     layers = parse_layers(args.layers, model.n_layers)
     vector = methods.caa(model, train, layers, swap_options=False if args.no_swap else None)
@@ -370,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"steerwidgets: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (ValueError, FileNotFoundError) as exc:  # engine errors name their fix
+    except (ValueError, FileNotFoundError, ModelLoadError) as exc:  # engine errors name their fix
         print(f"steerwidgets: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _print_summary(result)

@@ -28,7 +28,9 @@ from .interventions import (
     apply_operator,
     as_list,
     check_position_spec,
+    check_selects,
     position_mask,
+    require_model,
 )
 from .vectors import SteeringVector
 
@@ -103,6 +105,38 @@ def check_length(model: Any, n_tokens: int, extra: int = 0) -> None:
             f"the prompt has {n_tokens} tokens (+{extra} to generate) but {model.name} reads at most "
             f"{limit}; shorten the prompt or lower max_new_tokens"
         )
+
+
+def as_texts(value: Any, what: str) -> list[str]:
+    """A str or a non-empty sequence of str as a list; anything else raises naming the expected type."""
+    if isinstance(value, str):
+        return [value]
+    if value is None or isinstance(value, bytes) or not isinstance(value, Sequence):
+        raise TypeError(f"{what} must be a str or a list of str, got {type(value).__name__}")
+    values = list(value)
+    if not values:
+        raise SteeringError(f"no {what} given; pass a str or a non-empty list of str")
+    bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
+    if bad:
+        raise TypeError(
+            f"{what}[{bad[0]}] must be a str, got {type(values[bad[0]]).__name__}; pass a list of str"
+        )
+    return values
+
+
+def check_sampling(seed: Any, do_sample: Any, temperature: Any, top_p: Any) -> None:
+    """Validate generation settings before any work (transformers would fail deep inside generate)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise TypeError(f"seed must be a non-negative int, got {seed!r}; e.g. seed=0")
+    if not isinstance(do_sample, (bool, np.bool_)):
+        raise TypeError(f"do_sample must be True or False, got {do_sample!r}")
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SteeringError(f"{name} must be a finite number, got {value!r}")
+    if not 0 < top_p <= 1:
+        raise SteeringError(f"top_p must be in (0, 1], got {top_p}; use 1.0 to keep the whole distribution")
+    if do_sample and temperature <= 0:
+        raise SteeringError(f"temperature must be > 0 when sampling, got {temperature}; e.g. 0.7 or 1.0")
 
 
 def encode(model: Any, prompts: Sequence[str], chat: bool | None = None) -> Encoded:
@@ -181,6 +215,7 @@ def _plans(
             if front is not None:
                 at = row.offset + row.user_start
                 front[r, at : at + front_len] = vec
+        check_selects(spec, masks)
         plans.append(_Plan(item, vec, masks, front))
     return plans
 
@@ -394,11 +429,11 @@ def generate(
     ``ids`` has one id per prompt) and may raise to stop; setting ``cancel`` stops at the next token.
     Token log-probabilities are under the model's own distribution (temperature 1, no top-p).
     """
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    require_model(model, "generate")
+    prompts = as_texts(prompt, "prompt")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise SteeringError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if do_sample and not (temperature > 0 and math.isfinite(temperature)):
-        raise SteeringError(f"temperature must be > 0 when sampling, got {temperature}")
+    check_sampling(seed, do_sample, temperature, top_p)
     steerings = active_steerings(model) + as_list(steering)
     enc = encode(model, prompts, chat)
     check_length(model, enc.width, max_new_tokens)
@@ -438,8 +473,9 @@ def score(
     ``steering`` applies to every pair; ``row_steerings`` (one entry per pair, ``None`` for none) adds
     steerings to single pairs, so many strengths or vectors are scored in one batched pass.
     """
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    completions = [completions] if isinstance(completions, str) else list(completions)
+    require_model(model, "score")
+    prompts = as_texts(prompts, "prompts")
+    completions = as_texts(completions, "completions")
     if len(prompts) != len(completions):
         raise SteeringError(
             f"got {len(prompts)} prompts but {len(completions)} completions; pass one of each per pair"
@@ -505,9 +541,11 @@ def next_token_logprobs(
 
     Rows are left-padded with explicit position ids, so every row sees its own positions 0..n−1.
     """
-    steerings = list(steerings)
+    require_model(model, "next_token_logprobs")
+    steerings = as_list(steerings)
     for item in steerings:
         item.validate(model)
+    _check_sequences(sequences)
     pad = model.tokenizer.pad_token_id
     pad = 0 if pad is None else pad
     out = []
@@ -715,6 +753,15 @@ def _check_strengths(strengths: Sequence[float]) -> np.ndarray:
     return values
 
 
+def _check_sequences(sequences: Any) -> None:
+    """Token-id sequences: a non-empty list of non-empty lists of ints."""
+    if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Sequence) or not sequences:
+        raise SteeringError("give a non-empty list of token-id lists, e.g. [tokenizer('Hi')['input_ids']]")
+    for i, seq in enumerate(sequences):
+        if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence) or len(seq) == 0:
+            raise SteeringError(f"sequence {i} must be a non-empty list of token ids, got {seq!r:.60}")
+
+
 def _cache_from(prefix: list, rows: int, split: int) -> Any:
     """A fresh DynamicCache from saved (keys, values): batch 1 up to layer ``split``, ``rows`` after."""
     from transformers import DynamicCache
@@ -803,6 +850,28 @@ def propensity_sweep(
     blocks below the steered layer run once; the strengths (and sampled directions) share one batched pass;
     logits are computed only where they are scored.
     """
+    require_model(model, "propensity_sweep")
+    if not isinstance(vector, SteeringVector):
+        raise TypeError(
+            f"propensity_sweep needs a SteeringVector, got {type(vector).__name__}; build one with "
+            "sw.caa(model, items, layers) or wrap a tensor: sw.SteeringVector({layer: tensor})"
+        )
+    if isinstance(strengths, (str, bytes)) or not isinstance(strengths, (Sequence, np.ndarray)):
+        raise TypeError(
+            f"strengths must be a list of numbers (at least two), got {strengths!r}; e.g. [-1, 0, 1]"
+        )
+    if isinstance(items, (str, bytes, ABItem)) or not isinstance(items, Sequence):
+        raise TypeError(
+            f"items must be a list of ABItem, got {type(items).__name__}; e.g. sw.builtin_ab('sentiment')"
+        )
+    bad = [i for i, item in enumerate(items) if not isinstance(item, ABItem)]
+    if bad:
+        raise TypeError(
+            f"items[{bad[0]}] is a {type(items[bad[0]]).__name__}, not an ABItem; load files with "
+            "sw.load_ab_items(path)"
+        )
+    if isinstance(layers, bool) or not isinstance(layers, (int, Sequence)):
+        raise TypeError(f"layers must be an int or a list of ints, got {layers!r}")
     if protocol not in PROTOCOLS:
         raise SteeringError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
     if null_method not in NULL_METHODS:
@@ -1228,6 +1297,7 @@ def read_activations(
 ) -> dict[int, torch.Tensor]:
     """Block outputs at ``layers`` for token-id sequences: ``position=-1`` (last token) gives
     ``[n, d_model]``; ``position="all"`` gives a list-like ``[n, max_len, d_model]`` right-padded with 0."""
+    require_model(model, "read_activations")
     for layer in layers:
         model.check_layer(layer)
     if not sequences:

@@ -43,7 +43,7 @@ from .engine import (
     score,
     tokenize_prompt,
 )
-from .interventions import AffineMap, Steering, SteeringError
+from .interventions import AffineMap, Steering, SteeringError, require_model
 from .reliability import NEUTRAL_PROMPTS
 from .vectors import SteeringVector, random_like
 
@@ -964,6 +964,7 @@ def compare(
         from .models import load_model
 
         model = load_model()
+    require_model(model, "compare")
     model.check_layer(layer)
     lam = _check_strengths(strengths)
     open_at = float(lam.max()) if open_strength is None else float(open_strength)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +137,12 @@ def check_position_spec(spec: PositionSpec) -> None:
     """Raise ``SteeringError`` for a spec that can never be resolved (typos, wrong types)."""
     if isinstance(spec, str):
         text = spec.strip()
-        if text in PRESETS or _SLICE_RE.match(text):
+        if text in PRESETS:
+            return
+        match = _SLICE_RE.match(text)
+        if match:
+            start, stop = (int(g) if g is not None else None for g in match.groups())
+            _check_slice_selects(start, stop, spec)
             return
         try:
             [int(part) for part in text.split(",")]
@@ -149,13 +155,43 @@ def check_position_spec(spec: PositionSpec) -> None:
         )
     if isinstance(spec, bool):
         raise SteeringError(f"positions must not be a bool, got {spec!r}")
-    if isinstance(spec, (int, slice)):
+    if isinstance(spec, slice):
+        for part in (spec.start, spec.stop, spec.step):
+            if part is not None and (isinstance(part, bool) or not isinstance(part, int)):
+                raise SteeringError(f"position slices take ints, got {spec!r}; e.g. slice(-3, None)")
+        if spec.step not in (None, 1):
+            raise SteeringError(f"position slices must have step 1, got {spec!r}")
+        _check_slice_selects(spec.start, spec.stop, spec)
+        return
+    if isinstance(spec, int):
         return
     if isinstance(spec, Sequence) and all(isinstance(i, int) and not isinstance(i, bool) for i in spec):
         if len(spec) == 0:
             raise SteeringError("an empty list of positions steers nothing; pass at least one index")
         return
     raise SteeringError(f"cannot read positions={spec!r}; use a preset, an int, a list or a slice")
+
+
+def _check_slice_selects(start: int | None, stop: int | None, spec: Any) -> None:
+    """Raise for a slice that selects no position whatever the prompt length (e.g. ``5:2`` or ``:0``)."""
+    if stop == 0 or (
+        start is not None and stop is not None and (start >= 0) == (stop >= 0) and stop <= start
+    ):
+        raise SteeringError(
+            f"positions={spec!r} selects no token, so nothing would be steered; a slice start:stop needs "
+            "stop > start (e.g. '2:5', or '-3:' for the last three prompt tokens)"
+        )
+
+
+def check_selects(spec: PositionSpec, mask: torch.Tensor) -> None:
+    """Raise when an explicit index/slice spec selects nothing in this batch (presets are left alone)."""
+    if isinstance(spec, str) and spec.strip() in PRESETS:
+        return
+    if not bool(mask.any()):
+        raise SteeringError(
+            f"positions={spec!r} selects no token of this sequence, so nothing would be steered; "
+            "pick indices inside the prompt (0..n-1, or -n..-1 from its end) or use 'all'"
+        )
 
 
 def position_mask(
@@ -274,6 +310,11 @@ def as_list(steering: Steering | Sequence[Steering] | None) -> list[Steering]:
         return []
     if isinstance(steering, Steering):
         return [steering]
+    if not isinstance(steering, (list, tuple)):
+        raise SteeringError(
+            f"expected Steering objects, got {type(steering).__name__}; wrap a vector as "
+            "sw.Steering(vector, layer, strength)"
+        )
     items = list(steering)
     for item in items:
         if not isinstance(item, Steering):
@@ -281,28 +322,51 @@ def as_list(steering: Steering | Sequence[Steering] | None) -> list[Steering]:
     return items
 
 
-_ACTIVE: dict[int, list[Steering]] = {}
+# The steerings of enclosing ``steered(...)`` blocks, as (model, steering) pairs, outermost first. A
+# ContextVar, so a block steers only the thread (or asyncio task) that entered it: a global registry keyed by
+# model would also steer other threads' calls on the same model.
+_ACTIVE: ContextVar[tuple[tuple[Any, Steering], ...]] = ContextVar("steerwidgets_active", default=())
 
 
 @contextmanager
-def steered(model: Any, *steerings: Steering):
+def steered(model: Any, *steerings: Steering) -> Iterator[Any]:
     """Apply ``steerings`` to every engine call on ``model`` inside the ``with`` block.
 
     Nothing is written into the model: the engine adds these to each nnsight trace it runs, so leaving the
-    block — normally, by an exception or by a cancel — leaves the unsteered model, bit for bit.
+    block — normally, by an exception or by a cancel — leaves the unsteered model, bit for bit. Only calls
+    from the same thread or asyncio task are steered (other threads using the model are not).
     """
-    for item in steerings:
+    require_model(model, "steered")
+    for item in as_list(steerings):
         item.validate(model)
-    stack = _ACTIVE.setdefault(id(model), [])
-    stack.extend(steerings)
+    token = _ACTIVE.set(_ACTIVE.get() + tuple((model, item) for item in steerings))
     try:
         yield model
     finally:
-        del stack[len(stack) - len(steerings) :]
-        if not stack:
-            _ACTIVE.pop(id(model), None)
+        _ACTIVE.reset(token)
 
 
 def active_steerings(model: Any) -> list[Steering]:
-    """Steerings of enclosing ``steered(...)`` blocks for this model, outermost first."""
-    return list(_ACTIVE.get(id(model), []))
+    """Steerings of enclosing ``steered(...)`` blocks for this model in this thread/task, outermost first."""
+    return [item for owner, item in _ACTIVE.get() if owner is model]
+
+
+_MODEL_ATTRS = ("nn", "tokenizer", "n_layers", "d_model", "block", "check_layer")
+
+
+def require_model(model: Any, where: str) -> None:
+    """Raise ``TypeError`` naming the fix unless ``model`` is a loaded ``SteerableModel`` (or quacks like it).
+
+    Without this a raw transformers model or a model name fails deep inside the engine with an AttributeError.
+    """
+    if all(hasattr(model, attr) for attr in _MODEL_ATTRS):
+        return
+    if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        fix = f"load it first: model = sw.load_model({'' if model is None else repr(str(model))})"
+    elif isinstance(model, torch.nn.Module):
+        fix = "wrap it first: model = sw.load_model(hf_model, tokenizer=tokenizer)"
+    else:
+        fix = "pass the model returned by sw.load_model()"
+    raise TypeError(
+        f"{where}() needs a steerwidgets model (SteerableModel), got {type(model).__name__}; {fix}"
+    )

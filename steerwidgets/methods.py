@@ -21,11 +21,12 @@ import torch
 
 from .data import ABItem, ContrastPair, fingerprint, swap_options
 from .engine import _adds_bos, _use_chat, ab_prompt, prompt_text, read_activations, tokenize_prompt
-from .interventions import AffineMap, Steering, SteeringError
+from .interventions import AffineMap, Steering, SteeringError, require_model
 from .vectors import SteeringVector
 
 
 def _layer_list(model: Any, layers: int | Sequence[int] | None) -> list[int]:
+    require_model(model, "building a vector")
     if layers is None:
         return list(range(model.n_layers))
     out = [layers] if isinstance(layers, int) else list(layers)
@@ -210,6 +211,9 @@ def actadd(
     alone, at sequence position 0, would give the activations of a different position (the attention
     sink) for row 0.
     """
+    require_model(model, "actadd")
+    if not isinstance(positive_prompt, str) or not isinstance(negative_prompt, str):
+        raise TypeError("ActAdd needs two phrases as str, e.g. actadd(model, 'Love', 'Hate', layer)")
     if not positive_prompt.strip() or not negative_prompt.strip():
         raise SteeringError("ActAdd needs two non-empty phrases, e.g. 'Love' and 'Hate'")
     layer_list = _layer_list(model, layer)

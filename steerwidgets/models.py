@@ -296,6 +296,9 @@ def load_model(
     import nnsight
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+
     if model is None or (isinstance(model, str) and model.lower() in ("default", DEFAULT_MODEL)):
         if remote:
             raise ValueError("remote=True needs a Hugging Face id of a model that NDIF hosts")
@@ -317,17 +320,28 @@ def load_model(
         source = "object"
     elif isinstance(model, (str, Path)):
         name, source = str(model), "hub-or-folder"
-        tok = tokenizer or AutoTokenizer.from_pretrained(str(model))
+        offline_kwargs = _check_hub_or_folder(model)
+        try:
+            tok = tokenizer or AutoTokenizer.from_pretrained(str(model), **offline_kwargs)
+        except Exception as exc:  # transformers/hub raise many types; none names our fix
+            raise ModelLoadError(
+                f"Could not load the tokenizer of {name!r} ({type(exc).__name__}: {_short(exc)}). "
+                f"{_OFFLINE_FIX}"
+            ) from exc
         if remote:
             wrapped = nnsight.TransformersModel(str(model), tokenizer=tok, task="text-generation")
             return _finish(wrapped, tok, name, source, remote, layers_path)
         try:
-            hf = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype, **from_pretrained_kwargs)
-        except OSError as exc:
+            hf = AutoModelForCausalLM.from_pretrained(
+                str(model), dtype=dtype, **{**offline_kwargs, **from_pretrained_kwargs}
+            )
+        except (OSError, ValueError) as exc:
             raise ModelLoadError(
-                f"Could not load {model!r} as a Hugging Face id or local folder ({exc}). Offline, use "
-                "load_model() for the packaged default model or pass a local folder."
+                f"Could not load {name!r} as a Hugging Face id or local folder ({_short(exc)}). "
+                f"{_OFFLINE_FIX}"
             ) from exc
+    elif isinstance(model, SteerableModel):
+        return model  # already loaded: a no-op, so load_model(model) is safe to call twice
     else:
         raise TypeError(
             f"load_model() takes None, a model name, a folder or a transformers model, not "
@@ -336,6 +350,103 @@ def load_model(
     hf.eval()
     wrapped = nnsight.TransformersModel(hf, tokenizer=tok, task="text-generation")
     return _finish(wrapped, tok, name, source, remote, layers_path)
+
+
+_OFFLINE_FIX = (
+    "Offline, the default model (sw.load_model()) and local folders work; a Hugging Face id needs the "
+    "internet once (or the model in the local hub cache)."
+)
+_HUB_TIMEOUT_S = 3.0
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")  # fmt: skip
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _hub_reachable(timeout: float = _HUB_TIMEOUT_S) -> bool:
+    """Whether the hub (or the HTTPS proxy) accepts a TCP connection within ``timeout`` seconds.
+
+    Without this check transformers retries for about a minute before failing offline. The probe runs in a
+    daemon thread, so a resolver that hangs cannot stretch it past ``timeout``.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, name="steerwidgets-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _check_hub_or_folder(model: str | Path) -> dict[str, Any]:
+    """Fail fast, with the fix, for a folder that is not a model or a hub id that cannot be reached.
+
+    Returns extra ``from_pretrained`` kwargs: ``local_files_only=True`` when the hub is unreachable but the
+    id is in the local hub cache (so transformers does not spend a minute retrying).
+    """
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            found = sorted(p.name for p in path.iterdir())[:10]
+            raise ModelLoadError(
+                f"{text!r} is a folder but not a transformers model: it has no config.json (found "
+                f"{found or 'nothing'}). A model folder holds config.json, the weights ({_WEIGHT_FILES[0]} "
+                f"or {_WEIGHT_FILES[2]}) and the tokenizer ({_TOKENIZER_FILES[0]} or "
+                f"{_TOKENIZER_FILES[1]}), as written by model.save_pretrained(folder) and "
+                "tokenizer.save_pretrained(folder)."
+            )
+        if not any((path / name).is_file() for name in _WEIGHT_FILES) and not any(path.glob("*.safetensors")):
+            raise ModelLoadError(
+                f"{text!r} has a config.json but no weights; expected one of {list(_WEIGHT_FILES)}"
+            )
+        return {}
+    if path.exists():
+        raise ModelLoadError(
+            f"{text!r} is a file; pass the folder that holds config.json and the weights (for a .gguf "
+            "file use transformers' from_pretrained(folder, gguf_file=name), then sw.load_model(hf, "
+            "tokenizer=tok))"
+        )
+    looks_like_path = text.startswith(("/", "./", "../", "~")) or text.count("/") > 1 or "\\" in text
+    if looks_like_path:
+        raise ModelLoadError(f"no model folder at {text!r}; check the path. {_OFFLINE_FIX}")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(text, "config.json"), str)
+    except Exception as exc:  # an invalid repo id (spaces, bad characters, ...)
+        raise ModelLoadError(
+            f"{text!r} is neither a local folder nor a valid Hugging Face id such as "
+            f"'HuggingFaceTB/SmolLM2-135M-Instruct' ({_short(exc)}). {_OFFLINE_FIX}"
+        ) from exc
+    if _hub_reachable():
+        return {}
+    if cached:
+        return {"local_files_only": True}
+    raise ModelLoadError(
+        f"{text!r} is not a local folder and the Hugging Face hub cannot be reached (offline, or "
+        f"HF_HUB_OFFLINE is set), and it is not in the local hub cache. {_OFFLINE_FIX}"
+    )
 
 
 def _finish(

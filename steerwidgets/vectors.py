@@ -177,21 +177,24 @@ class SteeringVector:
                 f"{path} is not a safetensors steering-vector file ({exc}). steerwidgets never "
                 "unpickles files; re-save the vector with SteeringVector.save()"
             ) from exc
+        fix = "re-save the vector with SteeringVector.save()"
         directions = {}
         for key, tensor in tensors.items():
-            if not key.startswith("layer."):
-                raise VectorError(f"{path}: unexpected tensor {key!r}; expected 'layer.<int>' keys")
-            directions[int(key.split(".", 1)[1])] = tensor
-        meta = json.loads(meta_raw) if meta_raw else {}
-        vec = cls(
-            directions=directions,
-            model_id=meta.get("model_id", ""),
-            method=meta.get("method", "custom"),
-            read_position=meta.get("read_position", ""),
-            dataset_fingerprint=meta.get("dataset_fingerprint", ""),
-            created=meta.get("created", _now()),
-            meta=meta.get("meta", {}),
-        )
+            index = key[len("layer.") :] if key.startswith("layer.") else ""
+            if not index.isdigit():
+                raise VectorError(
+                    f"{path}: unexpected tensor {key!r}; expected 'layer.<int>' keys (layer >= 0); {fix}"
+                )
+            if not tensor.is_floating_point():
+                raise VectorError(f"{path}: tensor {key!r} has dtype {tensor.dtype}, not a float type; {fix}")
+            directions[int(index)] = tensor
+        if not directions:
+            raise VectorError(f"{path} holds no 'layer.<int>' tensors, so it is not a steering vector; {fix}")
+        meta = _read_meta(path, meta_raw, fix)
+        try:
+            vec = cls(directions=directions, **meta)
+        except VectorError as exc:
+            raise VectorError(f"{path}: {exc}; {fix}") from exc
         if model is not None:
             vec.check_model(model)
         return vec
@@ -203,6 +206,33 @@ class SteeringVector:
             f"SteeringVector(method={self.method!r}, model={self.model_id!r}, d_model={self.d_model}, "
             f"norms={{{norms}{more}}})"
         )
+
+
+_TEXT_FIELDS = ("model_id", "method", "read_position", "dataset_fingerprint", "created")
+
+
+def _read_meta(path: Path, raw: str | None, fix: str) -> dict[str, Any]:
+    """The provenance fields of a vector file, type-checked: the file may be crafted or hand-edited."""
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise VectorError(f"{path}: the '{_META_KEY}' metadata is not valid JSON ({exc}); {fix}") from exc
+    if not isinstance(meta, dict):
+        raise VectorError(f"{path}: the '{_META_KEY}' metadata must be a JSON object; {fix}")
+    out: dict[str, Any] = {}
+    for name in _TEXT_FIELDS:
+        if name in meta:
+            if not isinstance(meta[name], str):
+                got = repr(meta[name])[:60]
+                raise VectorError(f"{path}: metadata field {name!r} must be a string, got {got}; {fix}")
+            out[name] = meta[name]
+    if "meta" in meta:
+        if not isinstance(meta["meta"], dict):
+            raise VectorError(f"{path}: metadata field 'meta' must be a JSON object; {fix}")
+        out["meta"] = meta["meta"]
+    return out
 
 
 def random_like(vector: SteeringVector, seed: int = 0) -> SteeringVector:

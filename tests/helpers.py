@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +47,63 @@ def node_json(script: str) -> Any:
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+LAB_SH = ROOT / "scripts" / "lab.sh"
+
+
+@contextlib.contextmanager
+def running_lab(tmp_path: Path, *extra: str, timeout_s: float = 90.0) -> Iterator[tuple[str, str, Path]]:
+    """Start ``scripts/lab.sh`` (what ``make lab`` runs after set-up) on a free port with a known token
+    and private Jupyter dirs; yield ``(base_url, token, log_path)`` once ``/api/status`` answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(16)
+    env = dict(os.environ)
+    env.pop("JUPYTER_PATH", None)
+    env.update(
+        STEERWIDGETS_PYTHON=sys.executable,
+        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+        JUPYTER_DATA_DIR=str(tmp_path / "data"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
+        IPYTHONDIR=str(tmp_path / "ipython"),
+    )
+    args = ["--no-browser", f"--ServerApp.port={port}", "--ServerApp.port_retries=0"]
+    args += [f"--IdentityProvider.token={token}", *extra]
+    log_path = tmp_path / "lab.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            ["bash", str(LAB_SH), *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while http_get(f"{base}/api/status", token)[0] != 200:
+            assert proc.poll() is None, f"lab.sh exited with {proc.returncode}:\n{log_path.read_text()}"
+            assert time.monotonic() < deadline, f"no answer in {timeout_s}s:\n{log_path.read_text()}"
+            time.sleep(0.25)
+        yield base, token, log_path
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    """``(status, body)`` of a GET; 0 when nothing answers (yet)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return 0, b""

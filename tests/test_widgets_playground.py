@@ -349,8 +349,8 @@ def _result(prop: np.ndarray, null: np.ndarray, questions: list[str], swapped=No
         norm_ratio={5: np.zeros(3)},
         vector_norm={5: 1.0},
         items=items,
-        null_propensity={5: np.stack([-null, null], -1) / 2},  # two-point slopes at ±1 equal ``null``
-        null_strengths=(-1.0, 1.0),
+        null={5: null},
+        null_method="hand-made",
         unsteered=prop[:, 1],
         swapped_propensity=swapped,
     )

@@ -33,6 +33,7 @@ import steerwidgets as sw
 
 from .. import metrics
 from ..fluency import fluency_verdict
+from ..interventions import require_model
 from ..verdicts import warnings_for
 from ._frontend import bundle, css, shared_bundle_trait
 from ._worker import LatestWorker
@@ -221,6 +222,8 @@ class Playground(anywidget.AnyWidget):
         **kwargs: Any,
     ) -> None:
         self.model = sw.load_model() if model is None else model
+        require_model(self.model, "Playground")
+        _check_controls(self.model, prompt, layer, strength, max_new_tokens, seed)
         self._vectors: dict[str, sw.SteeringVector] = {}
         for name, vec in (vectors or {}).items():
             self._add_vector(name, vec)
@@ -317,13 +320,20 @@ class Playground(anywidget.AnyWidget):
         return self._code_for(self._controls())
 
     def close(self) -> None:
-        """Stop the background thread and close the widget."""
-        with self._req_lock:
-            self._closed = True
-            self._request += 1
-            if self._cancel is not None:
-                self._cancel.set()
-        self._worker.close()
+        """Stop the background thread and close the widget.
+
+        Also runs from ``Widget.__del__`` after a constructor raised, before the attributes below exist.
+        """
+        lock = getattr(self, "_req_lock", None)
+        if lock is not None:
+            with lock:
+                self._closed = True
+                self._request += 1
+                if self._cancel is not None:
+                    self._cancel.set()
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            worker.close()
         super().close()
 
     # ------------------------------------------------------------------------------------------
@@ -872,6 +882,22 @@ def ab_warnings(result: Any, layer: int, answer_text: Any = None, limit: int = 1
 # ----------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------
+def _check_controls(
+    model: Any, prompt: Any, layer: Any, strength: Any, max_new_tokens: Any, seed: Any
+) -> None:
+    """Check the constructor's controls before any work, so a typo names itself instead of failing deep
+    inside traitlets or the first background run."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}; e.g. prompt='Tell me a story.'")
+    if layer is not None:
+        model.check_layer(layer)
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+        raise TypeError(f"strength must be a finite number, got {strength!r}; e.g. strength=4.0")
+    for name, value, low in (("max_new_tokens", max_new_tokens, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise TypeError(f"{name} must be an int >= {low}, got {value!r}")
+
+
 def _check_targets(targets: Sequence[str] | None) -> tuple[str, str] | None:
     if targets is None:
         return None

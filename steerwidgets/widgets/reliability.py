@@ -38,7 +38,7 @@ from .. import metrics
 from .. import report as R
 from ..data import ABItem
 from ..engine import DEFAULT_STRENGTHS, GenerationCancelled, PropensityResult, propensity_sweep
-from ..interventions import SteeringError
+from ..interventions import SteeringError, require_model
 from ..methods import caa
 from ..reliability import LayerSweepResult, PreCheck, generalisation, layer_sweep, prechecks
 from ..vectors import SteeringVector
@@ -98,6 +98,7 @@ class _LabWidget(anywidget.AnyWidget):
         strengths: Sequence[float],
         positions: Any,
     ) -> None:
+        require_model(model, type(self).__name__)
         self.model = model
         self.vector: SteeringVector | None = None
         self._train: list[ABItem] | None = None
@@ -170,9 +171,14 @@ class _LabWidget(anywidget.AnyWidget):
         return True
 
     def close(self) -> None:
-        """Cancel the run, close the opened Playground and the widget."""
-        self._cancel.set()
-        self._stop_playground()
+        """Cancel the run, close the opened Playground and the widget.
+
+        Also runs from ``Widget.__del__`` after a constructor raised, before ``_setup`` made the attributes.
+        """
+        cancel = getattr(self, "_cancel", None)
+        if cancel is not None:
+            cancel.set()
+            self._stop_playground()
         super().close()
 
     # --- running ----------------------------------------------------------------------------------
@@ -341,6 +347,7 @@ class ReliabilityReport(_LabWidget):
         autostart: bool = True,
         **kwargs: Any,
     ) -> None:
+        require_model(model, type(self).__name__)  # before the widget (and its comm) exists
         super().__init__(**kwargs)
         self._setup(model, vector_or_train_items, test_items, strengths, positions)
         model.check_layer(layer)
@@ -610,6 +617,7 @@ class LayerSweep(_LabWidget):
         autostart: bool = True,
         **kwargs: Any,
     ) -> None:
+        require_model(model, type(self).__name__)  # before the widget (and its comm) exists
         super().__init__(**kwargs)
         self._setup(model, vector_or_train_items, test_items, strengths, positions)
         layer_list = list(range(model.n_layers)) if layers is None else [int(x) for x in layers]

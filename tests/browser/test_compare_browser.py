@@ -1,8 +1,9 @@
 """CompareWidget in a real JupyterLab: method names render as text, headers sort (missing values last),
 the metric picker redraws the chart, and Run / progress / Cancel work from the page.
 
-The comparison itself is replaced by a slow stand-in so that the run can be watched and cancelled;
-the real `compare` is tested in tests/test_evaluation.py and in method_comparison.ipynb.
+The comparison itself is replaced by a stand-in that holds mid-run until cancelled, so the running
+state can be checked at any machine speed; the real `compare` is tested in tests/test_evaluation.py and
+in method_comparison.ipynb.
 """
 
 from __future__ import annotations
@@ -31,15 +32,17 @@ rows = [
 ]
 
 
-def slow_compare(**kwargs):
-    for i in range(100):
+def held_compare(**kwargs):
+    # Report some progress, then hold that state until the page presses Cancel: the test waits on
+    # states, so it passes on a fast and on a slow machine alike (a timed stand-in could finish first).
+    for i in range(10):
         kwargs["progress"](i, 100, f"step {i}")
-        if kwargs["cancel"].wait(0.1):
-            raise evaluation.GenerationCancelled("cancelled")
+    if kwargs["cancel"].wait(600):
+        raise evaluation.GenerationCancelled("cancelled")
     return evaluation.CompareResult(rows, {}, {})
 
 
-compare_widget.compare = slow_compare
+compare_widget.compare = held_compare
 widget = compare_widget.CompareWidget.from_result(
     evaluation.CompareResult(rows, {}, {}), methods=["caa"], model=None
 )
@@ -83,13 +86,14 @@ def test_compare_widget_sorts_charts_runs_and_cancels(
     save_screenshot(page, "compare-widget")
 
     page.click(".sw-compare-run")
-    # The widget shows a finished run (progress 1) until Python's run starts: wait for the run's own
-    # progress ("<done>/100 · step <i>"), not for the bar alone.
+    # Wait for the stand-in's held state itself: the widget starts from a finished run (progress 1.0),
+    # so "progress > 0.05" already holds before the click reaches the kernel, and on a slow machine the
+    # buttons would be checked in the old state.
     page.wait_for_function(
-        "() => document.querySelector('.sw-compare-status').textContent.includes('/100 · step')"
-        " && document.querySelector('.sw-compare-progress').value > 0.05",
-        timeout=30_000,
+        "() => document.querySelector('.sw-compare-status').textContent === '9/100 · step 9'",
+        timeout=60_000,
     )
+    assert 0.05 < page.eval_on_selector(".sw-compare-progress", "e => e.value") < 1
     assert page.is_disabled(".sw-compare-run") and not page.is_disabled(".sw-compare-cancel")
     page.click(".sw-compare-cancel")
     page.wait_for_function(
