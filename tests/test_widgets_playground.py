@@ -258,10 +258,15 @@ def test_targets_chart_and_negative_strength_warning(make, sentiment):
     assert sorted({row["strength"] for row in values if "series" in row}) == [-8, -4, 0, 4, 8]
     against = [x for x in w.warnings if "against the sign" in x["message"]]
     assert against and against[0]["level"] == "warning"
-    # The same vector the right way round: no such warning.
+    (check,) = [x for x in w.warnings if x.get("protocol") == "target"]
+    assert check["verdict"] == "backfires" and check["level"] == "warning", check["message"]
+    assert "positions 'all'" in check["message"] and "random directions" in check["message"]
+    # The same vector the right way round: no such warning, and it steers beyond the random directions.
     w.vector_name = "sentiment"
     _done(w)
     assert not [x for x in w.warnings if "against the sign" in x["message"]]
+    (check,) = [x for x in w.warnings if x.get("protocol") == "target"]
+    assert check["verdict"] == "steers", check["message"]
     assert all(set(x) >= {"level", "message"} for x in w.warnings)
 
 
@@ -278,7 +283,9 @@ def test_chart_is_one_scoring_pass_and_reuses_points_when_the_strength_moves(
     monkeypatch.setattr(sw, "score", counting)
     w = _done(make(strength=4.0, targets=TARGETS, max_new_tokens=4))
     # one pass: the steered text under the base model + 9 chart points (4 per series + the shared 0) × 2
-    assert calls == [1 + 9 * 2]
+    # + the target check's other random directions at the current strength × 2
+    nulls = 2 * (pg.TARGET_NULL_DIRECTIONS - 1)
+    assert calls == [1 + 9 * 2 + nulls]
     values = [
         row for data in _datasets(w.chart_spec) for row in data if row.get("series") == charts.VECTOR_SERIES
     ]
@@ -287,12 +294,12 @@ def test_chart_is_one_scoring_pass_and_reuses_points_when_the_strength_moves(
         lp = real(smol, [PROMPT] * 2, list(TARGETS), sw.Steering(sentiment, LAYER, strength))
         assert at[strength] == pytest.approx(float(lp[0].sum() - lp[1].sum()), abs=1e-3)
     calls.clear()
-    w.strength = -4.0  # on the grid: only the steered text is scored
+    w.strength = -4.0  # on the grid: only the steered text and the check's random directions are scored
     _done(w)
-    assert calls == [1]
+    assert calls == [1 + nulls]
     w.strength = 2.0  # inside the grid's range: two new points (vector, random) × 2
     _done(w)
-    assert calls == [1, 1 + 2 * 2]
+    assert calls == [1 + nulls, 1 + 2 * 2 + nulls]
     grid = sorted({row["strength"] for data in _datasets(w.chart_spec) for row in data if "series" in row})
     assert grid == [-8, -4, 0, 2, 4, 8]
     w.strength = 40.0  # far outside: the grid is redrawn around the new strength
@@ -377,6 +384,17 @@ def test_ab_warning_lists_items_that_backfire_beyond_the_null():
     lines = pg.ab_warnings(flipped, layer=5, answer_text=at)
     assert [x["protocol"] for x in lines][0] == "answer_text"
     assert any(x["verdict"] == "cannot_judge" and "does not read the options" in x["message"] for x in lines)
+
+
+def test_target_verdict_against_random_directions():
+    null = [-0.2, 0.1, 0.0, 0.15, -0.1, 0.05, -0.05, 0.2]
+    assert pg.target_verdict(3.0, null, 4.0, "here")["verdict"] == "steers"
+    assert pg.target_verdict(-3.0, null, -4.0, "here")["verdict"] == "steers"  # pushed towards the contrast
+    back = pg.target_verdict(3.0, null, -4.0, "layer 3")
+    assert back["verdict"] == "backfires" and back["level"] == "warning"
+    assert back["message"].startswith("Target check (layer 3): backfires — the target's log-odds moved +3.00")
+    same = pg.target_verdict(0.1, null, 4.0, "here")
+    assert same["verdict"] == "no_detectable_effect" and "8 random directions" in same["message"]
 
 
 def test_target_warnings_rules():

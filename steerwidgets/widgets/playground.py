@@ -34,7 +34,7 @@ import steerwidgets as sw
 from .. import metrics
 from ..fluency import fluency_verdict
 from ..interventions import require_model
-from ..verdicts import warnings_for
+from ..verdicts import null_band, warnings_for
 from ._frontend import bundle, css, shared_bundle_trait
 from ._worker import LatestWorker
 
@@ -50,6 +50,7 @@ AB_GRID = (-1.0, -0.5, 0.0, 0.5, 1.0)  # times the strength
 AB_NULL_DIRECTIONS = 16  # random directions of the vector's norm behind the A/B check's verdicts
 SWEEP_GRID = (-2.0, -1.0, 0.0, 1.0, 2.0)  # times the chart's unit (the strength it was first drawn at)
 AGAINST_EPS = 0.05  # log-odds changes smaller than this are noise, not "against the sign"
+TARGET_NULL_DIRECTIONS = 8  # random directions of the vector's norm behind the target check's verdict
 DEFAULT_PROMPT = "Tell me about your day."
 
 # Controls: a change to any of these starts a new request.
@@ -107,37 +108,61 @@ class _Stale(Exception):
 
 @dataclass
 class _Chart:
-    """The target-vs-contrast chart's points for one setting: cache keys and their steerings."""
+    """The target-vs-contrast chart's points for one setting: cache keys and their steerings.
+
+    Besides the grid's vector and random curves, ``nulls`` more random directions of the vector's norm are
+    scored at the current strength only: the null the target check's verdict needs.
+    """
 
     setting: tuple
     grid: list[float]
     vector: sw.SteeringVector
     random: sw.SteeringVector
     controls: dict[str, Any]
+    nulls: list[sw.SteeringVector] = field(default_factory=list)
 
     def key(self, series: str, strength: float) -> tuple:
         # every series shares the unsteered point at strength 0
         return self.setting[:2] if strength == 0 else (*self.setting, series, strength)
 
+    def _vector(self, series: str) -> sw.SteeringVector:
+        if series == "vector":
+            return self.vector
+        if series == "random":
+            return self.random
+        return self.nulls[int(series.removeprefix("null")) - 1]
+
     def steering(self, series: str, strength: float) -> sw.Steering | None:
         if strength == 0:
             return None
         c = self.controls
-        vec = self.vector if series == "vector" else self.random
-        return sw.Steering(vec, c["layer"], strength, c["positions"], relative=c["relative"])
+        return sw.Steering(self._vector(series), c["layer"], strength, c["positions"], relative=c["relative"])
+
+    @property
+    def strength(self) -> float:
+        return float(self.controls["strength"])
 
     def missing(self, cache: Mapping[tuple, Any]) -> list[tuple[tuple, sw.Steering | None]]:
         out: dict[tuple, sw.Steering | None] = {}
-        for series in ("vector", "random"):
-            for s in self.grid:
-                key = self.key(series, s)
-                if key not in cache and key not in out:
-                    out[key] = self.steering(series, s)
+        wanted = [(series, s) for series in ("vector", "random") for s in self.grid]
+        wanted += [(f"null{k}", self.strength) for k in range(1, len(self.nulls) + 1)]
+        for series, s in wanted:
+            key = self.key(series, s)
+            if key not in cache and key not in out:
+                out[key] = self.steering(series, s)
         return list(out.items())
 
     def curve(self, series: str, cache: Mapping[tuple, tuple[float, float]]) -> list[float]:
         """log p(target) − log p(contrast) at each grid strength."""
         return [target - contrast for target, contrast in (cache[self.key(series, s)] for s in self.grid)]
+
+    def null_effects(self, cache: Mapping[tuple, tuple[float, float]]) -> list[float]:
+        """How much each random direction (the random curve's and the nulls) moves the log-odds at the
+        current strength, relative to the unsteered point."""
+        t0, c0 = cache[self.key("vector", 0.0)]
+        series = ["random", *(f"null{k}" for k in range(1, len(self.nulls) + 1))]
+        return [cache[self.key(name, self.strength)][0] - cache[self.key(name, self.strength)][1] - (t0 - c0)
+                for name in series]  # fmt: skip
 
 
 @dataclass
@@ -645,7 +670,8 @@ class Playground(anywidget.AnyWidget):
             unit = abs(strength) if strength != 0 else (0.25 if c["relative"] else 1.0)
             self._chart_units[setting] = unit
         grid = sorted({k * unit + 0.0 for k in SWEEP_GRID} | {strength + 0.0})  # + 0.0: no -0
-        return _Chart(setting, grid, vector, sw.random_like(vector, seed=0), c)
+        nulls = [sw.random_like(vector, seed=k) for k in range(1, TARGET_NULL_DIRECTIONS)]
+        return _Chart(setting, grid, vector, sw.random_like(vector, seed=0), c, nulls)
 
     def _target_chart(self, job: _Job, c: dict[str, Any], chart: _Chart) -> list[dict]:
         from .charts import strength_sweep_spec
@@ -657,7 +683,14 @@ class Playground(anywidget.AnyWidget):
         strength = float(c["strength"])
         spec = strength_sweep_spec(chart.grid, vec_curve, rnd_curve, strength, title=title)
         self._publish(job, chart_spec=spec)
-        return target_warnings(chart.grid, vec_curve, rnd_curve, strength, self._targets)
+        # the one random curve is drawn; the verdict compares with all the random directions instead
+        out = target_warnings(chart.grid, vec_curve, None, strength, self._targets)
+        if strength != 0:
+            here = chart.grid.index(strength + 0.0)
+            effect = vec_curve[here] - vec_curve[chart.grid.index(0.0)]
+            where = f"layer {c['layer']}, positions {c['positions']!r}, strength {strength:+g}"
+            out.insert(0, target_verdict(effect, chart.null_effects(self._point_cache), strength, where))
+        return out
 
     def _ab_warnings(self, job: _Job, c: dict[str, Any], vector: sw.SteeringVector) -> list[dict]:
         """The attached A/B check: each protocol's verdict against random directions, at the protocol's
@@ -796,6 +829,28 @@ class Playground(anywidget.AnyWidget):
 # ----------------------------------------------------------------------------------------------
 # Warnings (pure functions, so they can be tested without a model)
 # ----------------------------------------------------------------------------------------------
+def target_verdict(effect: float, null_effects: Sequence[float], strength: float, where: str) -> dict:
+    """The target check's verdict line: the vector's log-odds change at this strength against what random
+    directions of its norm do there (their 95 % prediction band, docs/verdicts.md). "Steers" means moved
+    beyond the band in the strength's direction, "backfires" beyond it the other way."""
+    lo, hi = (float(x) for x in null_band(np.asarray(null_effects, dtype=float)))
+    sign = 1.0 if strength > 0 else -1.0
+    band = f"{len(null_effects)} random directions of the same norm move them {lo:+.2f}..{hi:+.2f} (95 %)"
+    if effect > hi or effect < lo:
+        verdict = "steers" if (effect - (hi if effect > hi else lo)) * sign > 0 else "backfires"
+    else:
+        verdict = "no_detectable_effect"
+    words = {"steers": "steers", "backfires": "backfires", "no_detectable_effect": "no detectable effect"}
+    level = {"steers": "ok", "backfires": "warning", "no_detectable_effect": "notice"}[verdict]
+    return {
+        "level": level,
+        "message": f"Target check ({where}): {words[verdict]} — the target's log-odds moved "
+        f"{effect:+.2f}; {band}.",
+        "verdict": verdict,
+        "protocol": "target",
+    }
+
+
 def target_warnings(
     strengths: Sequence[float],
     vector_curve: Sequence[float],
