@@ -46,6 +46,7 @@ from .engine import (
 from .interventions import AffineMap, Steering, SteeringError, require_model
 from .reliability import NEUTRAL_PROMPTS
 from .vectors import SteeringVector, random_like
+from .verdicts import against_null
 
 SteerFn = Callable[[float], list[Steering]]
 ProgressFn = Callable[[int, int, str], None]
@@ -566,6 +567,9 @@ def summary_row(result: dict[str, Any], q: float = 0.5) -> dict[str, Any]:
     at = int(np.argmin(np.abs(np.asarray(main["strengths"]) - main["open_strength"])))
     row["pne"] = main["pne"][at] if "pne" in main else None
     runs = result["random"]["runs"]
+    row["open_verdict"], row["open_verdict_reason"] = against_null(
+        row[f"delta_pos_{key}"], [shift(r, "delta_pos") for r in runs], f"Open-ended Δ+ (top {key} %)"
+    )
     for name, get in (
         ("steerability", lambda r: r["steerability"]),
         (f"delta_pos_{key}", lambda r: shift(r, "delta_pos")),

@@ -42,9 +42,13 @@ BOOTSTRAP = 2000
 
 def _t_quantile(p: float, dof: int) -> float:
     """Student-t quantile via the Cornish–Fisher expansion (A&S 26.7.5; < 1e-3 for dof ≥ 5)."""
-    z = _normal_quantile(p)
     if dof <= 0:
         return float("inf")
+    if dof == 1:  # exact: Cauchy
+        return math.tan(math.pi * (p - 0.5))
+    if dof == 2:  # exact
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    z = _normal_quantile(p)
     n = float(dof)
     return (
         z
@@ -340,6 +344,22 @@ def cannot_judge(protocol: str, reason: str, positions: Any = None) -> Verdict:
         nan,
         positions=positions,
     )
+
+
+def against_null(value: float, null_values: Sequence[float], what: str) -> tuple[str, str]:
+    """A single number against K random directions' values of it (higher is better): ``steers`` above
+    their 95 % prediction band, ``backfires`` below, else ``no_detectable_effect``; ``cannot_judge`` with
+    fewer than two. Returns (verdict, one-sentence reason)."""
+    null = np.asarray(list(null_values), dtype=float)
+    if null.size < 2 or not np.isfinite(value):
+        return "cannot_judge", f"Fewer than two random directions to compare {what} with."
+    lo, hi = (float(x) for x in null_band(null))
+    band = f"{null.size} random directions of the same norm give {_fmt_band(lo, hi)} (95 % prediction band)"
+    if value > hi:
+        return "steers", f"{what} {value:+.3f} is above what {band}."
+    if value < lo:
+        return "backfires", f"{what} {value:+.3f} is below what {band}."
+    return "no_detectable_effect", f"{what} {value:+.3f} is within what {band}."
 
 
 def headline(verdict: Verdict) -> str:

@@ -24,6 +24,9 @@ def test_quantiles_match_tables():
     assert V._normal_quantile(0.025) == pytest.approx(-1.959964, abs=1e-6)
     assert V._t_quantile(0.975, 15) == pytest.approx(2.1314, abs=1e-3)
     assert V._t_quantile(0.975, 5) == pytest.approx(2.5706, abs=3e-3)
+    assert V._t_quantile(0.975, 1) == pytest.approx(12.706, abs=1e-3)
+    assert V._t_quantile(0.975, 2) == pytest.approx(4.303, abs=1e-3)
+    assert V._t_quantile(0.975, 3) == pytest.approx(3.182, abs=1e-2)
 
 
 def test_null_band_is_the_prediction_interval():
@@ -142,3 +145,12 @@ def test_summary_has_the_cli_contract_fields():
         assert key in summary
     assert set(summary["null"]) == {"method", "n_directions", "steerability_q025", "steerability_q975"}
     assert summary["verdict"] in V.VERDICTS
+
+
+def test_a_single_number_against_random_directions():
+    null = [0.01, -0.02, 0.0]
+    verdict, reason = V.against_null(0.5, null, "Δ+")
+    assert verdict == "steers" and reason.startswith("Δ+ +0.500 is above what 3 random directions")
+    assert V.against_null(-0.5, null, "Δ+")[0] == "backfires"
+    assert V.against_null(0.01, null, "Δ+")[0] == "no_detectable_effect"
+    assert V.against_null(0.5, [0.0], "Δ+")[0] == "cannot_judge"

@@ -40,6 +40,12 @@ COLUMNS: list[dict[str, Any]] = [
         "title": "answer-text protocol (no letters) against random directions, positions 'continuation'",
     },
     {
+        "key": "open_verdict",
+        "label": "open-ended verdict",
+        "title": "Δ+ (top 50%) against the random vectors' Δ+ (95 % prediction band of the seeds)",
+    },
+    {"key": "open_verdict_reason", "label": "open-ended: why", "title": "the open-ended verdict's reason"},
+    {
         "key": "ab_verdict_reason",
         "label": "A/B verdict: why",
         "title": "the letter protocol's one-sentence reason",
