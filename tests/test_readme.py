@@ -27,7 +27,8 @@ def test_python_quick_start_runs():
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README quick start", "exec"), {})
     lines = out.getvalue().strip().splitlines()
-    assert len(lines) >= 4, lines  # base text, steered text, norm ratio, the A/B summary
-    steerability, anti, level = lines[-1].split()
-    assert float(steerability) == float(steerability)  # a finite number, not nan
-    assert 0.0 <= float(anti) <= 1.0 and level in ("ok", "notice", "warning")
+    assert len(lines) >= 6, lines  # base text, steered text, norm ratio, then the verdicts
+    verdict, reason = lines[-3].split(" — ", 1)
+    assert verdict in ("steers", "backfires", "no_detectable_effect", "letter_driven", "cannot_judge")
+    assert reason.endswith(".") and "{'steers': " in lines[-2]
+    assert lines[-1].endswith(".")  # the answer-text protocol's reason
