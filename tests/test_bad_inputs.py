@@ -227,7 +227,12 @@ def test_steered_is_isolated_per_asyncio_task(tiny_llama):
 
         return await asyncio.gather(steering_task(), other_task())
 
-    own, other = asyncio.run(main())
+    # a thread of its own: earlier (browser) tests may leave an event loop running in this one
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(asyncio.run(main())))
+    worker.start()
+    worker.join()
+    own, other = results[0]
     assert own == [steering] and other == []
 
 
