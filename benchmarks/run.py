@@ -973,9 +973,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, help="P1 items (default 40, 8 with --quick)")
     args = parser.parse_args(argv)
     only = {part.strip().upper() for part in args.only.split(",") if part.strip()}
-    unknown = only - {"P1", "P2", "P3", "P4", "P5"}
+    unknown = only - {"P1", "P2", "P3", "P4", "P5", "P6"}
     if unknown:
-        parser.error(f"unknown benchmark(s) {sorted(unknown)}; use P1, P2, P3, P4, P5")
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; use P1, P2, P3, P4, P5, P6")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     torch.set_num_threads(2)
