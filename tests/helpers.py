@@ -107,3 +107,15 @@ def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:
         return exc.code, b""
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return 0, b""
+
+
+# A page script that records the size of every Blob URL the page makes, before any other script runs
+# (anywidget imports every `_esm` from one, the shared-bundle loader the bundle): window.__swBlobSizes.
+COUNT_BLOBS = """(() => {
+  const orig = URL.createObjectURL.bind(URL);
+  window.__swBlobSizes = [];
+  URL.createObjectURL = (obj) => {
+    if (obj instanceof Blob) window.__swBlobSizes.push(obj.size);
+    return orig(obj);
+  };
+})();"""

@@ -15,6 +15,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from helpers import COUNT_BLOBS
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not os.environ.get("STEERWIDGETS_MEASURE"), reason="set STEERWIDGETS_MEASURE=1"),
@@ -37,14 +39,6 @@ items = sw.builtin_ab("sentiment")
     "rows = [{'method': 'caa', 'behaviour': 'sentiment', 'steerability': 0.5}]\n"
     "compare = CompareWidget.from_result(evaluation.CompareResult(rows, {}, {}), model=None)\ncompare",
 ]
-COUNT_BLOBS = """(() => {
-  const orig = URL.createObjectURL.bind(URL);
-  window.__swBlobSizes = [];
-  URL.createObjectURL = (obj) => {
-    if (obj instanceof Blob) window.__swBlobSizes.push(obj.size);
-    return orig(obj);
-  };
-})();"""
 ROOTS = [".sw-playground", ".sw-reliability", ".sw-layersweep", ".sw-compare"]
 
 

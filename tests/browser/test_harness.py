@@ -17,6 +17,8 @@ from typing import Any
 import nbformat
 import pytest
 
+from helpers import COUNT_BLOBS
+
 pytestmark = pytest.mark.browser
 
 XSS_TEXT = '<img src=x onerror="window.__pwned=1">'
@@ -30,14 +32,6 @@ AXIS_LABEL_SEL = f"{ROOT} .sw-chart-inner:not(.sw-chart-pending) svg .role-axis-
 METHOD_CELLS = f"{ROOT} .sw-compare-table tbody td[data-key=method]"
 # Blobs the page makes (anywidget imports every `_esm` from one, the loader the shared bundle):
 # their sizes, recorded before any page script runs.
-COUNT_BLOBS = """(() => {
-  const orig = URL.createObjectURL.bind(URL);
-  window.__swBlobSizes = [];
-  URL.createObjectURL = (obj) => {
-    if (obj instanceof Blob) window.__swBlobSizes.push(obj.size);
-    return orig(obj);
-  };
-})();"""
 BIG = 100_000  # bytes: the shared bundle is ~0.9 MB, a loader ~1 KB
 
 # Uncaught errors Notebook 7.6 itself raises (notebook_core.*.js) on any notebook, with or without

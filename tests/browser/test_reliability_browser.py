@@ -15,6 +15,8 @@ from typing import Any
 import nbformat
 import pytest
 
+from helpers import COUNT_BLOBS
+
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,14 +24,6 @@ XSS = '<img src=x onerror="window.__pwned=1">'
 REPORT = ".sw-reliability"
 SWEEP = ".sw-layersweep"
 # Sizes of the blobs the page makes (anywidget imports every `_esm` from one, the loader the bundle).
-COUNT_BLOBS = """(() => {
-  const orig = URL.createObjectURL.bind(URL);
-  window.__swBlobSizes = [];
-  URL.createObjectURL = (obj) => {
-    if (obj instanceof Blob) window.__swBlobSizes.push(obj.size);
-    return orig(obj);
-  };
-})();"""
 
 SETUP = f"""
 import steerwidgets as sw
