@@ -269,7 +269,6 @@ def _answer_text(
     }
 
 
-#: The answer-text protocol's fields in ``evaluate --json`` (the contract other tools read).
 _AT_FIELDS = (
     "steerability",
     "steerability_ci95",

@@ -92,7 +92,15 @@ def test_evaluate_json_contract(files, tmp_path, smol):
     assert [ex["class"] for ex in data["per_example"]].count("backfires") == data["item_classes"]["backfires"]
     assert 0.0 <= data["option_dependence"] <= 1.0
     at = data["answer_text"]
-    for key in cli._AT_FIELDS:  # the contract's answer-text fields
+    for key in (
+        "steerability",
+        "steerability_ci95",
+        "null",
+        "item_classes",
+        "verdict",
+        "verdict_reason",
+        "mean_propensity",
+    ):
         assert key in at
     assert at["verdict"] in sw.verdicts.VERDICTS and sum(at["item_classes"].values()) == at["n_items"] == 6
     assert len(at["mean_propensity"]) == 3 and at["positions"] == "continuation"
