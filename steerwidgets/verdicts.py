@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -221,11 +221,6 @@ class Verdict:
             "thresholds": dict(self.thresholds),
         }
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["counts"] = self.counts
-        return data
-
 
 def _fmt_band(lo: float, hi: float) -> str:
     return f"{lo:+.3f}..{hi:+.3f}"
@@ -360,11 +355,6 @@ def against_null(value: float, null_values: Sequence[float], what: str) -> tuple
     if value < lo:
         return "backfires", f"{what} {value:+.3f} is below what {band}."
     return "no_detectable_effect", f"{what} {value:+.3f} is within what {band}."
-
-
-def headline(verdict: Verdict) -> str:
-    """A short label for a view's header, e.g. ``"letter protocol: cannot judge"``."""
-    return f"{_protocol_name(verdict)} protocol: {verdict.verdict.replace('_', ' ')}"
 
 
 def _protocol_name(verdict: Verdict) -> str:
