@@ -151,3 +151,19 @@ def generation_fluency(
     for i, lp in zip(todo, scored):
         lps[i] = lp.tolist()
     return fluency_verdict(lps[0], lps[1], ids[1], **thresholds)
+
+
+def fluency_warnings(base: Any, steered: Any, tokens: list[dict], tok: Any) -> list[dict]:
+    """The Playground's warning when its steered text is degraded (this module's thresholds).
+
+    ``base``/``steered`` are single-prompt continuations; ``tokens`` are the colouring rows, whose
+    ``lp_base`` is each steered token under the unsteered model, so no extra pass is needed.
+    """
+    stop = {tok.eos_token_id, tok.pad_token_id} - {None}
+    base_lp = [lp for t, lp in zip(base.token_ids[0], base.token_logprobs[0]) if t not in stop]
+    steered_ids = [t for t in steered.token_ids[0] if t not in stop]
+    steered_lp = [row["lp_base"] for row in tokens if row.get("lp_base") is not None]
+    verdict = fluency_verdict(base_lp, steered_lp, steered_ids)
+    if not verdict.degraded:
+        return []
+    return [{"level": "warning", "message": f"Degraded text: {verdict.reason}", "fluency": verdict.kind}]

@@ -421,3 +421,21 @@ def warnings_for(
             }
         )
     return out
+
+
+def ab_check_lines(result: Any, layer: int, answer_text: Any = None, limit: int = 10) -> list[dict]:
+    """An A/B check's verdict lines and backfiring items for both protocols (the Playground's check).
+
+    ``result`` is the letter protocol's :class:`~steerwidgets.engine.PropensityResult`, ``answer_text``
+    the answer-text protocol's; where the letter protocol cannot judge, the answer-text verdict leads.
+    """
+    parts = []
+    for res in (result, answer_text):
+        if res is None:
+            continue
+        verdict = res.verdict(layer)
+        questions = [item.question for item in res.items]
+        parts.append((verdict, warnings_for(verdict, questions, res.slopes(layer), layer, limit)))
+    if len(parts) == 2 and parts[0][0].verdict == "cannot_judge":
+        parts.reverse()
+    return [w for _, lines in parts for w in lines]

@@ -4,12 +4,14 @@ quickstart's sentiment vector on the real model (degraded at λ = −13, fluent 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import steerwidgets as sw
 from steerwidgets import fluency as F
+from steerwidgets.fluency import fluency_warnings
 
 FLUENT_IDS = list(range(100, 124))  # 24 distinct tokens
 
@@ -103,3 +105,16 @@ def test_quickstart_vector_degrades_at_minus_13_not_at_4(smol):
     assert bad.degraded, bad.reason  # "… you are you you are you …"; measured drop 2.7, tail distinct-2 0.27
     assert not good.degraded, good.reason  # measured drop 0.6, distinct-2 0.81
     assert bad.logprob_drop > good.logprob_drop
+
+
+def test_fluency_warning_from_the_colouring_rows():
+    ids = [5, 6] * 10
+    base = SimpleNamespace(token_ids=[list(range(20))], token_logprobs=[[-1.0] * 20])
+    tok = SimpleNamespace(eos_token_id=0, pad_token_id=0)
+    loop = SimpleNamespace(token_ids=[ids])
+    (warning,) = fluency_warnings(base, loop, [{"lp_base": -1.0}] * 20, tok)
+    assert warning["fluency"] == "repetition" and "distinct-2" in warning["message"]
+    unlikely = SimpleNamespace(token_ids=[list(range(30, 50))])
+    (warning,) = fluency_warnings(base, unlikely, [{"lp_base": -6.0}] * 20, tok)
+    assert warning["fluency"] == "low_likelihood"
+    assert fluency_warnings(base, unlikely, [{"lp_base": -1.5}] * 20, tok) == []

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import steerwidgets as sw
 from steerwidgets import verdicts as V
+from steerwidgets.verdicts import ab_check_lines
 
 N, K = 40, 16
 IS_A = np.arange(N) % 2 == 0
@@ -154,3 +156,45 @@ def test_a_single_number_against_random_directions():
     assert V.against_null(-0.5, null, "Δ+")[0] == "backfires"
     assert V.against_null(0.01, null, "Δ+")[0] == "no_detectable_effect"
     assert V.against_null(0.5, [0.0], "Δ+")[0] == "cannot_judge"
+
+
+# --- the Playground's A/B check lines ---------------------------------------------------------
+def _result(prop: np.ndarray, null: np.ndarray, questions: list[str], swapped=None) -> sw.PropensityResult:
+    """A hand-made letter-protocol result: propensities [n, 3] over λ = -1, 0, 1 and null slopes [K, n]."""
+    items = [sw.ABItem(q, *("AB" if i % 2 == 0 else "BA")) for i, q in enumerate(questions)]
+    return sw.PropensityResult(
+        strengths=np.array([-1.0, 0.0, 1.0]),
+        layers=[5],
+        positions="last",
+        propensity={5: prop},
+        norm_ratio={5: np.zeros(3)},
+        vector_norm={5: 1.0},
+        items=items,
+        null={5: null},
+        null_method="hand-made",
+        unsteered=prop[:, 1],
+        swapped_propensity=swapped,
+    )
+
+
+def test_ab_check_lines_list_items_that_backfire_beyond_the_null():
+    rng = np.random.default_rng(0)
+    n = 20
+    slopes = np.full(n, 1.0)
+    slopes[[3, 7]] = -1.0  # two items backfire
+    prop = np.outer(slopes, [-1.0, 0.0, 1.0]) + 0.5
+    questions = [f"Q{i} " + "x" * 100 for i in range(n)]
+    result = _result(prop, rng.normal(0, 0.05, size=(16, n)), questions, swapped=prop[:, 1].copy())
+    line, listed = ab_check_lines(result, layer=5)
+    assert line["verdict"] == "steers" and line["level"] == "ok"
+    assert listed["level"] == "notice"  # 2 of 20 = 10 %: metrics.md's notice threshold
+    assert listed["items"] == [questions[3][:80], questions[7][:80]]
+    assert listed["message"].startswith("2 of 20 items backfire beyond what random directions do")
+    # a letter-picking model: the swap flips every preference, so the letter protocol cannot judge and
+    # the answer-text result (when there is one) comes first
+    flipped = _result(prop, rng.normal(0, 0.05, size=(16, n)), questions, swapped=-prop[:, 1])
+    at = _result(prop, rng.normal(0, 0.05, size=(16, n)), questions)
+    at.protocol = "answer_text"
+    lines = ab_check_lines(flipped, layer=5, answer_text=at)
+    assert [x["protocol"] for x in lines][0] == "answer_text"
+    assert any(x["verdict"] == "cannot_judge" and "does not read the options" in x["message"] for x in lines)

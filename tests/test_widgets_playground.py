@@ -8,13 +8,13 @@ import io
 import json
 import threading
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import steerwidgets as sw
-from steerwidgets.widgets import charts
+from steerwidgets import charts
+from steerwidgets import playground as pipeline
 from steerwidgets.widgets import playground as pg
 from steerwidgets.widgets.playground import Playground
 
@@ -122,7 +122,7 @@ def test_token_shifts_and_topk(make, smol):
 
 def test_strength_change_does_not_recompute_the_unsteered_text(make, monkeypatch):
     counter = CountingGenerate(sw.generate)
-    monkeypatch.setattr(sw, "generate", counter)
+    monkeypatch.setattr(pipeline, "generate", counter)
     w = _done(make(strength=4.0))
     assert (counter.base, counter.steered) == (1, 1)
     base = w.base_text
@@ -162,7 +162,7 @@ def test_stale_results_are_dropped(make, smol, sentiment, monkeypatch):
             return real(model, prompt, steering, on_token=on_token, **kwargs)
         return real(model, prompt, steering, **kwargs)
 
-    monkeypatch.setattr(sw, "generate", slow_generate)
+    monkeypatch.setattr(pipeline, "generate", slow_generate)
     seen: list[str] = []
     w.observe(lambda change: seen.append(change["new"]), names="steered_text")
     w.strength = 1.0
@@ -280,11 +280,11 @@ def test_chart_is_one_scoring_pass_and_reuses_points_when_the_strength_moves(
         calls.append(len(prompts))
         return real(model, prompts, completions, steering, **kwargs)
 
-    monkeypatch.setattr(sw, "score", counting)
+    monkeypatch.setattr(pipeline, "score", counting)
     w = _done(make(strength=4.0, targets=TARGETS, max_new_tokens=4))
     # one pass: the steered text under the base model + 9 chart points (4 per series + the shared 0) × 2
     # + the target check's other random directions at the current strength × 2
-    nulls = 2 * (pg.TARGET_NULL_DIRECTIONS - 1)
+    nulls = 2 * (pipeline.TARGET_NULL_DIRECTIONS - 1)
     assert calls == [1 + 9 * 2 + nulls]
     values = [
         row for data in _datasets(w.chart_spec) for row in data if row.get("series") == charts.VECTOR_SERIES
@@ -325,13 +325,13 @@ def test_ab_items_add_verdicts_against_the_null(make, monkeypatch):
         calls.append((args, kwargs))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sw, "propensity_sweep", spy)
+    monkeypatch.setattr(pipeline, "propensity_sweep", spy)
     w = _done(make(strength=2.0, ab_items=items, max_new_tokens=2))
     assert [kwargs["protocol"] for _, kwargs in calls] == ["letter", "answer_text"]
     for args, kwargs in calls:
         assert args[3] == LAYER and list(args[4]) == [-2.0, -1.0, 0.0, 1.0, 2.0]
         assert "positions" not in kwargs  # each protocol steers at its own default positions
-        assert kwargs["null_directions"] == pg.AB_NULL_DIRECTIONS and kwargs["cancel"] is not None
+        assert kwargs["null_directions"] == pipeline.AB_NULL_DIRECTIONS and kwargs["cancel"] is not None
     assert "ab_ms" in w.timings
     lines = [x for x in w.warnings if x.get("verdict")]
     assert {x["protocol"] for x in lines} == {"letter", "answer_text"}
@@ -343,73 +343,6 @@ def test_ab_items_add_verdicts_against_the_null(make, monkeypatch):
     _done(w)
     assert w.error == ""
     assert any("A/B check skipped" in x["message"] for x in w.warnings)
-
-
-def _result(prop: np.ndarray, null: np.ndarray, questions: list[str], swapped=None) -> sw.PropensityResult:
-    """A hand-made letter-protocol result: propensities [n, 3] over λ = -1, 0, 1 and null slopes [K, n]."""
-    items = [sw.ABItem(q, *("AB" if i % 2 == 0 else "BA")) for i, q in enumerate(questions)]
-    return sw.PropensityResult(
-        strengths=np.array([-1.0, 0.0, 1.0]),
-        layers=[5],
-        positions="last",
-        propensity={5: prop},
-        norm_ratio={5: np.zeros(3)},
-        vector_norm={5: 1.0},
-        items=items,
-        null={5: null},
-        null_method="hand-made",
-        unsteered=prop[:, 1],
-        swapped_propensity=swapped,
-    )
-
-
-def test_ab_warning_lists_items_that_backfire_beyond_the_null():
-    rng = np.random.default_rng(0)
-    n = 20
-    slopes = np.full(n, 1.0)
-    slopes[[3, 7]] = -1.0  # two items backfire
-    prop = np.outer(slopes, [-1.0, 0.0, 1.0]) + 0.5
-    questions = [f"Q{i} " + "x" * 100 for i in range(n)]
-    result = _result(prop, rng.normal(0, 0.05, size=(16, n)), questions, swapped=prop[:, 1].copy())
-    line, listed = pg.ab_warnings(result, layer=5)
-    assert line["verdict"] == "steers" and line["level"] == "ok"
-    assert listed["level"] == "notice"  # 2 of 20 = 10 %: metrics.md's notice threshold
-    assert listed["items"] == [questions[3][:80], questions[7][:80]]
-    assert listed["message"].startswith("2 of 20 items backfire beyond what random directions do")
-    # a letter-picking model: the swap flips every preference, so the letter protocol cannot judge and
-    # the answer-text result (when there is one) comes first
-    flipped = _result(prop, rng.normal(0, 0.05, size=(16, n)), questions, swapped=-prop[:, 1])
-    at = _result(prop, rng.normal(0, 0.05, size=(16, n)), questions)
-    at.protocol = "answer_text"
-    lines = pg.ab_warnings(flipped, layer=5, answer_text=at)
-    assert [x["protocol"] for x in lines][0] == "answer_text"
-    assert any(x["verdict"] == "cannot_judge" and "does not read the options" in x["message"] for x in lines)
-
-
-def test_target_verdict_against_random_directions():
-    null = [-0.2, 0.1, 0.0, 0.15, -0.1, 0.05, -0.05, 0.2]
-    assert pg.target_verdict(3.0, null, 4.0, "here")["verdict"] == "steers"
-    assert pg.target_verdict(-3.0, null, -4.0, "here")["verdict"] == "steers"  # pushed towards the contrast
-    back = pg.target_verdict(3.0, null, -4.0, "layer 3")
-    assert back["verdict"] == "backfires" and back["level"] == "warning"
-    assert back["message"].startswith("Target check (layer 3): backfires — the target's log-odds moved +3.00")
-    same = pg.target_verdict(0.1, null, 4.0, "here")
-    assert same["verdict"] == "no_detectable_effect" and "8 random directions" in same["message"]
-
-
-def test_target_warnings_rules():
-    grid = [-8.0, -4.0, 0.0, 4.0, 8.0]
-    # rises with strength: fine at +4, against the sign at... never
-    assert pg.target_warnings(grid, [-2, -1, 0, 1, 2], [0, 0, 0, 0, 0], 4.0, TARGETS) == []
-    # falls when the strength is positive: against the sign
-    (w,) = pg.target_warnings(grid, [2, 1, 0, -1, -2], [0, 0, 0, 0, 0], 4.0, TARGETS)
-    assert w["level"] == "warning" and "less likely" in w["message"]
-    # rises then falls: non-monotonic
-    levels = pg.target_warnings(grid, [-2, -1, 0, 1, 0.5], [0, 0, 0, 0, 0], 4.0, TARGETS)
-    assert [x["level"] for x in levels] == ["notice"] and "non-monotonic" in levels[0]["message"]
-    # no bigger than the random vector's change
-    (w,) = pg.target_warnings(grid, [-0.2, -0.1, 0, 0.1, 0.2], [0, 0, 0, 0.5, 1.0], 4.0, TARGETS)
-    assert "random vector" in w["message"]
 
 
 def test_copy_as_code_reproduces_the_steered_text(make):
@@ -428,7 +361,7 @@ def test_a_vector_built_from_a_builtin_set_is_recognised(make, smol, sentiment, 
     assert w.vector_name == "vector"
     assert "vector = sw.mean_difference(model, sw.builtin_pairs('sentiment'))" in w.copy_code()
     # ... and picking the built-in by name reuses it instead of building it again
-    monkeypatch.setattr(sw, "mean_difference", lambda *a, **k: pytest.fail("built again"))
+    monkeypatch.setattr(pipeline.methods, "mean_difference", lambda *a, **k: pytest.fail("built again"))
     assert pg.builtin_vector(smol, "sentiment") is sentiment
     w.vector_name = "sentiment"
     _done(w)
@@ -467,7 +400,7 @@ def test_streaming_is_throttled(make):
     _done(w)
     assert stamps
     gaps = np.diff(stamps[:-1])  # the last update is the finished text, sent at once
-    assert (gaps >= pg.STREAM_INTERVAL_S * 0.9).all(), gaps
+    assert (gaps >= pipeline.STREAM_INTERVAL_S * 0.9).all(), gaps
 
 
 def test_close_stops_the_worker(make):
@@ -487,16 +420,3 @@ def test_degraded_text_is_flagged(make):
     assert flagged[0]["message"].startswith("Degraded text: ")
     fine = _done(make(strength=4.0, max_new_tokens=32))
     assert not [w for w in fine.warnings if w.get("fluency")], fine.steered_text
-
-
-def test_fluency_warning_from_the_colouring_rows():
-    ids = [5, 6] * 10
-    base = SimpleNamespace(token_ids=[list(range(20))], token_logprobs=[[-1.0] * 20])
-    tok = SimpleNamespace(eos_token_id=0, pad_token_id=0)
-    loop = SimpleNamespace(token_ids=[ids])
-    (warning,) = pg.fluency_warnings(base, loop, [{"lp_base": -1.0}] * 20, tok)
-    assert warning["fluency"] == "repetition" and "distinct-2" in warning["message"]
-    unlikely = SimpleNamespace(token_ids=[list(range(30, 50))])
-    (warning,) = pg.fluency_warnings(base, unlikely, [{"lp_base": -6.0}] * 20, tok)
-    assert warning["fluency"] == "low_likelihood"
-    assert pg.fluency_warnings(base, unlikely, [{"lp_base": -1.5}] * 20, tok) == []

@@ -528,7 +528,7 @@ class ReliabilityReport(_LabWidget):
     # --- static snapshot --------------------------------------------------------------------------
     def snapshot_html(self) -> str:
         """Escaped HTML of the current state, charts as inline SVG: what viewers without a kernel show."""
-        from .charts import to_svg
+        from ..charts import to_svg
 
         esc = html.escape
         head = (
@@ -710,7 +710,7 @@ class LayerSweep(_LabWidget):
 
     def snapshot_html(self) -> str:
         """Escaped HTML of the current state, charts as inline SVG."""
-        from .charts import to_svg
+        from ..charts import to_svg
 
         esc = html.escape
         head = (

@@ -1,0 +1,128 @@
+"""The Playground's pipeline without traitlets, threads or a browser: the order of its updates, what
+they hold, its bounded caches, cancel, and the contract with the widget (update fields are traits)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import pytest
+import torch
+
+import steerwidgets as sw
+from helpers import random_vector
+from steerwidgets import playground as P
+from steerwidgets.widgets.playground import Playground
+
+ITEMS = tuple(
+    sw.ABItem(f"Q{i}: shall we go?\n\nChoices:\n(A) Yes, gladly!\n(B) No, never.", *("AB" if i % 2 else "BA"))
+    for i in range(3)
+)
+
+
+@pytest.fixture
+def pipe(tiny_llama):
+    return P.Pipeline(tiny_llama, {"rnd": random_vector(tiny_llama, seed=1)})
+
+
+def _request(**kwargs) -> P.Request:
+    base = dict(prompt="Hi there.", vector_name="rnd", layer=1, strength=2.0, max_new_tokens=4)
+    return P.Request(**{**base, **kwargs})
+
+
+def test_updates_arrive_in_the_order_a_user_sees_them(pipe, tiny_llama):
+    updates = pipe.collect(_request(targets=(" yes", " no"), ab_items=ITEMS))
+    kinds = [type(u).__name__ for u in updates]
+    # the steered text streams first, then the unsteered one; the A/B check comes last
+    first_base = next(i for i, u in enumerate(updates) if isinstance(u, P.Text) and u.run == "base")
+    last_steered = max(i for i, u in enumerate(updates) if isinstance(u, P.Text) and u.run == "steered")
+    assert kinds[0] == "Prepared" and kinds[1] == "FirstToken" and last_steered < first_base
+    tail = [k for k in kinds[first_base:] if k != "Text"]
+    assert tail == ["Status", "Scored", "Chart", "Warnings", "Status", "ABVerdict", "Done"]
+    steering = sw.Steering(pipe.vectors["rnd"], 1, 2.0)
+    direct = sw.generate(tiny_llama, "Hi there.", steering, max_new_tokens=4)
+    finals = {u.run: u.text for u in updates if isinstance(u, P.Text) and u.final}
+    assert finals == {"steered": direct.steered.text, "base": direct.base.text}
+    scored = next(u for u in updates if isinstance(u, P.Scored))
+    assert scored.norm_ratio is not None and len(scored.topk) == P.TOP_K
+    assert "sw.Steering(vector, layer=1, strength=2.0" in scored.code
+    ab = next(u for u in updates if isinstance(u, P.ABVerdict))
+    assert {line["protocol"] for line in ab.lines if "verdict" in line} == {"letter", "answer_text"}
+    done = updates[-1]
+    assert done.warnings == ab.warnings and {"first_token_ms", "ab_ms", "total_ms"} <= set(done.timings)
+
+
+def test_caches_are_reused_and_bounded(pipe):
+    first = pipe.collect(_request(targets=(" yes", " no")))
+    again = pipe.collect(_request(strength=-2.0, targets=(" yes", " no")))
+    assert first[-1].timings["base_cached"] is False and again[-1].timings["base_cached"] is True
+    base_text = next(u.text for u in first if isinstance(u, P.Text) and u.final and u.run == "base")
+    assert again[0].base_text == base_text
+    assert not [u for u in again if isinstance(u, P.Text) and u.run == "base"]  # not generated again
+    for i in range(pipe.tokens.size + 3):
+        pipe.collect(_request(prompt=f"Prompt number {i}.", max_new_tokens=1))
+    assert len(pipe.tokens) == pipe.tokens.size and len(pipe.base) == pipe.base.size
+
+
+def test_cancel_and_a_raising_emit_stop_the_run_and_leave_the_model_unsteered(pipe, tiny_llama):
+    cancel = threading.Event()
+    seen = []
+
+    def emit(update):
+        seen.append(update)
+        if isinstance(update, P.FirstToken):
+            cancel.set()
+
+    with pytest.raises(sw.GenerationCancelled):
+        pipe.run(_request(), emit, cancel)
+    assert not [u for u in seen if isinstance(u, P.Scored)]
+
+    class Newer(Exception):
+        pass
+
+    def stale(update):
+        if isinstance(update, P.Text):
+            raise Newer
+
+    with pytest.raises(Newer):
+        pipe.run(_request(strength=3.0), stale)
+    ids = torch.tensor([sw.engine.tokenize_prompt(tiny_llama, "Hi there.")[0]])
+    plain = tiny_llama.hf.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1] :]
+    assert sw.generate(tiny_llama, "Hi there.", max_new_tokens=4).base.token_ids[0] == plain.tolist()
+
+
+def test_bad_requests_fail_before_any_model_work(pipe, monkeypatch):
+    monkeypatch.setattr(P, "generate", lambda *a, **k: pytest.fail("the model ran"))
+    with pytest.raises(sw.SteeringError, match="max new tokens"):
+        pipe.collect(_request(max_new_tokens=0))
+    with pytest.raises(sw.VectorError, match="unknown vector 'nope'"):
+        pipe.collect(_request(vector_name="nope"))
+    with pytest.raises(sw.SteeringError, match="unknown position spec"):
+        pipe.collect(_request(positions="the middle"))
+    with pytest.raises(ValueError, match="reserved"):
+        pipe.add_vector("actadd", pipe.vectors["rnd"])
+
+
+def test_requests_are_frozen_and_hashable():
+    r = _request(ab_items=ITEMS)
+    assert hash(r) == hash(_request(ab_items=ITEMS))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.strength = 1.0  # type: ignore[misc]
+    assert P.Request(vector_name="actadd").vector_key == ("actadd", "Love", "Hate")
+
+
+def test_every_update_field_is_a_playground_trait():
+    traits = set(Playground.class_trait_names())
+    for cls in (P.Status, P.Prepared, P.Scored, P.Chart, P.Warnings, P.Done):
+        assert {f.name for f in dataclasses.fields(cls)} <= traits, cls
+    assert set(P.Text("base", "x").fields()) == {"base_text"} and P.FirstToken(1.0).fields() == {}
+    assert set(P.ABVerdict([], []).fields()) == {"warnings"}
+    assert set(P.Request.__dataclass_fields__) - {"targets", "ab_items"} <= traits
+
+
+def test_lru_keeps_the_newest():
+    lru = P.LRU(2)
+    lru["a"], lru["b"] = 1, 2
+    assert lru.get("a") == 1  # touched: now newest
+    lru["c"] = 3
+    assert "b" not in lru and lru.get("a") == 1 and lru.get("c") == 3 and len(lru) == 2
