@@ -60,11 +60,12 @@ GOALS = {
     "P1 all (d)/(c)": ("<=", 1.1),
     "P2 engine/hook": ("<=", 1.05),
     "P3 float32 first token s": ("<=", 0.15),
-    "P3 float32 complete (off grid) s": ("<=", 1.0),
-    "P3 float32 complete (off grid)/plain generate": ("<=", 1.3),
+    "P3 float32 complete (off grid)/plain generate": ("<=", 1.1),
+    "P3 float32 complete (on grid)/plain generate": ("<=", 1.1),
+    "P3 float32 ab check done/plain generate": ("<=", 2.0),
     "P3 bfloat16 first token s": ("<=", 0.15),
-    "P3 bfloat16 complete (off grid) s": ("<=", 1.0),
-    "P3 bfloat16 complete (off grid)/plain generate": ("<=", 1.3),
+    "P3 bfloat16 complete (off grid)/plain generate": ("<=", 1.1),
+    "P3 bfloat16 complete (on grid)/plain generate": ("<=", 1.1),
     "P5 naive (extrapolated)/engine": (">=", 5.0),
     "P4 warm load_model() s": ("<=", 2.0),
     "P6 CLI evaluate now/before verdicts": ("<=", 5.0),
@@ -609,11 +610,18 @@ def run_p3(quick: bool, report: dict, repeats: int | None = None) -> None:
         ids = torch.tensor([sw.engine.tokenize_prompt(model, P3_PROMPT)[0]])
         widget = Playground(model, vector, prompt=P3_PROMPT, layer=10, strength=4.0, targets=P3_TARGETS)
         widget.wait(600)
+        # the same Playground with the attached 20-item A/B check (its first run reads the items' prefixes)
+        checked = Playground(
+            model, vector, prompt=P3_PROMPT, layer=10, strength=4.0, targets=P3_TARGETS,
+            ab_items=sw.builtin_ab("sentiment")[:20],
+        )  # fmt: skip
+        checked.wait(600)
 
         plain = _plain_generate(model.hf, ids)
         plain()  # warm-up
         times = {"plain_generate": Timings(), "first_token": _Seconds()}
         times.update({"complete_on_grid": _Seconds(), "complete_off_grid": _Seconds()})
+        times["ab_check_done"] = _Seconds()
         for r in range(repeats):
             times["plain_generate"].run(plain)
             # on the grid (±4, ±8 were drawn first): only the steered text is new
@@ -625,6 +633,11 @@ def run_p3(quick: bool, report: dict, repeats: int | None = None) -> None:
                     raise RuntimeError(f"P3: the playground failed: {widget.error}")
                 times[kind].add(widget.timings["charts_ms"])
                 times["first_token"].add(widget.timings["first_token_ms"])
+            checked.strength = 4.0 + 0.5 * (r + 1)  # a slider release: everything, then the A/B check
+            checked.wait(600)
+            if checked.error:
+                raise RuntimeError(f"P3: the playground failed: {checked.error}")
+            times["ab_check_done"].add(checked.timings["total_ms"])
             print(
                 f"  {dtype} repeat {r + 1}/{repeats} "
                 + ", ".join(f"{n} {t.wall[-1]:.3f} s" for n, t in times.items())
@@ -632,6 +645,7 @@ def run_p3(quick: bool, report: dict, repeats: int | None = None) -> None:
                 flush=True,
             )
         widget.close()
+        checked.close()
         for name, t in times.items():
             report["rows"].append(
                 {
@@ -645,10 +659,13 @@ def run_p3(quick: bool, report: dict, repeats: int | None = None) -> None:
         report["ratios"][f"P3 {dtype} first token s"] = times["first_token"].median
         report["ratios"][f"P3 {dtype} complete (off grid) s"] = times["complete_off_grid"].median
         report["ratios"][f"P3 {dtype} complete (on grid) s"] = times["complete_on_grid"].median
-        report["ratios"][f"P3 {dtype} complete (off grid)/plain generate"] = (
-            times["complete_off_grid"].median / times["plain_generate"].median
-        )
-        del widget, model, plain
+        report["ratios"][f"P3 {dtype} ab check done s"] = times["ab_check_done"].median
+        floor = times["plain_generate"].median
+        named = (("complete (off grid)", "complete_off_grid"), ("complete (on grid)", "complete_on_grid"),
+                 ("ab check done", "ab_check_done"))  # fmt: skip
+        for name, key in named:
+            report["ratios"][f"P3 {dtype} {name}/plain generate"] = times[key].median / floor
+        del widget, checked, model, plain
     report["meta"]["P3"] = {
         "repeats": repeats,
         "note": "widget timings from the slider change reaching Python; the browser adds the round "
@@ -662,6 +679,8 @@ P3_LABELS = {
     "first_token": "slider change -> first steered token (widget clock)",
     "complete_on_grid": "-> text, colouring, top-k and chart done; strength on the chart grid",
     "complete_off_grid": "-> same, strength off the grid (2 new chart points x 2 completions)",
+    "ab_check_done": "slider change -> everything above and the attached 20-item A/B check (both protocols, "
+    "16 random directions) done",
 }
 
 

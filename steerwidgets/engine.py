@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -830,6 +830,7 @@ def propensity_sweep(
     max_rows: int = 64,
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
+    cache: MutableMapping | None = None,
 ) -> PropensityResult:
     """The [items × strengths] propensity matrix at each layer, strengths batched into one pass.
 
@@ -849,6 +850,11 @@ def propensity_sweep(
     Per item, the tokens before the first steered position run once and their keys/values are reused; the
     blocks below the steered layer run once; the strengths (and sampled directions) share one batched pass;
     logits are computed only where they are scored.
+
+    ``cache`` (a mapping the caller owns, e.g. a bounded LRU) keeps what depends only on the model and the
+    items' tokens between calls: each item's unsteered prefix keys/values and residual norms (every layer)
+    and the option-swap reading. A live view that re-checks the same items at a new strength or layer then
+    runs only the steered suffixes. Use one cache per model.
     """
     require_model(model, "propensity_sweep")
     if not isinstance(vector, SteeringVector):
@@ -936,6 +942,7 @@ def propensity_sweep(
             operator,
             relative,
             max_rows,
+            cache,
         )
         for layer, (vec_m, null_s, zero_m, ratios) in out.items():
             prop[layer][row] = vec_m
@@ -947,7 +954,14 @@ def propensity_sweep(
             progress(row + 1, n_items)
     kept = [items[index] for index, _, _ in prompts]
     swap = option_swap if option_swap is not None else (k > 0 and protocol == "letter")
-    swapped = _swapped_propensity(model, kept, chat) if swap and protocol == "letter" else None
+    swapped = None
+    if swap and protocol == "letter":
+        key = ("swap", tuple(kept), chat)
+        swapped = cache.get(key) if cache is not None else None
+        if swapped is None:
+            swapped = _swapped_propensity(model, kept, chat)
+            if cache is not None:
+                cache[key] = swapped
     if null_method == "gradient":
         how = f"first-order: slope of direction r = ∇_λ m · r at λ = 0 (one backward pass per item), {k} "
     else:
@@ -1005,6 +1019,7 @@ def _sweep_protocol_item(
     operator: str,
     relative: bool,
     max_rows: int,
+    cache: MutableMapping | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray | None, float, np.ndarray]]:
     """One item's propensities per layer: vector rows, null slopes ``[K]``, unsteered, norm ratios.
 
@@ -1022,7 +1037,7 @@ def _sweep_protocol_item(
             )
         scores.append((comp, target, mask))
     first = min(int(mask.float().argmax()) for _, _, mask in scores)
-    prefix = _prefix(model, ids, first, layer_list)
+    prefix = _prefix(model, ids, first, layer_list, cache)
     sampled = directions if null_method == "sampled" else None
     n_s = len(lam)
     values: dict[int, np.ndarray] = {}
@@ -1068,12 +1083,21 @@ def _sweep_protocol_item(
 
 
 def _prefix(
-    model: Any, ids: list[int], first: int, layer_list: list[int]
+    model: Any, ids: list[int], first: int, layer_list: list[int], cache: MutableMapping | None = None
 ) -> tuple[list | None, dict[int, tuple[float, int]]]:
-    """Keys/values of the unsteered tokens before ``first`` and their residual norms (skipping the sink)."""
+    """Keys/values of the unsteered tokens before ``first`` and their residual norms (skipping the sink).
+
+    With a ``cache`` the norms are read at every layer, so the entry serves any layer later.
+    """
     prefix_norms: dict[int, tuple[float, int]] = {}
     if first <= 0:
         return None, prefix_norms
+    key = ("prefix", tuple(ids[:first]))
+    if cache is not None:
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        layer_list = list(range(model.n_layers))
     input_ids = torch.tensor([ids[:first]])
     with (
         torch.no_grad(),
@@ -1084,8 +1108,11 @@ def _prefix(
             h = _hidden(model.block(layer).output)[0, 1:].float()
             prefix_norms[layer] = (float(h.norm(dim=-1).sum()), int(h.shape[0]))
         result = model.nn.output.save()
-    cache = result["cache"] if "cache" in result else result["past_key_values"]
-    return [(k, v) for k, v, *_ in cache], prefix_norms
+    kv = result["cache"] if "cache" in result else result["past_key_values"]
+    out = [(k, v) for k, v, *_ in kv], prefix_norms
+    if cache is not None:
+        cache[key] = out
+    return out
 
 
 def _sweep_item(

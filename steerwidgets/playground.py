@@ -22,7 +22,7 @@ import dataclasses
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,18 +192,19 @@ Emit = Callable[[Update], None]
 # ----------------------------------------------------------------------------------------------
 # Caches
 # ----------------------------------------------------------------------------------------------
-class LRU:
-    """A small bounded mapping: the oldest entry goes when it is full (a drag must not grow memory)."""
+class LRU(MutableMapping):
+    """A small bounded mapping: the least recently used entry goes when it is full (a drag must not grow
+    memory)."""
 
     def __init__(self, size: int):
         self.size = size
         self._data: OrderedDict[Hashable, Any] = OrderedDict()
 
-    def get(self, key: Hashable) -> Any:
+    def get(self, key: Hashable, default: Any = None) -> Any:
         if key in self._data:
             self._data.move_to_end(key)
             return self._data[key]
-        return None
+        return default
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._data
@@ -216,6 +217,12 @@ class LRU:
         self._data.move_to_end(key)
         while len(self._data) > self.size:
             self._data.popitem(last=False)
+
+    def __delitem__(self, key: Hashable) -> None:
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self._data)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -256,6 +263,9 @@ class Pipeline:
         self.units = LRU(64)  # chart setting -> the strength unit its grid is drawn around
         self.ab = LRU(16)  # (vector, layer, grid, relative, items) -> A/B lines
         self.actadd = LRU(8)  # (positive, negative) -> ActAdd vector
+        # the A/B items' unsteered prefixes and option-swap readings (they depend only on the tokens): both
+        # protocols' prompts for AB_LIMIT items and the swap, so a strength or layer change runs suffixes only
+        self.ab_prefixes = LRU(2 * AB_LIMIT + 2)
 
     # --- vectors ----------------------------------------------------------------------------------
     @property
@@ -573,6 +583,7 @@ class Pipeline:
                         relative=request.relative,
                         null_directions=AB_NULL_DIRECTIONS,
                         cancel=cancel,
+                        cache=self.ab_prefixes,
                     )
                 )
         except SteeringError as exc:

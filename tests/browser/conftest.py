@@ -44,6 +44,8 @@ from typing import Any, NoReturn
 
 import pytest
 
+from helpers import patience
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("STEERWIDGETS_CHROMIUM", "/usr/bin/chromium")
@@ -58,6 +60,9 @@ CHROMIUM_ARGS = [
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 SERVER_START_TIMEOUT_S = 90.0
 SETUP_HINT = "run `bash scripts/setup_browser.sh` (Chromium + playwright) and `bash scripts/build_js.sh`"
+
+
+
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -160,7 +165,7 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        deadline = time.monotonic() + patience(SERVER_START_TIMEOUT_S * 1000) / 1000
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"jupyter lab exited with code {proc.returncode}:\n{_log_tail(log_path)}")
@@ -282,7 +287,7 @@ def page(browser: Any, page_log: PageLog, request: pytest.FixtureRequest) -> Ite
     """A fresh page in its own browser context; records external requests and JS errors."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     pg = context.new_page()
-    pg.set_default_timeout(60_000)
+    pg.set_default_timeout(patience(60_000))
 
     def on_request(req: Any) -> None:
         if _is_external(req.url):
@@ -400,7 +405,7 @@ def run_notebook(
     if it has none). Raises ``AssertionError`` if a cell produced an error output.
     Returns the notebook's name on the server.
     """
-    timeout_ms = timeout_s * 1000
+    timeout_ms = patience(timeout_s * 1000)
     name = _upload_notebook(base_url, notebook_path)
     quoted = urllib.parse.quote(name)
     if ui == "lab":
@@ -449,7 +454,7 @@ def kernel_execute(page: Any, code: str, *, timeout_s: float = 60.0) -> str:
           await Promise.race([future.done, timeout]);
           return { out, err };
         }""",
-        [code, timeout_s * 1000],
+        [code, patience(timeout_s * 1000)],
     )
     assert result["err"] is None, f"kernel raised: {result['err']}\ncode:\n{code}"
     return result["out"]

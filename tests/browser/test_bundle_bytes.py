@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import COUNT_BLOBS
+from helpers import COUNT_BLOBS, patience
 
 pytestmark = [
     pytest.mark.browser,
@@ -47,7 +47,7 @@ def _shown(page) -> list[int]:
         page.locator(sel).first.wait_for(state="attached", timeout=120_000)
     page.wait_for_function(
         "() => ['done', 'error'].includes(document.querySelector('.sw-playground').dataset.status)",
-        timeout=240_000,
+        timeout=patience(240_000),
     )
     page.locator(".sw-compare-chart svg").first.wait_for(state="attached")
     return page.evaluate("() => window.__swBlobSizes")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import nbformat
 import pytest
 
+from helpers import patience
+
 pytestmark = pytest.mark.browser
 
 CELL = r"""
@@ -81,7 +83,7 @@ def test_compare_widget_sorts_charts_runs_and_cancels(
     page.wait_for_function(
         "() => document.querySelector('.sw-compare-chart svg') && "
         "document.querySelector('.sw-compare-chart').textContent.includes('steerability')",
-        timeout=30_000,
+        timeout=patience(30_000),
     )
     save_screenshot(page, "compare-widget")
 
@@ -91,13 +93,14 @@ def test_compare_widget_sorts_charts_runs_and_cancels(
     # buttons would be checked in the old state.
     page.wait_for_function(
         "() => document.querySelector('.sw-compare-status').textContent === '9/100 · step 9'",
-        timeout=60_000,
+        timeout=patience(60_000),
     )
     assert 0.05 < page.eval_on_selector(".sw-compare-progress", "e => e.value") < 1
     assert page.is_disabled(".sw-compare-run") and not page.is_disabled(".sw-compare-cancel")
     page.click(".sw-compare-cancel")
     page.wait_for_function(
-        "() => document.querySelector('.sw-compare-status').textContent === 'cancelled'", timeout=30_000
+        "() => document.querySelector('.sw-compare-status').textContent === 'cancelled'",
+        timeout=patience(30_000),
     )
     assert not page.is_disabled(".sw-compare-run")
     assert page_log.external_requests == []

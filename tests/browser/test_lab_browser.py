@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from helpers import running_lab
+from helpers import patience, running_lab
 
 pytestmark = pytest.mark.browser
 
@@ -26,7 +26,7 @@ def test_lab_opens_the_quickstart_without_a_news_toast(tmp_path, page, page_log)
         page.wait_for_function(
             "() => [...document.querySelectorAll('.lm-TabBar-tabLabel')]"
             ".some(t => t.textContent === 'quickstart.ipynb')",
-            timeout=60_000,
+            timeout=patience(60_000),
         )
         page.locator("#jupyterlab-splash").wait_for(state="detached", timeout=60_000)
         page.wait_for_load_state("networkidle")

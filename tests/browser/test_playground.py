@@ -17,6 +17,8 @@ from typing import Any
 import nbformat
 import pytest
 
+from helpers import patience
+
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +70,7 @@ def _built():
 def _wait_done(page: Any, timeout_ms: float = 180_000) -> None:
     page.wait_for_function(
         f"() => ['done', 'error'].includes(document.querySelector('{ROOT}')?.dataset.status)",
-        timeout=timeout_ms,
+        timeout=patience(timeout_ms),
         polling=100,
     )
 
@@ -168,7 +170,7 @@ def test_quickstart_playground_in_jupyterlab(
     page.wait_for_function(
         f"() => [...document.querySelector('{ROOT}').querySelectorAll('.sw-pg-chip')]"
         ".map((c) => c.textContent).join('').includes('<img')",
-        timeout=60_000,
+        timeout=patience(60_000),
     )
     _wait_done(page)
     assert root.locator("img").count() == 0

@@ -17,6 +17,8 @@ from typing import Any
 import nbformat
 import pytest
 
+from helpers import patience
+
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +54,7 @@ def _built():
 
 def _wait_reaction(page: Any, before: str, timeout_ms: float = 180_000) -> None:
     """Wait until the Playground committed something after `before` and Python finished updating."""
-    page.wait_for_function(_REACTED, arg=before, timeout=timeout_ms, polling=100)
+    page.wait_for_function(_REACTED, arg=before, timeout=patience(timeout_ms), polling=100)
     status = page.evaluate(f"() => document.querySelector('{ROOT}').dataset.status")
     error = page.evaluate(f"() => document.querySelector('{ROOT} .sw-pg-error').textContent")
     assert status == "done", error
@@ -75,7 +77,7 @@ def test_playground_reacts_to_real_mouse_and_keyboard(
     root.scroll_into_view_if_needed()
     page.wait_for_function(
         f"() => ['done', 'error'].includes(document.querySelector('{ROOT}').dataset.status)",
-        timeout=180_000,
+        timeout=patience(180_000),
         polling=100,
     )
     steered_before = root.locator(".sw-pg-steered-text").text_content()

@@ -15,7 +15,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from helpers import COUNT_BLOBS
+from helpers import COUNT_BLOBS, patience
 
 pytestmark = pytest.mark.browser
 
@@ -64,7 +64,7 @@ def _wait_status(page: Any, selector: str, timeout_ms: float = 240_000) -> str:
     page.wait_for_function(
         f"() => ['done', 'error', 'cancelled']"
         f".includes(document.querySelector('{selector}')?.dataset.status)",
-        timeout=timeout_ms,
+        timeout=patience(timeout_ms),
         polling=200,
     )
     return page.evaluate(f"() => document.querySelector('{selector}').dataset.status")
@@ -117,7 +117,7 @@ def test_anti_steerable_item_opens_in_the_playground(
     page.wait_for_function(
         "([sel, want]) => document.querySelector(sel)?.value === want",
         arg=[f"{REPORT} .sw-rl-playground .sw-playground textarea[aria-label='Prompt']", text],
-        timeout=60_000,
+        timeout=patience(60_000),
     )
     assert prompt.input_value() == text
     same = f"report.opened_playground.prompt == report.test_items[{index}].question"
@@ -125,7 +125,7 @@ def test_anti_steerable_item_opens_in_the_playground(
     assert _kernel_value(kernel_execute, page, "report.opened_playground.layer", "9") == "9"
     page.wait_for_function(
         f"() => document.querySelector('{REPORT} .sw-playground')?.dataset.status === 'done'",
-        timeout=240_000,
+        timeout=patience(240_000),
     )
     assert "Opened item" in report.locator(".sw-rl-message").inner_text()
     save_screenshot(page, "reliability-report-playground")
