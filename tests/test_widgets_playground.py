@@ -112,7 +112,7 @@ def test_token_shifts_and_topk(make, smol):
         assert t["shift"] == pytest.approx(t["lp_steered"] - t["lp_base"], abs=2e-3)
     base_lp = sw.score(smol, PROMPT, w.steered_text)[0]
     assert [t["lp_base"] for t in tokens] == pytest.approx(base_lp.tolist(), abs=2e-3)
-    assert len(w.topk) == pg.TOP_K
+    assert len(w.topk) == pipeline.TOP_K
     deltas = [r["delta"] for r in w.topk]
     assert deltas == sorted(deltas, reverse=True)
     for r in w.topk:
