@@ -31,19 +31,12 @@ import torch
 
 from . import metrics
 from .data import ABItem, OpenEndedItem
-from .engine import (
-    DEFAULT_STRENGTHS,
-    GenerationCancelled,
-    _check_strengths,
-    ab_prompt,
-    generate,
-    next_token_logprobs,
-    propensity_sweep,
-    read_activations,
-    score,
-    tokenize_prompt,
-)
+from .engine.activations import read_activations
+from .engine.generation import GenerationCancelled, generate
+from .engine.scoring import next_token_logprobs, score
+from .engine.sweep import DEFAULT_STRENGTHS, _check_strengths, propensity_sweep
 from .interventions import AffineMap, Steering, SteeringError, require_model
+from .prompts import ab_prompt, tokenize_prompt
 from .reliability import NEUTRAL_PROMPTS
 from .vectors import SteeringVector, random_like
 from .verdicts import against_null
