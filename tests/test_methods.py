@@ -10,6 +10,7 @@ import torch
 
 import steerwidgets as sw
 from steerwidgets import methods as M
+from steerwidgets.engine import activations as A
 from steerwidgets.interventions import AffineMap, apply_operator
 
 PAIRS = [
@@ -330,10 +331,10 @@ def test_head_patching_matches_plain_torch_hooks(tiny_llama):
     tok = tiny_llama.tokenizer
     clean = tok("Q: cat\nA: dog\n\nQ: sun\nA:")["input_ids"]
     corrupt = tok("Q: tree\nA: car\n\nQ: moon\nA:")["input_ids"]
-    means = M.head_means(tiny_llama, [clean], [1, 3])
+    means = A.head_means(tiny_llama, [clean], [1, 3])
     head_dim = tiny_llama.d_model // 4
     patches = [None, (1, 0), (1, 3), (3, 2)]
-    got = M.patched_answer_probs(tiny_llama, corrupt, 7, patches, means, head_dim)
+    got = A.patched_answer_probs(tiny_llama, corrupt, 7, patches, means, head_dim)
     want = [_manual_answer_prob(tiny_llama, corrupt, 7, p, means, head_dim) for p in patches]
     assert np.allclose(got.numpy(), want, rtol=1e-4, atol=1e-9)
     assert len(set(np.round(want, 12))) > 1  # the patches really change the output
@@ -348,16 +349,16 @@ def test_function_vector_returns_top_heads(tiny_llama):
     aie = fv.meta["aie"]
     assert len(aie) == 4 * 4
     assert [t[2] for t in top] == sorted(aie.values(), reverse=True)[:3]
-    _, weight, heads = M.attention_out_proj(tiny_llama, 0)
+    _, weight, heads = A.attention_out_proj(tiny_llama, 0)
     assert heads == 4
     # the vector is the sum of the top heads' mean outputs through W_O
     tok = tiny_llama.tokenizer
     clean = [tok(M.icl_text(d, q))["input_ids"] for d, q, _ in prompts]
-    means = M.head_means(tiny_llama, clean, [0, 1, 2, 3])
+    means = A.head_means(tiny_llama, clean, [0, 1, 2, 3])
     hd = weight.shape[1] // heads
     expected = sum(
         M.head_contribution(
-            M.attention_out_proj(tiny_llama, layer)[1], h, hd, means[layer][h * hd : (h + 1) * hd]
+            A.attention_out_proj(tiny_llama, layer)[1], h, hd, means[layer][h * hd : (h + 1) * hd]
         )
         for layer, h, _ in top
     )
