@@ -10,11 +10,17 @@
 - :func:`function_vector` — summed outputs of the top attention heads by indirect effect (Todd et al. 2023).
 - :func:`affine` — mean + covariance matching, an :class:`AffineMap` (Singh et al. 2024).
 - :func:`ablation_steerings`, :func:`clamp_steering` — directional ablation and clamping.
+
+Estimators are registered by name in :data:`ESTIMATORS` (``@register_estimator("name", reads=...)``), so a new
+method is one function: ``fn(model, data, layers, **options) -> SteeringVector`` becomes usable by name, e.g.
+in :func:`steerwidgets.evaluation.compare`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +30,50 @@ from .engine.activations import attention_out_proj, head_means, patched_answer_p
 from .interventions import AffineMap, Steering, SteeringError, require_model
 from .prompts import ab_prompt, adds_bos, prompt_text, tokenize_prompt, use_chat
 from .vectors import SteeringVector
+
+#: What an estimator's ``data`` is, so a caller holding a behaviour's data knows what to pass: A/B items,
+#: contrast pairs, either, or something of its own (texts, (x, y) demonstrations, two phrases, ICL prompts).
+READS = ("ab_items", "pairs", "ab_items_or_pairs", "texts", "demonstrations", "phrases", "icl_prompts")
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A registered estimator: ``fn(model, data, layers, **options)`` returns a :class:`SteeringVector`
+    (``affine``: an :class:`AffineMap`); ``reads`` says what ``data`` is (one of :data:`READS`)."""
+
+    name: str
+    fn: Callable[..., Any]
+    reads: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+#: The estimators by name, filled by :func:`register_estimator`.
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_estimator(name: str | None = None, *, reads: str = "ab_items_or_pairs") -> Callable:
+    """Register ``fn(model, data, layers, **options) -> SteeringVector`` under ``name`` (default: its
+    ``__name__``); a decorator that returns ``fn`` unchanged. ``del ESTIMATORS[name]`` removes it again."""
+    if reads not in READS:
+        raise SteeringError(f"reads must be one of {READS}, got {reads!r}")
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        key = name or getattr(fn, "__name__", None)
+        if not isinstance(key, str) or not key:
+            raise SteeringError("give the estimator a name: register_estimator('name')")
+        ESTIMATORS[key] = Estimator(key, fn, reads)
+        return fn
+
+    return register
+
+
+def get_estimator(name: str) -> Estimator:
+    """The estimator registered as ``name``; an unknown name raises naming the registered ones."""
+    if name not in ESTIMATORS:
+        raise SteeringError(f"unknown method {name!r}; choose from {sorted(ESTIMATORS)}")
+    return ESTIMATORS[name]
 
 
 def _layer_list(model: Any, layers: int | Sequence[int] | None) -> list[int]:
@@ -130,6 +180,7 @@ def pair_activations(
     return out
 
 
+@register_estimator("caa", reads="ab_items")
 def caa(
     model: Any,
     items: Sequence[ABItem],
@@ -158,6 +209,7 @@ def caa(
     )
 
 
+@register_estimator("mean_difference", reads="pairs")
 def mean_difference(
     model: Any,
     pairs: Sequence[ContrastPair],
@@ -195,6 +247,7 @@ def actadd_context(model: Any, phrase: str, chat: bool | None = None) -> list[in
     return prefix
 
 
+@register_estimator("actadd", reads="phrases")
 def actadd(
     model: Any,
     positive_prompt: str,
@@ -408,6 +461,7 @@ def contrast_activations(
     raise SteeringError("give a non-empty list of ABItem or of ContrastPair (not a mix)")
 
 
+@register_estimator("pca", reads="ab_items_or_pairs")
 def pca(
     model: Any,
     data: Sequence[ABItem] | Sequence[ContrastPair],
@@ -430,6 +484,9 @@ def pca(
     )
 
 
+register_estimator("pca_uncentred", reads="ab_items_or_pairs")(functools.partial(pca, centred=False))
+
+
 def _text_ids(model: Any, texts: Sequence[str]) -> list[list[int]]:
     out = []
     for text in texts:
@@ -440,6 +497,7 @@ def _text_ids(model: Any, texts: Sequence[str]) -> list[list[int]]:
     return out
 
 
+@register_estimator("mean_centring", reads="texts")
 def mean_centring(
     model: Any,
     target_texts: Sequence[str],
@@ -497,6 +555,7 @@ def icv_directions(diffs: dict[int, torch.Tensor], centred: bool = True) -> dict
     return dict(zip(layers, joint.split(sizes)))
 
 
+@register_estimator("icv", reads="demonstrations")
 def icv(
     model: Any,
     demonstrations: Sequence[tuple[str, str]],
@@ -574,6 +633,7 @@ def pair_token_activations(
     return torch.cat(out[0]), torch.cat(out[1])
 
 
+@register_estimator("affine", reads="ab_items_or_pairs")
 def affine(
     model: Any,
     data: Sequence[ABItem] | Sequence[ContrastPair],
@@ -658,6 +718,7 @@ def _first_token(model: Any, answer: str) -> int:
     return ids[0]
 
 
+@register_estimator("function_vector", reads="icl_prompts")
 def function_vector(
     model: Any,
     icl_prompts: Sequence[tuple[Sequence[tuple[str, str]], str, str]],

@@ -399,3 +399,36 @@ def test_new_methods_on_the_default_model_are_finite_and_reproducible(smol):
     assert 0 < amap.meta["shrinkage_source"] <= 1  # d_model 576 ≫ 8 samples: shrinkage is needed
     lp = sw.score(smol, "How was your day?", " It was great.", M.affine_steering(amap, layer, 0.5))[0]
     assert torch.isfinite(lp).all()
+
+
+# --- the estimator registry ----------------------------------------------------------------------
+def test_registering_an_estimator_makes_it_usable_by_name(tiny_gpt2, monkeypatch):
+    from steerwidgets import evaluation as E
+
+    seen = []
+
+    @M.register_estimator("fixed_direction", reads="ab_items")
+    def fixed_direction(model, items, layers, **options):
+        seen.append((list(items), list(layers)))
+        gen = torch.Generator().manual_seed(0)
+        return sw.SteeringVector({layer: torch.randn(model.d_model, generator=gen) for layer in layers})
+
+    try:
+        assert M.get_estimator("fixed_direction").reads == "ab_items"
+        assert M.get_estimator("fixed_direction")(tiny_gpt2, AB, [1]).layers == [1]
+        assert "fixed_direction" in E.method_names()
+        monkeypatch.setattr(E, "_passages", lambda n: ["The Moon is the Earth's only natural satellite."])
+        opens = [sw.OpenEndedItem("How was your weekend?", "It was wonderful.", "It was awful.")]
+        items = [*AB, sw.ABItem("Pick the kind reply.\n\n(A) Whatever\n(B) Have a nice day", "B", "A")]
+        data = E.BehaviourData("kindness", items[2:], items[:2], PAIRS, opens, instruction="Be kind.")
+        kw = dict(model=tiny_gpt2, layer=1, strengths=[-1, 0, 1], seeds=(0,), match=None, fluency=False)
+        (row,) = E.compare(["fixed_direction"], [data], **kw).rows
+        assert row["method"] == "fixed_direction" and np.isfinite(row["steerability"])
+        assert seen[-1] == (items[2:], [1])  # compare fed it the training A/B items at [layer]
+    finally:
+        del M.ESTIMATORS["fixed_direction"]
+    with pytest.raises(sw.SteeringError, match="unknown method"):
+        M.get_estimator("fixed_direction")
+    assert "fixed_direction" not in E.method_names()
+    builtin = ["affine", "caa", "icv", "mean_centring", "mean_difference", "pca", "pca_uncentred"]
+    assert E.method_names() == builtin
