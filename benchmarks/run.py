@@ -218,7 +218,7 @@ def _mask(positions: str, n: int) -> torch.Tensor:
 
 
 def _prompts(model: Any, items: list) -> list[tuple[torch.Tensor, int, int]]:
-    from steerwidgets.engine import ab_prompt
+    from steerwidgets.prompts import ab_prompt
 
     out = []
     for item in items:
@@ -330,7 +330,7 @@ def run_p1(
     n_items: int | None = None,
 ) -> None:
     import steerwidgets as sw
-    from steerwidgets.engine import ab_prompt
+    from steerwidgets.prompts import ab_prompt
 
     all_items = list(sw.builtin_ab("sentiment"))
     n_items = n_items or (8 if quick else 40)
@@ -444,7 +444,7 @@ P2_STRENGTH = 4.0
 
 
 def p2_hook(model: Any, vec: torch.Tensor) -> torch.Tensor:
-    from steerwidgets.engine import encode
+    from steerwidgets.prompts import encode
 
     enc = encode(model, P2_PROMPTS)
     real = enc.attention_mask[..., None].to(vec.dtype)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .data import DatasetError, _dataset_dir
-from .engine import score
+from .engine.scoring import score
 from .interventions import Steering, SteeringError, as_list
 
 CAPABILITY_SETS = ("arithmetic", "factual", "instructions", "commonsense")

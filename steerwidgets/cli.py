@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import DatasetError, load_ab_items
-from .engine import DEFAULT_STRENGTHS
+from .engine.sweep import DEFAULT_STRENGTHS
 from .models import ModelLoadError
 from .verdicts import NULL_DIRECTIONS
 
@@ -102,8 +102,8 @@ def check_output(path: str | None, flag: str) -> None:
 
 def check_item_lengths(model: Any, items: list, path: str, flag: str) -> None:
     """Name the file and item whose prompt does not fit the model, before any model work."""
-    from .engine import ab_prompt
     from .interventions import SteeringError
+    from .prompts import ab_prompt
 
     for index, item in enumerate(items):
         try:
@@ -179,7 +179,7 @@ def _null_count(value: int) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from . import methods
-    from .engine import PROPENSITY_DEFINITIONS, propensity_sweep
+    from .engine.sweep import PROPENSITY_DEFINITIONS, propensity_sweep
 
     strengths = parse_strengths(args.strengths)
     positions = _positions(args.positions)
@@ -240,7 +240,7 @@ def _answer_text(
     model: Any, test: list, vector: Any, layer: int, strengths: list[float], positions: Any, k: int
 ) -> dict[str, Any]:
     """The answer-text protocol's fields (CLI contract); cannot-judge when no item lists its options."""
-    from .engine import PROPENSITY_DEFINITIONS, propensity_sweep
+    from .engine.sweep import PROPENSITY_DEFINITIONS, propensity_sweep
     from .interventions import SteeringError
     from .verdicts import cannot_judge
 
@@ -302,7 +302,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
     from . import methods
-    from .engine import propensity_sweep
+    from .engine.sweep import propensity_sweep
 
     strengths = parse_strengths(args.strengths)
     positions = _positions(args.positions)

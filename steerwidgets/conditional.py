@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 from .data import DatasetError, _dataset_dir
-from .engine import GenerationResult, generate, read_activations, tokenize_prompt
+from .engine.activations import read_activations
+from .engine.generation import GenerationResult, generate
 from .interventions import Steering, SteeringError
+from .prompts import tokenize_prompt
 
 DIRECTIONS = ("larger", "smaller")
 CONDITION_METHODS = ("mean_difference", "pca")

@@ -29,7 +29,7 @@ import numpy as np
 
 from .capabilities import paired_difference_ci
 from .data import ABItem, DatasetError, OpenEndedItem, _dataset_dir
-from .engine import DEFAULT_STRENGTHS, propensity_sweep
+from .engine.sweep import DEFAULT_STRENGTHS, propensity_sweep
 from .evaluation import open_ended_loglik
 from .interventions import Steering, SteeringError, as_list
 from .vectors import SteeringVector

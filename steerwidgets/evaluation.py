@@ -31,19 +31,12 @@ import torch
 
 from . import metrics
 from .data import ABItem, OpenEndedItem
-from .engine import (
-    DEFAULT_STRENGTHS,
-    GenerationCancelled,
-    _check_strengths,
-    ab_prompt,
-    generate,
-    next_token_logprobs,
-    propensity_sweep,
-    read_activations,
-    score,
-    tokenize_prompt,
-)
+from .engine.activations import read_activations
+from .engine.generation import GenerationCancelled, generate
+from .engine.scoring import next_token_logprobs, score
+from .engine.sweep import DEFAULT_STRENGTHS, _check_strengths, propensity_sweep
 from .interventions import AffineMap, Steering, SteeringError, require_model
+from .prompts import ab_prompt, tokenize_prompt
 from .reliability import NEUTRAL_PROMPTS
 from .vectors import SteeringVector, random_like
 from .verdicts import against_null
@@ -640,35 +633,42 @@ class Built:
 MethodBuilder = Callable[[Any, BehaviourData, int], Built]
 
 
-def _build_caa(model: Any, data: BehaviourData, layer: int) -> Built:
-    from .methods import caa
-
-    vec = caa(model, data.train_items, [layer])
-    return Built(vector_steerer(vec), vec)
-
-
-def _build_mean_difference(model: Any, data: BehaviourData, layer: int) -> Built:
-    _needs_pairs(data, "mean_difference")
-    from .methods import mean_difference
-
-    vec = mean_difference(model, data.pairs, [layer])
-    return Built(vector_steerer(vec), vec)
-
-
-def _build_pca(centred: bool) -> MethodBuilder:
-    """PCA on contrast pairs, as RepE / repeng do. On A/B answer-letter differences the first component
-    is the *letter* direction (y+ is "A" for half the items, "B" for the rest, so that part flips sign
-    and dominates the variance), nearly orthogonal to the behaviour; A/B items are the fallback."""
+def registered_builder(name: str) -> MethodBuilder:
+    """compare's builder for an estimator of :data:`steerwidgets.methods.ESTIMATORS`, fed what it reads:
+    the training A/B items (``"ab_items"``), the contrast pairs (``"pairs"``), or the pairs when there are
+    any and else the A/B items (``"ab_items_or_pairs"``), at ``[layer]``. An :class:`AffineMap` result is
+    applied with the ``"affine"`` operator, a vector added."""
 
     def build(model: Any, data: BehaviourData, layer: int) -> Built:
-        from .methods import pca
+        from .methods import get_estimator
 
-        source = data.pairs or data.train_items
-        vec = pca(model, source, [layer], centred=centred)
-        note = "" if data.pairs else "built from A/B items (no contrast pairs): may encode the letter"
-        return Built(vector_steerer(vec), vec, note)
+        estimator = get_estimator(name)
+        note = ""
+        if estimator.reads == "ab_items":
+            source = data.train_items
+        elif estimator.reads == "pairs":
+            _needs_pairs(data, name)
+            source = data.pairs
+        elif estimator.reads == "ab_items_or_pairs":
+            # PCA on A/B answer-letter differences finds the *letter* direction (y+ is "A" for half the items,
+            # "B" for the rest, so that part flips sign and dominates the variance): pairs come first.
+            source = data.pairs or data.train_items
+            note = "" if data.pairs else "built from A/B items (no contrast pairs): may encode the letter"
+        else:
+            raise SteeringError(
+                f"{name} reads {estimator.reads}, which compare cannot derive from a behaviour's data; "
+                "pass (name, builder) instead"
+            )
+        built = estimator(model, source, [layer])
+        if isinstance(built, AffineMap):
+            return Built(affine_steerer(built, layer), None, note)
+        return Built(vector_steerer(built), built, note)
 
     return build
+
+
+def _build_caa(model: Any, data: BehaviourData, layer: int) -> Built:
+    return registered_builder("caa")(model, data, layer)
 
 
 def generic_corpus() -> list[str]:
@@ -712,15 +712,31 @@ def _build_affine(model: Any, data: BehaviourData, layer: int) -> Built:
     return Built(affine_steerer(amap, layer), None, note)
 
 
+#: compare's own recipes for methods it builds differently from :func:`registered_builder`: mean-centring on
+#: a generic corpus, ICV on every layer (norm-preserving), affine on every token of the pairs. Every other
+#: name is looked up in :data:`steerwidgets.methods.ESTIMATORS`.
 METHODS: dict[str, MethodBuilder] = {
-    "caa": _build_caa,
-    "mean_difference": _build_mean_difference,
-    "pca": _build_pca(True),
-    "pca_uncentred": _build_pca(False),
     "mean_centring": _build_mean_centring,
     "icv": _build_icv,
     "affine": _build_affine,
 }
+_FED = ("ab_items", "pairs", "ab_items_or_pairs")  # what registered_builder can feed an estimator
+
+
+def method_names() -> list[str]:
+    """The names :func:`compare` accepts: its own recipes and every registered estimator it can feed."""
+    from .methods import ESTIMATORS
+
+    return sorted(set(METHODS) | {name for name, est in ESTIMATORS.items() if est.reads in _FED})
+
+
+def method_builder(name: str) -> MethodBuilder:
+    """compare's builder for a method name (its own recipe first, else the registered estimator)."""
+    if name in METHODS:
+        return METHODS[name]
+    if name in method_names():
+        return registered_builder(name)
+    raise SteeringError(f"unknown method {name!r}; choose from {method_names()}")
 
 
 def behaviour_data(name: str, n_items: int, n_train: int | None = None) -> BehaviourData:
@@ -948,7 +964,7 @@ def compare(
     per-token mean), perplexity ratio and KL are read at ``open_strength`` (default: the largest
     strength). ``behaviours`` are built-in names or your own :class:`BehaviourData` (A/B items to train
     and test on, contrast pairs, open-ended items; its ``instruction`` is the prompting baseline's).
-    ``methods`` are names from :data:`METHODS` or ``(name, builder)`` pairs;
+    ``methods`` are names from :func:`method_names` or ``(name, builder)`` pairs;
     ``progress(done, total, label)`` is called after each step; setting ``cancel`` stops between steps
     (and inside sweeps) with ``GenerationCancelled``.
 
@@ -975,9 +991,7 @@ def compare(
     resolved: list[tuple[str, MethodBuilder]] = []
     for spec in methods:
         if isinstance(spec, str):
-            if spec not in METHODS:
-                raise SteeringError(f"unknown method {spec!r}; choose from {sorted(METHODS)}")
-            resolved.append((spec, METHODS[spec]))
+            resolved.append((spec, method_builder(spec)))
         else:
             resolved.append((spec[0], spec[1]))
     instr = dict(DEFAULT_INSTRUCTIONS)

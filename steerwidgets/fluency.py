@@ -137,7 +137,7 @@ def generation_fluency(
     pass (as the Playground colours tokens: the text re-tokenised, end-of-sequence tokens dropped), so
     the two means are over the same kind of tokens. ``chat`` must match the ``generate`` call's.
     """
-    from .engine import score
+    from .engine.scoring import score
 
     if result.base is None or result.steered is None:
         raise ValueError("the fluency verdict needs both the unsteered and the steered continuation")

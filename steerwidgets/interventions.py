@@ -1,5 +1,8 @@
 """What to change in the residual stream, and where: the ``Steering`` spec, position masks and operators.
 
+Operators live in a registry (:data:`OPERATORS`, name → function): a new one is one function under
+``@register_operator("name")``, and ``Steering(..., operator="name")`` then works everywhere.
+
 Positions index the token sequence the model sees: prompt tokens are ``0 .. n-1`` and the *k*-th generated
 token sits at ``n + k``. The first generated token is predicted at position ``n-1`` (the last prompt token),
 so ``"generated"`` steering does not change the first new token; ``"last"`` or ``"continuation"`` does.
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -22,7 +25,6 @@ from .vectors import SteeringVector, VectorError
 
 PositionSpec = str | int | slice | Sequence[int]
 PRESETS = ("all", "prompt", "generated", "last", "continuation", "front")
-OPERATORS = ("add", "ablate", "clamp", "add_norm_preserving", "affine")
 _SLICE_RE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
 
 
@@ -103,7 +105,7 @@ class Steering:
         if not math.isfinite(self.strength):
             raise SteeringError(f"strength must be finite, got {self.strength}; use e.g. 4.0")
         if self.operator not in OPERATORS:
-            raise SteeringError(f"unknown operator {self.operator!r}; use one of {OPERATORS}")
+            raise SteeringError(f"unknown operator {self.operator!r}; use one of {tuple(OPERATORS)}")
         if isinstance(self.vector, SteeringVector):
             self.vector.check_model(model)
         if (self.operator == "affine") != isinstance(self.vector, AffineMap):
@@ -268,6 +270,62 @@ def _absolute(
     return absolute
 
 
+#: An operator edits hidden states: ``fn(hidden, vec, scale) -> edited`` at every position (the caller masks
+#: where it applies). ``hidden`` is float32 ``[..., d]``; ``vec`` is the direction ``[d]`` in that dtype (an
+#: :class:`AffineMap` for ``"affine"``); ``scale`` broadcasts against ``hidden[..., :1]``.
+Operator = Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
+
+#: The operators by name, in registration order; filled by :func:`register_operator`.
+OPERATORS: dict[str, Operator] = {}
+
+
+def register_operator(name: str) -> Callable[[Operator], Operator]:
+    """Register ``fn(hidden, vec, scale) -> edited`` as operator ``name`` (decorator; returns ``fn``).
+
+    Afterwards ``Steering(vector, layer, strength, operator=name)`` validates and every engine call applies
+    it. Remove one again with ``del OPERATORS[name]``.
+    """
+    if not isinstance(name, str) or not name:
+        raise SteeringError(f"an operator's name must be a non-empty str, got {name!r}")
+
+    def register(fn: Operator) -> Operator:
+        OPERATORS[name] = fn
+        return fn
+
+    return register
+
+
+@register_operator("add")
+def _add(hidden: torch.Tensor, vec: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return hidden + scale * vec
+
+
+@register_operator("ablate")
+def _ablate(hidden: torch.Tensor, vec: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    unit = vec / vec.norm()
+    projection = (hidden * unit).sum(-1, keepdim=True)
+    return hidden - projection * unit
+
+
+@register_operator("clamp")
+def _clamp(hidden: torch.Tensor, vec: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    unit = vec / vec.norm()
+    projection = (hidden * unit).sum(-1, keepdim=True)
+    removed = hidden - projection * unit
+    return removed + scale * vec.norm() * unit
+
+
+@register_operator("add_norm_preserving")
+def _add_norm_preserving(hidden: torch.Tensor, vec: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    added = hidden + scale * vec
+    return added * (hidden.norm(dim=-1, keepdim=True) / added.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+
+@register_operator("affine")
+def _affine(hidden: torch.Tensor, vec: AffineMap, scale: torch.Tensor) -> torch.Tensor:
+    return hidden + scale * (vec(hidden) - hidden)
+
+
 def apply_operator(
     hidden: torch.Tensor, vec: torch.Tensor | AffineMap, scale: torch.Tensor, operator: str
 ) -> torch.Tensor:
@@ -275,7 +333,7 @@ def apply_operator(
 
     ``scale`` broadcasts against ``hidden[..., :1]`` (one multiplier per row, per position, or both).
     The edit is computed in float32 and returned in ``hidden``'s dtype, so bf16/fp16 models work and
-    a float32 model's numbers are unchanged.
+    a float32 model's numbers are unchanged. ``operator`` is looked up in :data:`OPERATORS`.
     """
     if hidden.dtype == torch.float32:
         return _apply_operator(hidden, vec, scale, operator)
@@ -288,21 +346,12 @@ def _apply_operator(
     if operator == "affine" or isinstance(vec, AffineMap):
         if not isinstance(vec, AffineMap) or operator != "affine":
             raise SteeringError("operator 'affine' needs an AffineMap (and an AffineMap needs 'affine')")
-        return hidden + scale * (vec(hidden) - hidden)
-    vec = vec.to(hidden.dtype)
-    if operator == "add":
-        return hidden + scale * vec
-    if operator == "add_norm_preserving":
-        added = hidden + scale * vec
-        return added * (hidden.norm(dim=-1, keepdim=True) / added.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-    unit = vec / vec.norm()
-    projection = (hidden * unit).sum(-1, keepdim=True)
-    removed = hidden - projection * unit
-    if operator == "ablate":
-        return removed
-    if operator == "clamp":
-        return removed + scale * vec.norm() * unit
-    raise SteeringError(f"unknown operator {operator!r}; use one of {OPERATORS}")
+    else:
+        vec = vec.to(hidden.dtype)
+    fn = OPERATORS.get(operator)
+    if fn is None:
+        raise SteeringError(f"unknown operator {operator!r}; use one of {tuple(OPERATORS)}")
+    return fn(hidden, vec, scale)
 
 
 def as_list(steering: Steering | Sequence[Steering] | None) -> list[Steering]:

@@ -10,19 +10,70 @@
 - :func:`function_vector` — summed outputs of the top attention heads by indirect effect (Todd et al. 2023).
 - :func:`affine` — mean + covariance matching, an :class:`AffineMap` (Singh et al. 2024).
 - :func:`ablation_steerings`, :func:`clamp_steering` — directional ablation and clamping.
+
+Estimators are registered by name in :data:`ESTIMATORS` (``@register_estimator("name", reads=...)``), so a new
+method is one function: ``fn(model, data, layers, **options) -> SteeringVector`` becomes usable by name, e.g.
+in :func:`steerwidgets.evaluation.compare`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .data import ABItem, ContrastPair, fingerprint, swap_options
-from .engine import _adds_bos, _use_chat, ab_prompt, prompt_text, read_activations, tokenize_prompt
+from .engine.activations import attention_out_proj, head_means, patched_answer_probs, read_activations
 from .interventions import AffineMap, Steering, SteeringError, require_model
+from .prompts import ab_prompt, adds_bos, prompt_text, tokenize_prompt, use_chat
 from .vectors import SteeringVector
+
+#: What an estimator's ``data`` is, so a caller holding a behaviour's data knows what to pass: A/B items,
+#: contrast pairs, either, or something of its own (texts, (x, y) demonstrations, two phrases, ICL prompts).
+READS = ("ab_items", "pairs", "ab_items_or_pairs", "texts", "demonstrations", "phrases", "icl_prompts")
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A registered estimator: ``fn(model, data, layers, **options)`` returns a :class:`SteeringVector`
+    (``affine``: an :class:`AffineMap`); ``reads`` says what ``data`` is (one of :data:`READS`)."""
+
+    name: str
+    fn: Callable[..., Any]
+    reads: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+#: The estimators by name, filled by :func:`register_estimator`.
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_estimator(name: str | None = None, *, reads: str = "ab_items_or_pairs") -> Callable:
+    """Register ``fn(model, data, layers, **options) -> SteeringVector`` under ``name`` (default: its
+    ``__name__``); a decorator that returns ``fn`` unchanged. ``del ESTIMATORS[name]`` removes it again."""
+    if reads not in READS:
+        raise SteeringError(f"reads must be one of {READS}, got {reads!r}")
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        key = name or getattr(fn, "__name__", None)
+        if not isinstance(key, str) or not key:
+            raise SteeringError("give the estimator a name: register_estimator('name')")
+        ESTIMATORS[key] = Estimator(key, fn, reads)
+        return fn
+
+    return register
+
+
+def get_estimator(name: str) -> Estimator:
+    """The estimator registered as ``name``; an unknown name raises naming the registered ones."""
+    if name not in ESTIMATORS:
+        raise SteeringError(f"unknown method {name!r}; choose from {sorted(ESTIMATORS)}")
+    return ESTIMATORS[name]
 
 
 def _layer_list(model: Any, layers: int | Sequence[int] | None) -> list[int]:
@@ -129,6 +180,7 @@ def pair_activations(
     return out
 
 
+@register_estimator("caa", reads="ab_items")
 def caa(
     model: Any,
     items: Sequence[ABItem],
@@ -153,10 +205,11 @@ def caa(
         method="caa",
         read_position="answer letter (last token)" + (", both letter orders" if swapped else ""),
         dataset_fingerprint=fingerprint(list(items)),
-        meta={"n_items": len(list(items)), "chat": _use_chat(model, chat), "swap_options": swapped},
+        meta={"n_items": len(list(items)), "chat": use_chat(model, chat), "swap_options": swapped},
     )
 
 
+@register_estimator("mean_difference", reads="pairs")
 def mean_difference(
     model: Any,
     pairs: Sequence[ContrastPair],
@@ -189,11 +242,12 @@ def actadd_context(model: Any, phrase: str, chat: bool | None = None) -> list[in
     text, char_start = prompt_text(model, phrase, chat)
     tok = model.tokenizer
     prefix = tok(text[:char_start], add_special_tokens=False)["input_ids"] if char_start else []
-    if not _use_chat(model, chat) and tok.bos_token_id is not None and _adds_bos(tok):
+    if not use_chat(model, chat) and tok.bos_token_id is not None and adds_bos(tok):
         prefix = [tok.bos_token_id] + prefix
     return prefix
 
 
+@register_estimator("actadd", reads="phrases")
 def actadd(
     model: Any,
     positive_prompt: str,
@@ -230,15 +284,15 @@ def actadd(
     acts = read_activations(model, [pos_ctx + pos, neg_ctx + neg], layer_list, position="all")
     p0, n0 = len(pos_ctx), len(neg_ctx)
     directions = {layer: a[0, p0 : p0 + width] - a[1, n0 : n0 + width] for layer, a in acts.items()}
-    use_chat = _use_chat(model, chat)
+    chat_on = use_chat(model, chat)
     return SteeringVector(
         directions=directions,
         model_id=model.name,
         method="actadd",
         read_position=f"front-aligned, {width} positions after the "
-        + ("chat template's user-turn opening" if use_chat else "start of the text"),
+        + ("chat template's user-turn opening" if chat_on else "start of the text"),
         dataset_fingerprint=fingerprint([ContrastPair(positive_prompt, negative_prompt)]),
-        meta={"positive": positive_prompt, "negative": negative_prompt, "chat": use_chat},
+        meta={"positive": positive_prompt, "negative": negative_prompt, "chat": chat_on},
     )
 
 
@@ -407,6 +461,7 @@ def contrast_activations(
     raise SteeringError("give a non-empty list of ABItem or of ContrastPair (not a mix)")
 
 
+@register_estimator("pca", reads="ab_items_or_pairs")
 def pca(
     model: Any,
     data: Sequence[ABItem] | Sequence[ContrastPair],
@@ -429,6 +484,9 @@ def pca(
     )
 
 
+register_estimator("pca_uncentred", reads="ab_items_or_pairs")(functools.partial(pca, centred=False))
+
+
 def _text_ids(model: Any, texts: Sequence[str]) -> list[list[int]]:
     out = []
     for text in texts:
@@ -439,6 +497,7 @@ def _text_ids(model: Any, texts: Sequence[str]) -> list[list[int]]:
     return out
 
 
+@register_estimator("mean_centring", reads="texts")
 def mean_centring(
     model: Any,
     target_texts: Sequence[str],
@@ -496,6 +555,7 @@ def icv_directions(diffs: dict[int, torch.Tensor], centred: bool = True) -> dict
     return dict(zip(layers, joint.split(sizes)))
 
 
+@register_estimator("icv", reads="demonstrations")
 def icv(
     model: Any,
     demonstrations: Sequence[tuple[str, str]],
@@ -573,6 +633,7 @@ def pair_token_activations(
     return torch.cat(out[0]), torch.cat(out[1])
 
 
+@register_estimator("affine", reads="ab_items_or_pairs")
 def affine(
     model: Any,
     data: Sequence[ABItem] | Sequence[ContrastPair],
@@ -650,35 +711,6 @@ def shuffled_labels(demonstrations: Sequence[tuple[str, str]], seed: int) -> lis
     return [(x, demos[j][1]) for (x, _), j in zip(demos, order)]
 
 
-def attention_out_proj(model: Any, layer: int) -> tuple[Any, torch.Tensor, int]:
-    """(nnsight envoy of the attention output projection, its weight as [d_model, H·d_head], n_heads).
-
-    The projection's *input* is the concatenation of the heads' outputs, so head h is the slice
-    ``h·d_head .. (h+1)·d_head`` of it. Supported: Llama-style (self_attn.o_proj), GPT-2 (attn.c_proj),
-    GPT-NeoX (attention.dense).
-    """
-    block = model.block(layer)
-    hf_block = model.hf_block(layer)
-    config = model.hf.config
-    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0))
-    for attn_name, proj_name, transpose in (
-        ("self_attn", "o_proj", False),
-        ("attn", "c_proj", True),
-        ("attention", "dense", False),
-    ):
-        attn = getattr(hf_block, attn_name, None)
-        proj = getattr(attn, proj_name, None) if attn is not None else None
-        if proj is not None and hasattr(proj, "weight"):
-            weight = proj.weight.detach().float()
-            weight = weight.T if transpose else weight
-            envoy = getattr(getattr(block, attn_name), proj_name)
-            return envoy, weight, heads
-    raise SteeringError(
-        f"cannot find the attention output projection of {type(hf_block).__name__}; function vectors "
-        "support Llama-style (self_attn.o_proj), GPT-2 (attn.c_proj) and GPT-NeoX (attention.dense) blocks"
-    )
-
-
 def _first_token(model: Any, answer: str) -> int:
     ids = model.tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]
     if not ids:
@@ -686,52 +718,7 @@ def _first_token(model: Any, answer: str) -> int:
     return ids[0]
 
 
-def head_means(model: Any, prompts: Sequence[list[int]], layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    """Per layer, the mean over prompts of the attention output projection's input at the last token."""
-    sums: dict[int, torch.Tensor] = {}
-    with torch.no_grad():
-        for ids in prompts:
-            saved = {}
-            with model.lock, model.nn.trace(torch.tensor([ids]), logits_to_keep=1, remote=model.remote):
-                for layer in sorted(layers):
-                    envoy, _, _ = attention_out_proj(model, layer)
-                    saved[layer] = envoy.input[0, -1].save()
-            for layer, value in saved.items():
-                sums[layer] = sums.get(layer, 0) + value.float()
-    return {layer: total / len(prompts) for layer, total in sums.items()}
-
-
-def patched_answer_probs(
-    model: Any,
-    ids: list[int],
-    answer: int,
-    patches: Sequence[tuple[int, int] | None],
-    means: dict[int, torch.Tensor],
-    head_dim: int,
-) -> torch.Tensor:
-    """p(answer) at the last position, one row per patch: ``(layer, head)`` replaces that head's output at
-    the last token by its mean clean activation; ``None`` is the unpatched run."""
-    rows = len(patches)
-    by_layer: dict[int, list[tuple[int, int]]] = {}
-    for r, patch in enumerate(patches):
-        if patch is not None:
-            by_layer.setdefault(patch[0], []).append((r, patch[1]))
-    with torch.no_grad(), model.lock:
-        with model.nn.trace(torch.tensor([ids]).expand(rows, -1), logits_to_keep=1, remote=model.remote):
-            for layer in sorted(by_layer):
-                envoy, _, _ = attention_out_proj(model, layer)
-                x = envoy.input
-                last = x[:, -1].clone()
-                for r, head in by_layer[layer]:
-                    cols = slice(head * head_dim, (head + 1) * head_dim)
-                    last[r, cols] = means[layer][cols].to(last.dtype)
-                patched = x.clone()
-                patched[:, -1] = last
-                envoy.input = patched
-            logits = model.nn.lm_head.output[:, -1].save()
-    return logits.float().softmax(-1)[:, answer]
-
-
+@register_estimator("function_vector", reads="icl_prompts")
 def function_vector(
     model: Any,
     icl_prompts: Sequence[tuple[Sequence[tuple[str, str]], str, str]],

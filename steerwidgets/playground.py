@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMappin
 from dataclasses import dataclass
 from typing import Any
 
-from . import data, engine, interventions, methods
+from . import data, interventions, methods, prompts
 from .data import ABItem, builtin_pairs
 from .engine import GenerationCancelled, generate, propensity_sweep, score
 from .fluency import fluency_warnings
@@ -603,8 +603,8 @@ def prompt_chips(model: Any, prompt: str) -> tuple[list[int], int, list[dict]]:
     """The prompt's ids, where the user's text starts, and one chip per token (``user``: typed by the
     user rather than added by the chat template)."""
     tok = model.tokenizer
-    ids, user_start = engine.tokenize_prompt(model, prompt)
-    text, char_start = engine.prompt_text(model, prompt)
+    ids, user_start = prompts.tokenize_prompt(model, prompt)
+    text, char_start = prompts.prompt_text(model, prompt)
     user_end = len(ids)
     if char_start or text != prompt:
         user_end = len(tok(text[: char_start + len(prompt)], add_special_tokens=False)["input_ids"])

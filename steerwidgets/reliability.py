@@ -20,17 +20,11 @@ import torch
 
 from . import metrics
 from .data import ABItem
-from .engine import (
-    DEFAULT_STRENGTHS,
-    GenerationCancelled,
-    PropensityResult,
-    _check_strengths,
-    _sweep_item,
-    propensity_sweep,
-    tokenize_prompt,
-)
+from .engine.generation import GenerationCancelled
+from .engine.sweep import DEFAULT_STRENGTHS, PropensityResult, _check_strengths, _sweep_item, propensity_sweep
 from .interventions import SteeringError, position_mask
 from .methods import ab_activations, both_orders, caa
+from .prompts import tokenize_prompt
 from .vectors import SteeringVector
 from .verdicts import NULL_DIRECTIONS
 

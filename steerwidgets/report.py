@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics, verdicts
-from .engine import PropensityResult
+from .engine.sweep import PropensityResult
 from .reliability import LayerSweepResult, PreCheck
 
 AB_BIAS_WARN = 0.5  # R² above this: the slopes follow the answer letter more than the behaviour

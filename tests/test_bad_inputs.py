@@ -23,8 +23,9 @@ import torch
 import steerwidgets as sw
 from helpers import random_vector
 from steerwidgets import cli, models
-from steerwidgets.engine import next_token_logprobs, tokenize_prompt
+from steerwidgets.engine.scoring import next_token_logprobs
 from steerwidgets.interventions import active_steerings
+from steerwidgets.prompts import tokenize_prompt
 from steerwidgets.vectors import VectorError
 
 ITEMS = sw.builtin_ab("sentiment")[:2]

@@ -14,7 +14,8 @@ import torch
 import steerwidgets as sw
 from helpers import random_vector
 from steerwidgets import conditional as K
-from steerwidgets.engine import read_activations, tokenize_prompt
+from steerwidgets.engine.activations import read_activations
+from steerwidgets.prompts import tokenize_prompt
 
 POS = ["Can I sue my landlord?", "Is a verbal contract legal?", "How do I appeal a fine?"]
 NEG = ["How do I bake bread?", "Why is the sky blue?", "Tips for running?"]

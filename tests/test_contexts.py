@@ -15,7 +15,7 @@ import pytest
 import steerwidgets as sw
 from helpers import random_vector
 from steerwidgets import contexts as X
-from steerwidgets.engine import ab_prompt, tokenize_prompt
+from steerwidgets.prompts import ab_prompt, tokenize_prompt
 
 AB = [
     sw.ABItem("Pick the kind reply.\n\n(A) Thanks a lot\n(B) Go away", "A", "B"),

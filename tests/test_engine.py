@@ -11,7 +11,7 @@ import torch
 import steerwidgets as sw
 from helpers import random_vector
 from steerwidgets.data import ABItem
-from steerwidgets.engine import ab_prompt, tokenize_prompt
+from steerwidgets.prompts import ab_prompt, tokenize_prompt
 
 PROMPT = "The weather today is"
 

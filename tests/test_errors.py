@@ -11,7 +11,7 @@ import torch
 import steerwidgets as sw
 from helpers import random_vector
 from steerwidgets.data import ABItem
-from steerwidgets.engine import tokenize_prompt
+from steerwidgets.prompts import tokenize_prompt
 
 ITEM = ABItem("Pick.\n(A) x\n(B) y", "A", "B")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import steerwidgets as sw
-from steerwidgets.engine import tokenize_prompt
+from steerwidgets.prompts import tokenize_prompt
 
 pytestmark = pytest.mark.model
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import steerwidgets as sw
-from steerwidgets.interventions import apply_operator
+from steerwidgets.interventions import OPERATORS, apply_operator, register_operator
 
 
 def _idx(mask):
@@ -65,6 +65,30 @@ def test_operators():
     assert ablated.tolist() == [[[0.0, 4.0], [0.0, 0.0]]]
     clamped = apply_operator(h, v, torch.tensor(1.5), "clamp")  # component set to 1.5·‖v‖ = 3
     assert clamped.tolist() == [[[3.0, 4.0], [3.0, 0.0]]]
+
+
+def test_registering_an_operator_makes_it_usable_by_name(tiny_llama):
+    @register_operator("double_add")
+    def double_add(hidden, vec, scale):
+        return hidden + 2 * scale * vec
+
+    try:
+        h, v = torch.randn(1, 3, 4), torch.randn(4)
+        assert torch.equal(apply_operator(h, v, torch.tensor(0.5), "double_add"), h + v)
+        vec = torch.randn(tiny_llama.d_model)
+        steering = sw.Steering(vec, 1, 1.5, "all", operator="double_add")
+        steering.validate(tiny_llama)
+        ids = tiny_llama.tokenizer("Hello there, friend")["input_ids"]
+        got = sw.engine.next_token_logprobs(tiny_llama, [ids], [steering])
+        want = sw.engine.next_token_logprobs(tiny_llama, [ids], [sw.Steering(vec, 1, 3.0, "all")])
+        assert torch.allclose(got, want, atol=1e-5)
+        with pytest.raises(sw.SteeringError, match="double_add"):  # the valid names come from the registry
+            sw.Steering(vec, 1, operator="triple_add").validate(tiny_llama)
+    finally:
+        del OPERATORS["double_add"]
+    with pytest.raises(sw.SteeringError, match="unknown operator"):
+        steering.validate(tiny_llama)
+    assert list(OPERATORS) == ["add", "ablate", "clamp", "add_norm_preserving", "affine"]
 
 
 def test_steering_validation_messages(tiny_llama):

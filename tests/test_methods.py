@@ -10,6 +10,7 @@ import torch
 
 import steerwidgets as sw
 from steerwidgets import methods as M
+from steerwidgets.engine import activations as A
 from steerwidgets.interventions import AffineMap, apply_operator
 
 PAIRS = [
@@ -330,10 +331,10 @@ def test_head_patching_matches_plain_torch_hooks(tiny_llama):
     tok = tiny_llama.tokenizer
     clean = tok("Q: cat\nA: dog\n\nQ: sun\nA:")["input_ids"]
     corrupt = tok("Q: tree\nA: car\n\nQ: moon\nA:")["input_ids"]
-    means = M.head_means(tiny_llama, [clean], [1, 3])
+    means = A.head_means(tiny_llama, [clean], [1, 3])
     head_dim = tiny_llama.d_model // 4
     patches = [None, (1, 0), (1, 3), (3, 2)]
-    got = M.patched_answer_probs(tiny_llama, corrupt, 7, patches, means, head_dim)
+    got = A.patched_answer_probs(tiny_llama, corrupt, 7, patches, means, head_dim)
     want = [_manual_answer_prob(tiny_llama, corrupt, 7, p, means, head_dim) for p in patches]
     assert np.allclose(got.numpy(), want, rtol=1e-4, atol=1e-9)
     assert len(set(np.round(want, 12))) > 1  # the patches really change the output
@@ -348,16 +349,16 @@ def test_function_vector_returns_top_heads(tiny_llama):
     aie = fv.meta["aie"]
     assert len(aie) == 4 * 4
     assert [t[2] for t in top] == sorted(aie.values(), reverse=True)[:3]
-    _, weight, heads = M.attention_out_proj(tiny_llama, 0)
+    _, weight, heads = A.attention_out_proj(tiny_llama, 0)
     assert heads == 4
     # the vector is the sum of the top heads' mean outputs through W_O
     tok = tiny_llama.tokenizer
     clean = [tok(M.icl_text(d, q))["input_ids"] for d, q, _ in prompts]
-    means = M.head_means(tiny_llama, clean, [0, 1, 2, 3])
+    means = A.head_means(tiny_llama, clean, [0, 1, 2, 3])
     hd = weight.shape[1] // heads
     expected = sum(
         M.head_contribution(
-            M.attention_out_proj(tiny_llama, layer)[1], h, hd, means[layer][h * hd : (h + 1) * hd]
+            A.attention_out_proj(tiny_llama, layer)[1], h, hd, means[layer][h * hd : (h + 1) * hd]
         )
         for layer, h, _ in top
     )
@@ -398,3 +399,36 @@ def test_new_methods_on_the_default_model_are_finite_and_reproducible(smol):
     assert 0 < amap.meta["shrinkage_source"] <= 1  # d_model 576 ≫ 8 samples: shrinkage is needed
     lp = sw.score(smol, "How was your day?", " It was great.", M.affine_steering(amap, layer, 0.5))[0]
     assert torch.isfinite(lp).all()
+
+
+# --- the estimator registry ----------------------------------------------------------------------
+def test_registering_an_estimator_makes_it_usable_by_name(tiny_gpt2, monkeypatch):
+    from steerwidgets import evaluation as E
+
+    seen = []
+
+    @M.register_estimator("fixed_direction", reads="ab_items")
+    def fixed_direction(model, items, layers, **options):
+        seen.append((list(items), list(layers)))
+        gen = torch.Generator().manual_seed(0)
+        return sw.SteeringVector({layer: torch.randn(model.d_model, generator=gen) for layer in layers})
+
+    try:
+        assert M.get_estimator("fixed_direction").reads == "ab_items"
+        assert M.get_estimator("fixed_direction")(tiny_gpt2, AB, [1]).layers == [1]
+        assert "fixed_direction" in E.method_names()
+        monkeypatch.setattr(E, "_passages", lambda n: ["The Moon is the Earth's only natural satellite."])
+        opens = [sw.OpenEndedItem("How was your weekend?", "It was wonderful.", "It was awful.")]
+        items = [*AB, sw.ABItem("Pick the kind reply.\n\n(A) Whatever\n(B) Have a nice day", "B", "A")]
+        data = E.BehaviourData("kindness", items[2:], items[:2], PAIRS, opens, instruction="Be kind.")
+        kw = dict(model=tiny_gpt2, layer=1, strengths=[-1, 0, 1], seeds=(0,), match=None, fluency=False)
+        (row,) = E.compare(["fixed_direction"], [data], **kw).rows
+        assert row["method"] == "fixed_direction" and np.isfinite(row["steerability"])
+        assert seen[-1] == (items[2:], [1])  # compare fed it the training A/B items at [layer]
+    finally:
+        del M.ESTIMATORS["fixed_direction"]
+    with pytest.raises(sw.SteeringError, match="unknown method"):
+        M.get_estimator("fixed_direction")
+    assert "fixed_direction" not in E.method_names()
+    builtin = ["affine", "caa", "icv", "mean_centring", "mean_difference", "pca", "pca_uncentred"]
+    assert E.method_names() == builtin

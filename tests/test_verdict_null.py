@@ -10,7 +10,8 @@ import torch
 import steerwidgets as sw
 from helpers import random_vector
 from steerwidgets.data import ABItem, split_options, swap_options
-from steerwidgets.engine import ab_prompt, null_directions_for, tokenize_prompt
+from steerwidgets.engine.sweep import null_directions_for
+from steerwidgets.prompts import ab_prompt, tokenize_prompt
 
 ITEMS = [
     ABItem("Pick one.\n\nChoices:\n(A) yes please\n(B) no thanks", "A", "B"),

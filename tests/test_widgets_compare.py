@@ -9,7 +9,7 @@ from pathlib import Path
 
 from helpers import needs_node, node_json
 from steerwidgets import evaluation as E
-from steerwidgets.engine import GenerationCancelled
+from steerwidgets.engine.generation import GenerationCancelled
 from steerwidgets.widgets import compare as C
 
 ROOT = Path(__file__).resolve().parent.parent

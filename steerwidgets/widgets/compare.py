@@ -18,7 +18,8 @@ from typing import Any
 import anywidget
 import traitlets
 
-from ..engine import DEFAULT_STRENGTHS, GenerationCancelled
+from ..engine.generation import GenerationCancelled
+from ..engine.sweep import DEFAULT_STRENGTHS
 from ..evaluation import CompareResult, compare, compare_chart
 from ..fluency import DISTINCT_N, MAX_LOGPROB_DROP, MIN_DISTINCT
 from ._frontend import bundle, css, shared_bundle_trait

@@ -37,7 +37,8 @@ import traitlets
 from .. import metrics
 from .. import report as R
 from ..data import ABItem
-from ..engine import DEFAULT_STRENGTHS, GenerationCancelled, PropensityResult, propensity_sweep
+from ..engine.generation import GenerationCancelled
+from ..engine.sweep import DEFAULT_STRENGTHS, PropensityResult, propensity_sweep
 from ..interventions import SteeringError, require_model
 from ..methods import caa
 from ..reliability import LayerSweepResult, PreCheck, generalisation, layer_sweep, prechecks

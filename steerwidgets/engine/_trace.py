@@ -1,0 +1,138 @@
+"""Steering inside an nnsight trace: resolve steerings into per-row masks (:func:`_plans`), edit block
+outputs during a forward step (:func:`_steer_in_trace`), and the small helpers every engine module shares.
+
+Private to the engine: :mod:`~steerwidgets.engine.generation`, :mod:`~steerwidgets.engine.scoring`,
+:mod:`~steerwidgets.engine.activations` and :mod:`~steerwidgets.engine.sweep` build on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..interventions import Steering, apply_operator, check_selects, position_mask
+
+
+def _hidden(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _set_hidden(envoy: Any, out: Any, hidden: torch.Tensor) -> None:
+    envoy.output = (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+
+@dataclass
+class _Plan:
+    """One steering resolved for a batch: masks over [rows, total positions] and per-row scales."""
+
+    steering: Steering
+    vec: torch.Tensor
+    masks: torch.Tensor  # bool [B, total]
+    front: torch.Tensor | None = None  # for per-position vectors: [B, total, d] additions
+    scale: torch.Tensor | None = None  # [B, 1, 1], filled at the first step if relative
+    mean_norm: torch.Tensor | None = None  # [B]
+
+
+@dataclass
+class _Row:
+    """Where one sequence sits in a batch: it starts at ``offset`` (after left padding), its prompt has
+    ``prompt_len`` tokens, ``length`` positions in all (prompt + completion or generated) and the user's
+    text starts at ``user_start`` (relative to the sequence)."""
+
+    offset: int
+    prompt_len: int
+    length: int
+    user_start: int
+
+
+def _plans(
+    model: Any, steerings: list[tuple[Steering, set[int] | None]], rows: list[_Row], width: int
+) -> list[_Plan]:
+    """Resolve steerings for a batch; a steering with a row set applies to those rows only."""
+    plans = []
+    for item, only in sorted(steerings, key=lambda pair: pair[0].layer):
+        item.validate(model)
+        vec = item.direction()
+        front_len = vec.shape[0] if vec.ndim == 2 else 0
+        spec = "front" if vec.ndim == 2 else item.positions
+        masks = torch.zeros((len(rows), width), dtype=torch.bool)
+        front = torch.zeros((len(rows), width, vec.shape[-1])) if vec.ndim == 2 else None
+        for r, row in enumerate(rows):
+            if only is not None and r not in only:
+                continue
+            own = position_mask(spec, row.prompt_len, row.length, row.user_start, front_len)
+            masks[r, row.offset : row.offset + row.length] = own
+            if front is not None:
+                at = row.offset + row.user_start
+                front[r, at : at + front_len] = vec
+        check_selects(spec, masks)
+        plans.append(_Plan(item, vec, masks, front))
+    return plans
+
+
+def _mean_norm(hidden: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """Mean residual norm per row over real tokens, skipping each row's first token (attention sink)."""
+    norms = hidden.float().norm(dim=-1)
+    keep = attention.bool().clone()
+    first = keep.float().argmax(dim=1)
+    keep[torch.arange(keep.shape[0]), first] = False
+    keep_f = keep.float()
+    return (norms * keep_f).sum(1) / keep_f.sum(1).clamp_min(1.0)
+
+
+def _steer_in_trace(model: Any, plans: list[_Plan], start: int, attention: torch.Tensor) -> None:
+    """Edit block outputs for one forward step covering positions ``start .. start+width``.
+
+    Each steered block's output is read and written once; several plans at one layer (e.g. one per row)
+    edit it in turn, and relative strengths are measured on the unedited output.
+    """
+    by_layer: dict[int, list[_Plan]] = {}
+    for plan in plans:
+        by_layer.setdefault(plan.steering.layer, []).append(plan)
+    for layer in sorted(by_layer):
+        envoy = model.block(layer)
+        out = envoy.output
+        original = hidden = _hidden(out)
+        width = hidden.shape[1]
+        changed = False
+        for plan in by_layer[layer]:
+            if plan.mean_norm is None:
+                plan.mean_norm = _mean_norm(original, attention[:, start : start + width])
+                vnorm = plan.vec.norm(dim=-1).mean().clamp_min(1e-12)
+                factor = plan.mean_norm / vnorm if plan.steering.relative else torch.ones_like(plan.mean_norm)
+                plan.scale = (plan.steering.strength * factor).reshape(-1, 1, 1)
+            mask = plan.masks[:, start : start + width]
+            if not bool(mask.any()):
+                continue
+            if plan.front is not None:
+                edited = (hidden.float() + plan.scale * plan.front[:, start : start + width]).to(hidden.dtype)
+            else:
+                operand = plan.steering.operand() if plan.steering.operator == "affine" else plan.vec
+                edited = apply_operator(hidden, operand, plan.scale, plan.steering.operator)
+            hidden = torch.where(mask[..., None], edited, hidden)
+            changed = True
+        if changed:
+            _set_hidden(envoy, out, hidden)
+
+
+def _norm_ratio(plan: _Plan) -> float:
+    """‖λv‖ / mean‖h‖ at the steered layer, averaged over rows."""
+    if plan.mean_norm is None or plan.scale is None:
+        return float("nan")
+    vnorm = plan.vec.norm(dim=-1).mean()
+    ratio = plan.scale.reshape(-1).abs() * vnorm / plan.mean_norm.clamp_min(1e-12)
+    return float(ratio.mean())
+
+
+def _cache_from(prefix: list, rows: int, split: int) -> Any:
+    """A fresh DynamicCache from saved (keys, values): batch 1 up to layer ``split``, ``rows`` after."""
+    from transformers import DynamicCache
+
+    data = []
+    for i, (k, v) in enumerate(prefix):
+        if i > split:
+            k, v = k.expand(rows, -1, -1, -1).contiguous(), v.expand(rows, -1, -1, -1).contiguous()
+        data.append((k, v))
+    return DynamicCache(ddp_cache_data=data)
