@@ -36,7 +36,7 @@ from ..fluency import fluency_verdict
 from ..interventions import require_model
 from ..verdicts import null_band, warnings_for
 from ._frontend import bundle, css, shared_bundle_trait
-from ._worker import LatestWorker
+from ._runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class Playground(anywidget.AnyWidget):
         self._actadd_cache: dict[tuple[str, str], sw.SteeringVector] = {}
         self._landed: list[int] = []  # requests whose results completed (newest last), for tests
         self._closed = False
-        self._worker = LatestWorker(self._run_job)
+        self._worker = Runner(self._run_job, lock=getattr(self.model, "lock", None))
 
         n_layers = int(self.model.n_layers)
         if layer is None:

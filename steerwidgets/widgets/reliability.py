@@ -9,7 +9,8 @@
   on a cell opens that layer and strength in the Playground.
 
 Both are thin: Python holds the traits and runs the engine (:mod:`steerwidgets.reliability`,
-:mod:`steerwidgets.report`) on a background thread, so the kernel stays free for Cancel; the front ends
+:mod:`steerwidgets.report`) on the widget's :class:`~steerwidgets.widgets._runner.Runner`, so the kernel
+stays free for Cancel and runs on one model take turns on its ``model.lock``; the front ends
 (``js/src/reliability.js``, ``js/src/layersweep.js``) only draw traits and send button clicks.
 
 >>> import steerwidgets as sw
@@ -44,6 +45,7 @@ from ..reliability import LayerSweepResult, PreCheck, generalisation, layer_swee
 from ..vectors import SteeringVector
 from ..verdicts import NULL_DIRECTIONS
 from ._frontend import bundle, css, shared_bundle_trait
+from ._runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +58,6 @@ LEVEL_COLOURS = {"green": "#188038", "amber": "#b06000", "red": "#d93025"}
 # ----------------------------------------------------------------------------------------------
 # Shared machinery: background run, progress, cancel, Playground opening
 # ----------------------------------------------------------------------------------------------
-# nnsight traces on one model from two threads at once break each other ("parent cannot be on a
-# different thread"), so runs of these widgets on the same model take turns.
-_MODEL_LOCKS: dict[int, tuple[Any, threading.Lock]] = {}
-_MODEL_LOCKS_GUARD = threading.Lock()
-
-
-def _model_lock(model: Any) -> threading.Lock:
-    with _MODEL_LOCKS_GUARD:
-        entry = _MODEL_LOCKS.get(id(model))
-        if entry is None or entry[0] is not model:
-            entry = (model, threading.Lock())
-            _MODEL_LOCKS[id(model)] = entry
-        return entry[1]
-
-
 class _LabWidget(anywidget.AnyWidget):
     """Background run with progress and cancel, front-end messages, and the opened Playground."""
 
@@ -122,9 +109,15 @@ class _LabWidget(anywidget.AnyWidget):
         if len(lam) < 2 or len(set(lam)) < 2 or not all(math.isfinite(s) for s in lam):
             raise SteeringError(f"give at least two different finite strengths, got {list(strengths)}")
         self._positions = positions
-        self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
+        # nnsight traces on one model from two threads at once break each other ("parent cannot be on
+        # a different thread"), so runs take turns on the model's own lock.
+        self._runner = Runner(
+            lock=getattr(model, "lock", None),
+            on_error=self._run_failed,
+            on_wait=self._run_waits,
+            name=type(self).__name__,
+        )
         self.model_name = str(getattr(model, "name", ""))
         self.positions = _positions_str(positions)
         self.strengths = lam
@@ -132,84 +125,66 @@ class _LabWidget(anywidget.AnyWidget):
         self.on_msg(self._on_message)
 
     # --- public -----------------------------------------------------------------------------------
-    def run(self, wait: bool = False) -> threading.Thread:
-        """Start (or restart) the computation on a background thread; a no-op while one runs."""
+    def run(self, wait: bool = False) -> None:
+        """Start (or restart) the computation in the background; a no-op while one runs."""
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                thread = self._thread
-            else:
-                self._stop_playground()  # it would run on the model at the same time
-                self._cancel = threading.Event()
+            if not self.running and not self._runner.closed:
+                self._stop_playground()  # it would wait for its turn on the model behind the run
                 with self.hold_sync():
                     self.error = ""
                     self.progress = 0.0
                     self.running = True
                     self.status = "running"
                     self.stage = "starting…"
-                thread = threading.Thread(
-                    target=self._run_guarded, args=(self._cancel,), name=type(self).__name__, daemon=True
-                )
-                self._thread = thread
-                thread.start()
+                self._runner.submit(self._run_job)
         if wait:
-            thread.join()
-        return thread
+            self._runner.wait_idle()
 
     def cancel(self) -> None:
         """Stop the run at its next item; the model is left unsteered and the widget stays usable."""
         with self._lock:
             if self.running:
-                self._cancel.set()
+                self._runner.cancel()
                 self.stage = "cancelling…"
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the current run has ended (for scripts and tests); False on timeout."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
+        return self._runner.wait_idle(timeout)
 
     def close(self) -> None:
-        """Cancel the run, close the opened Playground and the widget.
+        """Cancel the run, stop the background thread, close the opened Playground and the widget.
 
         Also runs from ``Widget.__del__`` after a constructor raised, before ``_setup`` made the attributes.
         """
-        cancel = getattr(self, "_cancel", None)
-        if cancel is not None:
-            cancel.set()
+        runner = getattr(self, "_runner", None)
+        if runner is not None:
+            runner.close()
             self._stop_playground()
         super().close()
 
-    # --- running ----------------------------------------------------------------------------------
-    def _run_guarded(self, cancel: threading.Event) -> None:
-        lock = _model_lock(self.model)
-        locked = False
-        try:
-            if not lock.acquire(blocking=False):
-                self.stage = "waiting for another run on this model to finish…"
-                while not lock.acquire(timeout=0.2):
-                    self._check_cancel(cancel)
-            locked = True
-            self._work(cancel)
-        except GenerationCancelled:
-            with self.hold_sync():
+    # --- running (on the runner's thread, holding the model's lock) --------------------------------
+    def _run_job(self, cancel: threading.Event) -> None:
+        self._work(cancel)
+        with self.hold_sync():
+            self.status = "done"
+            self.progress = 1.0
+            self.running = False
+
+    def _run_failed(self, exc: BaseException, _job: Any) -> None:
+        """The runner's error callback: a cancel or an error ends the run, shown in the widget."""
+        with self.hold_sync():
+            if isinstance(exc, GenerationCancelled):
                 self.status = "cancelled"
                 self.stage = "Cancelled. The model is unsteered; press Run to start again."
-        except Exception as exc:  # shown in the widget, the traceback goes to the log
-            log.exception("%s run failed", type(self).__name__)
-            with self.hold_sync():
+            else:  # shown in the widget, the traceback goes to the log
+                log.error("%s run failed", type(self).__name__, exc_info=exc)
                 self.error = f"{type(exc).__name__}: {exc}"
                 self.status = "error"
                 self.stage = "failed"
-        else:
-            with self.hold_sync():
-                self.status = "done"
-                self.progress = 1.0
-        finally:
-            if locked:
-                lock.release()
             self.running = False
+
+    def _run_waits(self, _job: Any) -> None:
+        self.stage = "waiting for another run on this model to finish…"
 
     def _work(self, cancel: threading.Event) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -257,9 +232,8 @@ class _LabWidget(anywidget.AnyWidget):
 
         if self.running or self.vector is None:
             raise SteeringError("the run is still going; open items once it has finished")
-        if _model_lock(self.model).locked():
-            raise SteeringError("another reliability run on this model is going; open items once it ends")
-        # One model, one trace at a time: the old Playground's last request ends before the new starts.
+        # The old Playground's last request ends before the new one starts; a run of another widget on
+        # this model holding ``model.lock`` only delays the new Playground's first result (it takes turns).
         self._stop_playground(clear=False)
         playground = Playground(
             self.model,
