@@ -20,8 +20,9 @@ from typing import Any
 import anywidget
 import traitlets
 
+from ..charts import compare_chart
 from ..engine import DEFAULT_STRENGTHS, GenerationCancelled
-from ..evaluation import CompareResult, compare, compare_chart
+from ..evaluation import CompareResult, compare
 from ..fluency import DISTINCT_N, MAX_LOGPROB_DROP, MIN_DISTINCT
 from ._frontend import bundle, css, shared_bundle_trait
 from ._runner import Runner

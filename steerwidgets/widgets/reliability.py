@@ -37,6 +37,7 @@ import traitlets
 
 from .. import metrics
 from .. import report as R
+from ..charts import anti_chart, heatmap_chart, propensity_chart, slopes_chart, to_svg
 from ..data import ABItem
 from ..engine import DEFAULT_STRENGTHS, GenerationCancelled, PropensityResult, propensity_sweep
 from ..interventions import SteeringError, require_model
@@ -478,8 +479,8 @@ class ReliabilityReport(_LabWidget):
             self.report = rep
             self.anti = anti_summary(rep)
             self.items = listed_items(rep, self.test_items)
-            self.propensity_spec = R.propensity_chart(rep)
-            self.slopes_spec = R.slopes_chart(rep)
+            self.propensity_spec = propensity_chart(rep)
+            self.slopes_spec = slopes_chart(rep)
 
     # --- front-end messages -----------------------------------------------------------------------
     def _on_custom(self, kind: str | None, content: dict) -> None:
@@ -502,8 +503,6 @@ class ReliabilityReport(_LabWidget):
     # --- static snapshot --------------------------------------------------------------------------
     def snapshot_html(self) -> str:
         """Escaped HTML of the current state, charts as inline SVG: what viewers without a kernel show."""
-        from .charts import to_svg
-
         esc = html.escape
         head = (
             f"<b>Reliability report</b> — {esc(self.model_name)}, {esc(self.vector_method)} vector, layer "
@@ -662,7 +661,7 @@ class LayerSweep(_LabWidget):
         sweep = _jsonable(result.to_json())
         with self.hold_sync():
             self.sweep = sweep
-            self.heatmap_spec = R.heatmap_chart(sweep)
+            self.heatmap_spec = heatmap_chart(sweep)
             self.anti_spec = anti_chart(sweep)
             self.suggested_layer = result.suggested_layer
             self.reason = result.reason
@@ -684,8 +683,6 @@ class LayerSweep(_LabWidget):
 
     def snapshot_html(self) -> str:
         """Escaped HTML of the current state, charts as inline SVG."""
-        from .charts import to_svg
-
         esc = html.escape
         head = (
             f"<b>Layer sweep</b> — {esc(self.model_name)}, {esc(self.vector_method)} vector, layers "
@@ -778,64 +775,6 @@ def listed_items(rep: dict[str, Any], items: Sequence[ABItem]) -> list[dict[str,
                 }
             )
     return out
-
-
-def anti_chart(sweep: dict[str, Any]) -> dict:
-    """Share of items backfiring beyond random directions per layer (the verdict in the tooltip), with the
-    notice and warning thresholds as rules; Tan et al.'s raw anti-steerable fraction is in the tooltip."""
-    import altair as alt
-
-    backfire = sweep.get("backfire_fraction") or [0.0] * len(sweep["layers"])
-    verdict_names = sweep.get("verdicts") or [""] * len(sweep["layers"])
-    rows = [
-        {
-            "layer": layer,
-            "backfire": b,
-            "anti": anti,
-            "verdict": v.replace("_", " "),
-            "level": metrics.warning_level(b),
-        }
-        for layer, b, anti, v in zip(
-            sweep["layers"], backfire, sweep["anti_steerable_fraction"], verdict_names
-        )
-    ]
-    bars = (
-        alt.Chart(alt.Data(values=rows))
-        .mark_bar()
-        .encode(
-            x=alt.X("layer:O"),
-            y=alt.Y("backfire:Q", title="items backfiring beyond the null", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color(
-                "level:N",
-                title="level",
-                scale=alt.Scale(domain=["ok", "notice", "warning"], range=["#4c78a8", "#f9a825", "#e45756"]),
-            ),
-            tooltip=[
-                "layer:O",
-                alt.Tooltip("backfire:Q", format=".0%", title="backfiring"),
-                alt.Tooltip("anti:Q", format=".0%", title="anti-steerable (s ≤ 0)"),
-                "verdict:N",
-            ],
-        )
-    )
-    rules = (
-        alt.Chart(
-            alt.Data(
-                values=[
-                    {"y": metrics.NOTICE_AT, "label": f"notice ≥ {metrics.NOTICE_AT:.0%}"},
-                    {"y": metrics.WARNING_AT, "label": f"warning ≥ {metrics.WARNING_AT:.0%}"},
-                ]
-            )
-        )
-        .mark_rule(strokeDash=[4, 4], color="#888")
-        .encode(y="y:Q", tooltip=["label:N"])
-    )
-    width = max(180, 16 * len(rows))
-    return (
-        (bars + rules)
-        .properties(title="Items backfiring beyond random directions, per layer", width=width, height=120)
-        .to_dict()
-    )
 
 
 def _check_items(items: Any, what: str) -> list[ABItem]:
