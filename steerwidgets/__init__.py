@@ -4,6 +4,7 @@ The public API lives here; ``import steerwidgets as sw``.
 """
 
 from . import verdicts  # the module: sw.verdicts.judge, sw.verdicts.VERDICTS
+from .charts import compare_chart
 from .data import (
     ABItem,
     ContrastPair,
@@ -30,7 +31,6 @@ from .evaluation import (
     BehaviourData,
     CompareResult,
     compare,
-    compare_chart,
     likelihood_shift_table,
     open_ended_loglik,
     prompting_baseline,

@@ -1,4 +1,4 @@
-"""The reliability report: one JSON-able dict, vega-lite charts, and a standalone HTML file.
+"""The reliability report: one JSON-able dict and a standalone HTML file (its charts: :mod:`.charts`).
 
 The HTML has no script and no CDN: text is escaped (model and dataset text are untrusted) and charts are
 inline SVG rendered by vl-convert, so the file can be mailed to a colleague and opened anywhere, offline.
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics, verdicts
+from .charts import heatmap_chart, propensity_chart, slopes_chart, to_svg
 from .engine.sweep import PropensityResult
 from .reliability import LayerSweepResult, PreCheck
 
@@ -121,125 +122,6 @@ def build_report(
 
 
 # ------------------------------------------------------------------------------------------------
-# Charts (vega-lite dicts built with altair; rendered by the bundled vega-embed or by vl-convert)
-# ------------------------------------------------------------------------------------------------
-def propensity_chart(report: dict[str, Any]) -> dict:
-    """Mean propensity over strengths with a ±1 s.d. band, and p(match) beside it."""
-    import altair as alt
-
-    rows = [
-        {"strength": s, "mean": m, "low": m - sd, "high": m + sd, "p_match": p}
-        for s, m, sd, p in zip(
-            report["strengths"], report["mean_propensity"], report["std_propensity"], report["p_match"]
-        )
-    ]
-    base = alt.Chart(alt.Data(values=rows)).encode(x=alt.X("strength:Q", title="strength λ"))
-    band = base.mark_area(opacity=0.25).encode(y=alt.Y("low:Q", title="propensity (logit diff)"), y2="high:Q")
-    line = base.mark_line(point=True).encode(y="mean:Q", tooltip=["strength:Q", "mean:Q"])
-    left = (band + line).properties(width=260, height=180, title="Mean propensity ± 1 s.d.")
-    right = (
-        base.mark_line(point=True, color="#2a9d8f")
-        .encode(y=alt.Y("p_match:Q", title="p(match)", scale=alt.Scale(domain=[0, 1])))
-        .properties(width=200, height=180, title="p(match) (CAA view)")
-    )
-    return alt.hconcat(left, right).to_dict()
-
-
-def slopes_chart(report: dict[str, Any]) -> dict:
-    """Per-example steerability as a strip; anti-steerable items in a warning colour."""
-    import altair as alt
-
-    rows = [
-        {
-            "slope": ex["slope"],
-            "index": ex["index"],
-            "status": "anti-steerable" if ex["anti_steerable"] else "steerable",
-            "jitter": (ex["index"] * 0.6180339887) % 1.0,
-        }
-        for ex in report["per_example"]
-    ]
-    chart = (
-        alt.Chart(alt.Data(values=rows))
-        .mark_circle(size=60, opacity=0.8)
-        .encode(
-            x=alt.X("slope:Q", title="per-example steerability (slope)"),
-            y=alt.Y("jitter:Q", axis=None),
-            color=alt.Color(
-                "status:N",
-                scale=alt.Scale(domain=["steerable", "anti-steerable"], range=["#4c78a8", "#e45756"]),
-            ),
-            tooltip=["index:Q", "slope:Q", "status:N"],
-        )
-        .properties(width=480, height=120, title="Per-example steerability")
-    )
-    rule = alt.Chart(alt.Data(values=[{"x": 0}])).mark_rule(strokeDash=[4, 4]).encode(x="x:Q")
-    return (chart + rule).to_dict()
-
-
-def heatmap_chart(sweep: dict[str, Any]) -> dict:
-    """Layer × strength heatmaps: mean propensity and KL on neutral prompts; steerability per layer."""
-    import altair as alt
-
-    cells = []
-    for li, layer in enumerate(sweep["layers"]):
-        for si, strength in enumerate(sweep["strengths"]):
-            cells.append(
-                {
-                    "layer": layer,
-                    "strength": strength,
-                    "propensity": sweep["mean_propensity"][li][si],
-                    "kl": sweep["kl"][li][si],
-                }
-            )
-    per_layer = [
-        {"layer": layer, "steerability": s, "anti": a}
-        for layer, s, a in zip(sweep["layers"], sweep["steerability"], sweep["anti_steerable_fraction"])
-    ]
-    data = alt.Data(values=cells)
-    prop = (
-        alt.Chart(data)
-        .mark_rect()
-        .encode(
-            x=alt.X("strength:O"),
-            y=alt.Y("layer:O"),
-            color=alt.Color("propensity:Q", scale=alt.Scale(scheme="redblue", domainMid=0)),
-            tooltip=["layer:O", "strength:O", "propensity:Q", "kl:Q"],
-        )
-        .properties(title="Mean propensity", width=180, height=300)
-    )
-    kl = (
-        alt.Chart(data)
-        .mark_rect()
-        .encode(
-            x=alt.X("strength:O"),
-            y=alt.Y("layer:O"),
-            color=alt.Color("kl:Q", scale=alt.Scale(scheme="oranges"), title="KL (nats)"),
-            tooltip=["layer:O", "strength:O", "kl:Q"],
-        )
-        .properties(title="Side effect: KL on neutral prompts", width=180, height=300)
-    )
-    bars = (
-        alt.Chart(alt.Data(values=per_layer))
-        .mark_bar()
-        .encode(
-            y=alt.Y("layer:O"),
-            x=alt.X("steerability:Q"),
-            color=alt.Color("anti:Q", scale=alt.Scale(scheme="reds", domain=[0, 1]), title="anti-steerable"),
-            tooltip=["layer:O", "steerability:Q", "anti:Q"],
-        )
-        .properties(title="Steerability per layer", width=160, height=300)
-    )
-    return alt.hconcat(prop, kl, bars).resolve_scale(color="independent").to_dict()
-
-
-def chart_svg(spec: dict) -> str:
-    """A vega-lite spec as SVG, rendered in Python (no browser, no CDN)."""
-    import vl_convert
-
-    return vl_convert.vegalite_to_svg(spec)
-
-
-# ------------------------------------------------------------------------------------------------
 # Standalone HTML
 # ------------------------------------------------------------------------------------------------
 _CSS = """
@@ -292,8 +174,8 @@ def to_html(report: dict[str, Any], *, charts: bool = True) -> str:
     for warning in report["warnings"]:
         parts.append(f"<div class='{_esc(warning['level'])}'>{_esc(warning['message'])}</div>")
     if charts:
-        parts.append("<h2>Propensity</h2>" + chart_svg(propensity_chart(report)))
-        parts.append("<h2>Per-example steerability</h2>" + chart_svg(slopes_chart(report)))
+        parts.append("<h2>Propensity</h2>" + to_svg(propensity_chart(report)))
+        parts.append("<h2>Per-example steerability</h2>" + to_svg(slopes_chart(report)))
     if report.get("precheck"):
         pre = report["precheck"]
         parts.append(
@@ -305,7 +187,7 @@ def to_html(report: dict[str, Any], *, charts: bool = True) -> str:
         sweep = report["layer_sweep"]
         parts.append(f"<h2>Layer sweep</h2><p>{_esc(sweep['reason'])}</p>")
         if charts:
-            parts.append(chart_svg(heatmap_chart(sweep)))
+            parts.append(to_svg(heatmap_chart(sweep)))
     if report.get("generalisation"):
         gen = report["generalisation"]
         parts.append(

@@ -222,10 +222,10 @@ def test_compare_table_progress_and_cancel(tiny_llama, monkeypatch):
         assert all(np.isfinite(row[k]) for k in ("steerability", "delta_pos_50", "ppl_ratio", "kl"))
     assert result.settings["reduction"] == "per-token mean log-likelihood"
     assert result.to_json()["details"]["affine/sentiment"]["method"]["likelihood_shift"]["primary"] == "mean"
-    spec = E.compare_chart(result.rows, "delta_pos_50")
-    from steerwidgets.report import chart_svg
+    spec = sw.compare_chart(result.rows, "delta_pos_50")
+    from steerwidgets.charts import to_svg
 
-    assert "<svg" in chart_svg(spec)
+    assert "<svg" in to_svg(spec)
 
     cancel = threading.Event()
 

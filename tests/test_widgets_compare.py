@@ -1,4 +1,5 @@
-"""CompareWidget: background run, progress, cancel and error paths (with a stand-in compare), the columns
+"""CompareWidget: background run, progress, cancel, close and error paths (with a stand-in compare), the
+model left exactly unsteered after a cancel or close inside a steered generation (tiny model), the columns
 against real rows, and the front end's sort and format helpers (run in Node when it is available)."""
 
 from __future__ import annotations
@@ -7,7 +8,11 @@ import json
 import threading
 from pathlib import Path
 
-from helpers import needs_node, node_json
+import pytest
+import torch
+
+import steerwidgets as sw
+from helpers import needs_node, node_json, random_vector
 from steerwidgets import evaluation as E
 from steerwidgets.engine.generation import GenerationCancelled
 from steerwidgets.widgets import compare as C
@@ -71,6 +76,66 @@ def test_cancel_from_the_front_end_stops_the_run(monkeypatch):
     widget._on_message(widget, {"type": "cancel"})
     widget.wait(10)
     assert widget.status == "cancelled" and not widget.running and widget.result is None
+
+
+def test_close_cancels_the_run_and_stops_the_thread(monkeypatch):
+    started, stopped = threading.Event(), []
+
+    def slow_compare(**kwargs):
+        started.set()
+        stopped.append(kwargs["cancel"].wait(10))
+        raise GenerationCancelled("comparison cancelled")
+
+    monkeypatch.setattr(C, "compare", slow_compare)
+    widget = C.CompareWidget(["caa"], model=object(), autostart=True)
+    assert started.wait(10) and widget.running
+    widget.close()
+    assert widget._runner.close(timeout=10)  # the thread has ended ...
+    assert stopped == [True] and widget.status == "cancelled" and not widget.running  # ... cancelled
+    widget.close()  # idempotent
+    widget.run()  # after close: nothing starts
+    assert not widget.running and widget.wait(10) is None
+
+
+@pytest.mark.parametrize("stop", ["cancel", "close"])
+def test_stopping_inside_a_steered_generation_leaves_the_model_unsteered(tiny_llama, monkeypatch, stop):
+    prompt = "The weather today is"
+    fresh = sw.generate(tiny_llama, prompt, max_new_tokens=6).base
+    before = sw.score(tiny_llama, [prompt], [" sunny and warm"])[0].clone()
+    steering = sw.Steering(random_vector(tiny_llama), 1, 8.0)
+    in_trace, ends = threading.Event(), []
+
+    def steered_compare(**kwargs):
+        cancel = kwargs["cancel"]
+
+        def on_token(run, step, ids):
+            if not in_trace.is_set():
+                in_trace.set()  # the steered trace is running: now the test cancels or closes
+                assert cancel.wait(10)
+
+        try:
+            sw.generate(kwargs["model"], prompt, steering, max_new_tokens=60, baseline=False,
+                        on_token=on_token, cancel=cancel)  # fmt: skip
+        except GenerationCancelled:
+            ends.append("cancelled")
+            raise
+        ends.append("finished")
+        return E.CompareResult([], {}, {})
+
+    monkeypatch.setattr(C, "compare", steered_compare)
+    widget = C.CompareWidget(["caa"], model=tiny_llama, autostart=True)
+    assert in_trace.wait(60)
+    getattr(widget, stop)()
+    # No wait for the widget: the next use of the model takes turns with the run on model.lock.
+    after = sw.generate(tiny_llama, prompt, max_new_tokens=6).base
+    assert ends == ["cancelled"]
+    assert after.token_ids == fresh.token_ids and after.texts == fresh.texts
+    assert torch.equal(after.first_logprobs, fresh.first_logprobs)
+    assert torch.equal(sw.score(tiny_llama, [prompt], [" sunny and warm"])[0], before)  # bit for bit
+    assert widget.wait(10) is None and not widget.running
+    if stop == "cancel":
+        assert widget.status == "cancelled" and widget.error == ""
+    widget.close()
 
 
 def test_errors_are_shown_not_raised(monkeypatch):

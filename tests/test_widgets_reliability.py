@@ -5,7 +5,9 @@ that carry no script and escape dataset text. Pure helpers and the front end's h
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -274,6 +276,61 @@ def test_two_widgets_on_one_model_take_turns(smol, ab_items):
     finally:
         first.close()
         second.close()
+
+
+# --- the runner, without a model (the work is a stand-in) -------------------------------------------
+def _fake_model() -> SimpleNamespace:
+    """Quacks like a SteerableModel for construction; ``lock`` is its one re-entrant model lock."""
+    return SimpleNamespace(
+        nn=None, tokenizer=None, n_layers=4, d_model=8, block=None, check_layer=lambda layer: None,
+        lock=threading.RLock(), name="fake",
+    )  # fmt: skip
+
+
+FAKE_ITEMS = [
+    sw.ABItem("Pick the kind reply.\n\n(A) Thanks\n(B) Go away", "A", "B"),
+    sw.ABItem("Pick the kind reply.\n\n(A) Get lost\n(B) Welcome", "B", "A"),
+]
+
+
+def test_a_run_waits_for_its_turn_on_model_lock_and_cancel_ends_the_wait(monkeypatch):
+    model = _fake_model()
+    widget = RW.ReliabilityReport(model, FAKE_ITEMS, FAKE_ITEMS, 1, [-1, 1], autostart=False)
+    waiting, calls = threading.Event(), []
+    widget.observe(lambda change: change["new"].startswith("waiting") and waiting.set(), names="stage")
+    monkeypatch.setattr(widget, "_work", calls.append)
+    try:
+        with model.lock:  # another widget's run (or an engine call) holds the model
+            widget.run()
+            assert waiting.wait(10) and widget.running and calls == []
+            widget._on_message(widget, {"type": "cancel"})
+            assert widget.wait(10)
+        assert widget.status == "cancelled" and "Cancelled" in widget.stage and not widget.running
+        assert calls == []  # it never ran
+        widget.run(wait=True)  # the lock is free now: the run holds it while it works
+        assert widget.status == "done" and widget.progress == 1.0 and len(calls) == 1
+    finally:
+        widget.close()
+
+
+def test_run_errors_are_shown_the_widget_stays_usable_and_close_stops_the_thread(monkeypatch):
+    widget = RW.LayerSweep(_fake_model(), FAKE_ITEMS, FAKE_ITEMS, layers=[1, 2], autostart=False)
+
+    def broken(cancel: threading.Event) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(widget, "_work", broken)
+    widget.run(wait=True)
+    assert widget.status == "error" and widget.error == "RuntimeError: boom" and not widget.running
+    monkeypatch.setattr(widget, "_work", lambda cancel: None)
+    widget.run(wait=True)
+    assert widget.status == "done" and widget.error == ""
+    widget.close()
+    widget.close()  # idempotent
+    assert widget._runner.close(timeout=10) and widget.wait(1)
+    widget.run()  # after close: nothing starts
+    assert not widget.running
+    assert not hasattr(RW, "_MODEL_LOCKS")  # no registry keyed by id(model): the lock lives on the model
 
 
 # --- pure helpers ------------------------------------------------------------------------------------

@@ -4,25 +4,31 @@
 >>> w = CompareWidget(["caa", "pca"], ["sentiment"], model=model, n_items=6)  # doctest: +SKIP
 >>> w  # press Run (or w.run()); Cancel stops between steps  # doctest: +SKIP
 
-The work runs in a background thread (:func:`steerwidgets.evaluation.compare`), so the notebook stays
-usable; the table sorts on any column and the chart shows one metric against its baselines.
+The work (:func:`steerwidgets.evaluation.compare`) runs on the widget's
+:class:`~steerwidgets.widgets._runner.Runner`, taking turns with other widgets on ``model.lock``, so the
+notebook stays usable; the table sorts on any column and the chart shows one metric against its baselines.
+``close()`` (or Cancel) stops it at its next step and leaves the model unsteered.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import anywidget
 import traitlets
 
+from ..charts import compare_chart
 from ..engine.generation import GenerationCancelled
 from ..engine.sweep import DEFAULT_STRENGTHS
-from ..evaluation import CompareResult, compare, compare_chart
+from ..evaluation import CompareResult, compare
 from ..fluency import DISTINCT_N, MAX_LOGPROB_DROP, MIN_DISTINCT
 from ._frontend import bundle, css, shared_bundle_trait
+from ._runner import Runner
+
+log = logging.getLogger(__name__)
 
 # key, label, tooltip; "band" names the random baseline's min/max keys shown beside its mean
 COLUMNS: list[dict[str, Any]] = [
@@ -165,8 +171,11 @@ class CompareWidget(anywidget.AnyWidget):
             **compare_kwargs,
         )
         self.result: CompareResult | None = None
-        self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.RLock()
+        # With model=None, compare() loads the default model inside the job (no lock to take turns on yet).
+        self._runner = Runner(
+            lock=getattr(model, "lock", None), on_error=self._failed, name="steerwidgets-compare"
+        )
         self.on_msg(self._on_message)
         self.observe(self._redraw, names=["metric"])
         self.status = "Press Run to compare " + ", ".join(str(m) for m in self._args["methods"])
@@ -197,51 +206,63 @@ class CompareWidget(anywidget.AnyWidget):
             self.cancel()
 
     # --- running -------------------------------------------------------------------------------
-    def run(self, wait: bool = False) -> threading.Thread | None:
-        """Start the comparison in a background thread (a no-op while one runs); ``wait`` joins it."""
-        if self._thread is not None and self._thread.is_alive():
-            return self._thread
-        self._cancel.clear()
-        self.error = ""
-        self.progress = 0.0
-        self.running = True
-        self.status = "starting…"
-        self._thread = threading.Thread(target=self._work, name="steerwidgets-compare", daemon=True)
-        self._thread.start()
+    def run(self, wait: bool = False) -> None:
+        """Start the comparison in the background (a no-op while one runs); ``wait`` blocks until it ends."""
+        with self._lock:
+            if not self.running and not self._runner.closed:
+                with self.hold_sync():
+                    self.error = ""
+                    self.progress = 0.0
+                    self.running = True
+                    self.status = "starting…"
+                self._runner.submit(self._work)
         if wait:
-            self._thread.join()
-        return self._thread
+            self._runner.wait_idle()
 
     def cancel(self) -> None:
         """Ask the running comparison to stop at its next step (the model is left unsteered)."""
-        if self.running:
-            self._cancel.set()
-            self.status = "cancelling…"
+        with self._lock:
+            if self.running:
+                self._runner.cancel()
+                self.status = "cancelling…"
 
     def wait(self, timeout: float | None = None) -> CompareResult | None:
         """Block until the current run ends; returns its result (None if cancelled or failed)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._runner.wait_idle(timeout)
         return self.result
+
+    def close(self) -> None:
+        """Cancel the run, stop the background thread and close the widget.
+
+        The model is unsteered once the cancelled step's trace has ended (the next use of the model waits
+        for it on ``model.lock``). Also runs from ``Widget.__del__``, maybe before the runner exists.
+        """
+        runner = getattr(self, "_runner", None)
+        if runner is not None:
+            runner.close()
+        super().close()
 
     def _on_progress(self, done: int, total: int, label: str) -> None:
         self.progress = done / max(total, 1)
         self.status = f"{done}/{total} · {label}"
 
-    def _work(self) -> None:
-        try:
-            result = compare(**self._args, progress=self._on_progress, cancel=self._cancel)
-        except GenerationCancelled:
-            self.status = "cancelled"
-        except Exception as exc:  # shown in the widget; the traceback goes to the log
-            self.error = f"{type(exc).__name__}: {exc}"
-            self.status = "failed"
-            traceback.print_exc()
-        else:
-            self._show(result)
+    def _work(self, cancel: threading.Event) -> None:
+        result = compare(**self._args, progress=self._on_progress, cancel=cancel)
+        self._show(result)
+        with self.hold_sync():
             self.progress = 1.0
             self.status = f"done: {len(result.rows)} rows"
-        finally:
+            self.running = False
+
+    def _failed(self, exc: BaseException, _job: Any) -> None:
+        """The runner's error callback: a cancel or an error ends the run, shown in the widget."""
+        with self.hold_sync():
+            if isinstance(exc, GenerationCancelled):
+                self.status = "cancelled"
+            else:  # shown in the widget; the traceback goes to the log
+                log.error("comparison failed", exc_info=exc)
+                self.error = f"{type(exc).__name__}: {exc}"
+                self.status = "failed"
             self.running = False
 
     def _redraw(self, _change: Any = None) -> None:

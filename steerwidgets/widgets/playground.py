@@ -43,7 +43,7 @@ from ..playground import (
 )
 from ..snapshot import playground_html
 from ._frontend import bundle, css, shared_bundle_trait
-from ._worker import LatestWorker
+from ._runner import Runner
 
 __all__ = ["ACTADD", "BUILTIN_VECTORS", "Playground", "builtin_vector", "positions_to_str"]
 
@@ -172,7 +172,7 @@ class Playground(anywidget.AnyWidget):
         self._cancel: threading.Event | None = None
         self._landed: list[int] = []  # requests whose results completed (newest last), for tests
         self._closed = False
-        self._worker = LatestWorker(self._run_job)
+        self._worker = Runner(self._run_job, lock=getattr(self.model, "lock", None))
 
         if layer is None:
             layer = self._pipeline.default_layer(chosen)

@@ -9,7 +9,8 @@
   on a cell opens that layer and strength in the Playground.
 
 Both are thin: Python holds the traits and runs the engine (:mod:`steerwidgets.reliability`,
-:mod:`steerwidgets.report`) on a background thread, so the kernel stays free for Cancel; the front ends
+:mod:`steerwidgets.report`) on the widget's :class:`~steerwidgets.widgets._runner.Runner`, so the kernel
+stays free for Cancel and runs on one model take turns on its ``model.lock``; the front ends
 (``js/src/reliability.js``, ``js/src/layersweep.js``) only draw traits and send button clicks.
 
 >>> import steerwidgets as sw
@@ -36,6 +37,7 @@ import traitlets
 
 from .. import metrics
 from .. import report as R
+from ..charts import anti_chart, heatmap_chart, propensity_chart, slopes_chart, to_svg
 from ..data import ABItem
 from ..engine.generation import GenerationCancelled
 from ..engine.sweep import DEFAULT_STRENGTHS, PropensityResult, propensity_sweep
@@ -45,6 +47,7 @@ from ..reliability import LayerSweepResult, PreCheck, generalisation, layer_swee
 from ..vectors import SteeringVector
 from ..verdicts import NULL_DIRECTIONS
 from ._frontend import bundle, css, shared_bundle_trait
+from ._runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +60,6 @@ LEVEL_COLOURS = {"green": "#188038", "amber": "#b06000", "red": "#d93025"}
 # ----------------------------------------------------------------------------------------------
 # Shared machinery: background run, progress, cancel, Playground opening
 # ----------------------------------------------------------------------------------------------
-# nnsight traces on one model from two threads at once break each other ("parent cannot be on a
-# different thread"), so runs of these widgets on the same model take turns.
-_MODEL_LOCKS: dict[int, tuple[Any, threading.Lock]] = {}
-_MODEL_LOCKS_GUARD = threading.Lock()
-
-
-def _model_lock(model: Any) -> threading.Lock:
-    with _MODEL_LOCKS_GUARD:
-        entry = _MODEL_LOCKS.get(id(model))
-        if entry is None or entry[0] is not model:
-            entry = (model, threading.Lock())
-            _MODEL_LOCKS[id(model)] = entry
-        return entry[1]
-
-
 class _LabWidget(anywidget.AnyWidget):
     """Background run with progress and cancel, front-end messages, and the opened Playground."""
 
@@ -123,9 +111,15 @@ class _LabWidget(anywidget.AnyWidget):
         if len(lam) < 2 or len(set(lam)) < 2 or not all(math.isfinite(s) for s in lam):
             raise SteeringError(f"give at least two different finite strengths, got {list(strengths)}")
         self._positions = positions
-        self._cancel = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
+        # nnsight traces on one model from two threads at once break each other ("parent cannot be on
+        # a different thread"), so runs take turns on the model's own lock.
+        self._runner = Runner(
+            lock=getattr(model, "lock", None),
+            on_error=self._run_failed,
+            on_wait=self._run_waits,
+            name=type(self).__name__,
+        )
         self.model_name = str(getattr(model, "name", ""))
         self.positions = _positions_str(positions)
         self.strengths = lam
@@ -133,84 +127,66 @@ class _LabWidget(anywidget.AnyWidget):
         self.on_msg(self._on_message)
 
     # --- public -----------------------------------------------------------------------------------
-    def run(self, wait: bool = False) -> threading.Thread:
-        """Start (or restart) the computation on a background thread; a no-op while one runs."""
+    def run(self, wait: bool = False) -> None:
+        """Start (or restart) the computation in the background; a no-op while one runs."""
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                thread = self._thread
-            else:
-                self._stop_playground()  # it would run on the model at the same time
-                self._cancel = threading.Event()
+            if not self.running and not self._runner.closed:
+                self._stop_playground()  # it would wait for its turn on the model behind the run
                 with self.hold_sync():
                     self.error = ""
                     self.progress = 0.0
                     self.running = True
                     self.status = "running"
                     self.stage = "starting…"
-                thread = threading.Thread(
-                    target=self._run_guarded, args=(self._cancel,), name=type(self).__name__, daemon=True
-                )
-                self._thread = thread
-                thread.start()
+                self._runner.submit(self._run_job)
         if wait:
-            thread.join()
-        return thread
+            self._runner.wait_idle()
 
     def cancel(self) -> None:
         """Stop the run at its next item; the model is left unsteered and the widget stays usable."""
         with self._lock:
             if self.running:
-                self._cancel.set()
+                self._runner.cancel()
                 self.stage = "cancelling…"
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the current run has ended (for scripts and tests); False on timeout."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
+        return self._runner.wait_idle(timeout)
 
     def close(self) -> None:
-        """Cancel the run, close the opened Playground and the widget.
+        """Cancel the run, stop the background thread, close the opened Playground and the widget.
 
         Also runs from ``Widget.__del__`` after a constructor raised, before ``_setup`` made the attributes.
         """
-        cancel = getattr(self, "_cancel", None)
-        if cancel is not None:
-            cancel.set()
+        runner = getattr(self, "_runner", None)
+        if runner is not None:
+            runner.close()
             self._stop_playground()
         super().close()
 
-    # --- running ----------------------------------------------------------------------------------
-    def _run_guarded(self, cancel: threading.Event) -> None:
-        lock = _model_lock(self.model)
-        locked = False
-        try:
-            if not lock.acquire(blocking=False):
-                self.stage = "waiting for another run on this model to finish…"
-                while not lock.acquire(timeout=0.2):
-                    self._check_cancel(cancel)
-            locked = True
-            self._work(cancel)
-        except GenerationCancelled:
-            with self.hold_sync():
+    # --- running (on the runner's thread, holding the model's lock) --------------------------------
+    def _run_job(self, cancel: threading.Event) -> None:
+        self._work(cancel)
+        with self.hold_sync():
+            self.status = "done"
+            self.progress = 1.0
+            self.running = False
+
+    def _run_failed(self, exc: BaseException, _job: Any) -> None:
+        """The runner's error callback: a cancel or an error ends the run, shown in the widget."""
+        with self.hold_sync():
+            if isinstance(exc, GenerationCancelled):
                 self.status = "cancelled"
                 self.stage = "Cancelled. The model is unsteered; press Run to start again."
-        except Exception as exc:  # shown in the widget, the traceback goes to the log
-            log.exception("%s run failed", type(self).__name__)
-            with self.hold_sync():
+            else:  # shown in the widget, the traceback goes to the log
+                log.error("%s run failed", type(self).__name__, exc_info=exc)
                 self.error = f"{type(exc).__name__}: {exc}"
                 self.status = "error"
                 self.stage = "failed"
-        else:
-            with self.hold_sync():
-                self.status = "done"
-                self.progress = 1.0
-        finally:
-            if locked:
-                lock.release()
             self.running = False
+
+    def _run_waits(self, _job: Any) -> None:
+        self.stage = "waiting for another run on this model to finish…"
 
     def _work(self, cancel: threading.Event) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -258,9 +234,8 @@ class _LabWidget(anywidget.AnyWidget):
 
         if self.running or self.vector is None:
             raise SteeringError("the run is still going; open items once it has finished")
-        if _model_lock(self.model).locked():
-            raise SteeringError("another reliability run on this model is going; open items once it ends")
-        # One model, one trace at a time: the old Playground's last request ends before the new starts.
+        # The old Playground's last request ends before the new one starts; a run of another widget on
+        # this model holding ``model.lock`` only delays the new Playground's first result (it takes turns).
         self._stop_playground(clear=False)
         playground = Playground(
             self.model,
@@ -505,8 +480,8 @@ class ReliabilityReport(_LabWidget):
             self.report = rep
             self.anti = anti_summary(rep)
             self.items = listed_items(rep, self.test_items)
-            self.propensity_spec = R.propensity_chart(rep)
-            self.slopes_spec = R.slopes_chart(rep)
+            self.propensity_spec = propensity_chart(rep)
+            self.slopes_spec = slopes_chart(rep)
 
     # --- front-end messages -----------------------------------------------------------------------
     def _on_custom(self, kind: str | None, content: dict) -> None:
@@ -529,8 +504,6 @@ class ReliabilityReport(_LabWidget):
     # --- static snapshot --------------------------------------------------------------------------
     def snapshot_html(self) -> str:
         """Escaped HTML of the current state, charts as inline SVG: what viewers without a kernel show."""
-        from ..charts import to_svg
-
         esc = html.escape
         head = (
             f"<b>Reliability report</b> — {esc(self.model_name)}, {esc(self.vector_method)} vector, layer "
@@ -689,7 +662,7 @@ class LayerSweep(_LabWidget):
         sweep = _jsonable(result.to_json())
         with self.hold_sync():
             self.sweep = sweep
-            self.heatmap_spec = R.heatmap_chart(sweep)
+            self.heatmap_spec = heatmap_chart(sweep)
             self.anti_spec = anti_chart(sweep)
             self.suggested_layer = result.suggested_layer
             self.reason = result.reason
@@ -711,8 +684,6 @@ class LayerSweep(_LabWidget):
 
     def snapshot_html(self) -> str:
         """Escaped HTML of the current state, charts as inline SVG."""
-        from ..charts import to_svg
-
         esc = html.escape
         head = (
             f"<b>Layer sweep</b> — {esc(self.model_name)}, {esc(self.vector_method)} vector, layers "
@@ -805,64 +776,6 @@ def listed_items(rep: dict[str, Any], items: Sequence[ABItem]) -> list[dict[str,
                 }
             )
     return out
-
-
-def anti_chart(sweep: dict[str, Any]) -> dict:
-    """Share of items backfiring beyond random directions per layer (the verdict in the tooltip), with the
-    notice and warning thresholds as rules; Tan et al.'s raw anti-steerable fraction is in the tooltip."""
-    import altair as alt
-
-    backfire = sweep.get("backfire_fraction") or [0.0] * len(sweep["layers"])
-    verdict_names = sweep.get("verdicts") or [""] * len(sweep["layers"])
-    rows = [
-        {
-            "layer": layer,
-            "backfire": b,
-            "anti": anti,
-            "verdict": v.replace("_", " "),
-            "level": metrics.warning_level(b),
-        }
-        for layer, b, anti, v in zip(
-            sweep["layers"], backfire, sweep["anti_steerable_fraction"], verdict_names
-        )
-    ]
-    bars = (
-        alt.Chart(alt.Data(values=rows))
-        .mark_bar()
-        .encode(
-            x=alt.X("layer:O"),
-            y=alt.Y("backfire:Q", title="items backfiring beyond the null", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color(
-                "level:N",
-                title="level",
-                scale=alt.Scale(domain=["ok", "notice", "warning"], range=["#4c78a8", "#f9a825", "#e45756"]),
-            ),
-            tooltip=[
-                "layer:O",
-                alt.Tooltip("backfire:Q", format=".0%", title="backfiring"),
-                alt.Tooltip("anti:Q", format=".0%", title="anti-steerable (s ≤ 0)"),
-                "verdict:N",
-            ],
-        )
-    )
-    rules = (
-        alt.Chart(
-            alt.Data(
-                values=[
-                    {"y": metrics.NOTICE_AT, "label": f"notice ≥ {metrics.NOTICE_AT:.0%}"},
-                    {"y": metrics.WARNING_AT, "label": f"warning ≥ {metrics.WARNING_AT:.0%}"},
-                ]
-            )
-        )
-        .mark_rule(strokeDash=[4, 4], color="#888")
-        .encode(y="y:Q", tooltip=["label:N"])
-    )
-    width = max(180, 16 * len(rows))
-    return (
-        (bars + rules)
-        .properties(title="Items backfiring beyond random directions, per layer", width=width, height=120)
-        .to_dict()
-    )
 
 
 def _check_items(items: Any, what: str) -> list[ABItem]:
