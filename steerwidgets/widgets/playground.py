@@ -738,38 +738,29 @@ class Playground(anywidget.AnyWidget):
 
     # --- copy as code ---------------------------------------------------------------------------
     def _code_for(self, c: dict[str, Any]) -> str:
+        from ..codegen import CodeRow, render_code
+
         name = c["vector_name"]
-        model_name = getattr(self.model, "name", "")
-        model_arg = "" if model_name in ("", sw.DEFAULT_MODEL) else repr(model_name)
-        lines = ["import steerwidgets as sw", "", f"model = sw.load_model({model_arg})"]
         builtin = name if name in BUILTIN_VECTORS else _builtin_origin(self._vectors.get(name))
+        row = dict(layer=c["layer"], strength=c["strength"], positions=c["positions"], relative=c["relative"])
         if builtin is not None:
             vec = self._vectors.get(name)
-            layers = ""
+            layers = None
             if vec is not None and vec.layers != list(range(self.model.n_layers)):
-                layers = f", layers={vec.layers}"
-            pairs = f"sw.builtin_pairs({builtin!r})"
-            lines.append(f"vector = sw.mean_difference(model, {pairs}{layers})")
+                layers = vec.layers
+            code_row = CodeRow(builtin, source="builtin", builtin_layers=layers, **row)
         elif name == ACTADD:
-            lines.append(
-                f"vector = sw.actadd(model, {c['actadd_positive']!r}, {c['actadd_negative']!r}, {c['layer']})"
-            )
+            pair = (c["actadd_positive"], c["actadd_negative"])
+            code_row = CodeRow(ACTADD, source="actadd", actadd=pair, **row)
         else:
-            path = f"{_safe_filename(name)}.safetensors"
-            lines += [
-                f"# The vector you passed as {name!r}; save it first with vector.save({path!r})",
-                f"vector = sw.SteeringVector.load({path!r}, model)",
-            ]
-        relative = ", relative=True" if c["relative"] else ""
-        lines += [
-            f"steering = sw.Steering(vector, layer={c['layer']}, "
-            f"strength={float(c['strength'])!r}, positions={c['positions']!r}{relative})",
-            f"PROMPT = {c['prompt']!r}",
-            f"result = sw.generate(model, PROMPT, steering, max_new_tokens={c['max_new_tokens']}, "
-            f"seed={c['seed']})",
-            "print(result.steered.text)",
-        ]
-        return "\n".join(lines) + "\n"
+            code_row = CodeRow(name, source="file", **row)
+        return render_code(
+            getattr(self.model, "name", ""),
+            c["prompt"],
+            [code_row],
+            max_new_tokens=c["max_new_tokens"],
+            seed=c["seed"],
+        )
 
     # --- static snapshot ------------------------------------------------------------------------
     def snapshot_html(self) -> str:
