@@ -117,6 +117,13 @@ def load_steerings(
     return check_steerings(out, model)
 
 
+def read_spec(spec: str | Path | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The entries of a spec (file, JSON text or list of dicts), checked and completed with defaults, without
+    a model: what can be wrong with the spec itself fails here, before any model work."""
+    entries, _ = _entries(spec)
+    return [_read_entry(i, entry) for i, entry in enumerate(entries)]
+
+
 def describe_steerings(steerings: Steering | Sequence[Steering]) -> list[dict[str, Any]]:
     """The stack as JSON-ready dicts in the spec's keys (plus each vector's norm at its layer).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -194,3 +195,102 @@ def test_check_steerings_names_the_bad_entry(tiny_llama):
         sw.check_steerings([good, "sentiment"], tiny_llama)
     with pytest.raises(sw.SteeringError, match=r"steering \[0\] \(random-test@1\): strength must be finite"):
         sw.check_steerings([sw.Steering(good.vector, 1, float("inf"))], tiny_llama)
+
+
+# ----------------------------------------------------------------------------------------------
+# propensity_sweep with fixed background steerings
+# ----------------------------------------------------------------------------------------------
+ITEMS = [
+    sw.ABItem("Pick one.\n(A) yes\n(B) no", "A", "B"),
+    sw.ABItem("Choose wisely.\n(A) up\n(B) down", "B", "A"),
+    sw.ABItem("Which is it?\n(A) left\n(B) right", "A", "B"),
+]
+
+
+def _background(model):
+    a, b = random_vector(model, seed=11, scale=3.0), random_vector(model, seed=12, scale=3.0)
+    return [sw.Steering(a, 0, 1.5), sw.Steering(b, 2, -2.0, positions="-2:")]
+
+
+def _bg_edits(background, n, total):
+    return [
+        (s.layer, s.strength * s.direction(), sw.position_mask(s.positions, n, total)) for s in background
+    ]
+
+
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_sweep_with_background_equals_hooks(tiny, positions):
+    from steerwidgets.engine import ab_prompt
+
+    vec = random_vector(tiny, seed=3, scale=2.0)
+    background = _background(tiny)
+    strengths = [-1.0, 0.0, 2.0]
+    layers = [1, 2]  # layer 2 shares its block with a background steering (which edits first)
+    result = sw.propensity_sweep(
+        tiny, ITEMS, vec, layers, strengths, positions=positions, background=background, null_directions=0,
+        option_swap=True,
+    )  # fmt: skip
+    assert result.background == background
+    for layer in layers:
+        for i, item in enumerate(ITEMS):
+            ids, y_pos, y_neg = ab_prompt(tiny, item)
+            mask = sw.position_mask(positions, len(ids), len(ids))
+            bg = _bg_edits(background, len(ids), len(ids))
+            for k, lam in enumerate(strengths):
+                logits = _hooked(tiny, ids, [*bg, (layer, lam * vec[layer], mask)])[-1]
+                assert result.propensity[layer][i, k] == pytest.approx(
+                    float(logits[y_pos] - logits[y_neg]), abs=1e-4
+                )
+            logits = _hooked(tiny, ids, bg)[-1]
+            assert result.unsteered[i] == pytest.approx(float(logits[y_pos] - logits[y_neg]), abs=1e-4)
+    plain = sw.propensity_sweep(tiny, ITEMS, vec, layers, strengths, positions=positions, null_directions=0)
+    assert not np.allclose(plain.propensity[1], result.propensity[1])
+    swapped_plain = sw.propensity_sweep(tiny, ITEMS, vec, [1], strengths, null_directions=0, option_swap=True)
+    assert not np.allclose(swapped_plain.swapped_propensity, result.swapped_propensity)
+
+
+def test_sweep_with_background_answer_text_and_nulls(tiny_llama):
+    from steerwidgets.engine import answer_text_prompt, null_directions_for
+
+    tiny = tiny_llama
+    vec = random_vector(tiny, seed=4, scale=2.0)
+    background = _background(tiny)
+    strengths = [-1.0, 1.0]
+    common = dict(background=background, null_directions=3, positions="continuation")
+    res = sw.propensity_sweep(tiny, ITEMS, vec, [1], strengths, protocol="answer_text", **common)
+    sampled = sw.propensity_sweep(
+        tiny, ITEMS, vec, [1], strengths, protocol="answer_text", null_method="sampled", **common
+    )
+    directions = null_directions_for(vec, [1], 3)[1]
+
+    def m(item, delta):
+        ids, pos, neg = answer_text_prompt(tiny, item)
+        out = 0.0
+        for sign, comp in ((1.0, pos), (-1.0, neg)):
+            full = ids + comp
+            mask = sw.position_mask("continuation", len(ids), len(full))
+            logp = _hooked(tiny, full, [*_bg_edits(background, len(ids), len(full)), (1, delta, mask)])
+            logp = logp.log_softmax(-1)
+            out += sign * float(torch.stack([logp[len(ids) - 1 + k, t] for k, t in enumerate(comp)]).mean())
+        return out
+
+    eps = 1e-2
+    for i, item in enumerate(ITEMS):
+        for k, lam in enumerate(strengths):
+            assert res.propensity[1][i, k] == pytest.approx(m(item, lam * vec[1]), abs=1e-4)
+        for j in range(3):
+            two_point = (m(item, directions[j]) - m(item, -directions[j])) / 2.0
+            assert sampled.null[1][j, i] == pytest.approx(two_point, abs=1e-4)
+            first_order = (m(item, eps * directions[j]) - m(item, -eps * directions[j])) / (2 * eps)
+            assert res.null[1][j, i] == pytest.approx(first_order, abs=2e-3)
+
+
+def test_sweep_background_errors_name_the_entry(tiny_llama):
+    vec = random_vector(tiny_llama)
+    with pytest.raises(sw.SteeringError, match=r"background \[1\] \(random-test@1\): .*relative=False"):
+        sw.propensity_sweep(
+            tiny_llama, ITEMS, vec, [1], [-1, 1],
+            background=[sw.Steering(vec, 1, 1.0), sw.Steering(vec, 1, 1.0, relative=True)],
+        )  # fmt: skip
+    with pytest.raises(sw.SteeringError, match=r"steering \[0\] is a str"):
+        sw.propensity_sweep(tiny_llama, ITEMS, vec, [1], [-1, 1], background=["sentiment"])
