@@ -294,3 +294,15 @@ def test_sweep_background_errors_name_the_entry(tiny_llama):
         )  # fmt: skip
     with pytest.raises(sw.SteeringError, match=r"steering \[0\] is a str"):
         sw.propensity_sweep(tiny_llama, ITEMS, vec, [1], [-1, 1], background=["sentiment"])
+
+
+def test_generation_reports_each_steerings_norm_ratio_in_the_order_given(tiny_llama):
+    a, b = random_vector(tiny_llama, seed=1), random_vector(tiny_llama, seed=2)
+    stack = [
+        sw.Steering(b, 2, 0.25, relative=True),
+        sw.Steering(a, 0, 0.5, relative=True),
+        sw.Steering(a, 1, 0.0),
+    ]
+    steered = sw.generate(tiny_llama, PROMPT, stack, max_new_tokens=2, baseline=False).steered
+    assert steered.norm_ratios == pytest.approx([0.25, 0.5, 0.0], rel=1e-4)
+    assert steered.norm_ratio == pytest.approx(0.5, rel=1e-4)  # the lowest layer's, as before
