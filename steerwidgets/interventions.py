@@ -377,16 +377,18 @@ _ACTIVE: ContextVar[tuple[tuple[Any, Steering], ...]] = ContextVar("steerwidgets
 
 
 @contextmanager
-def steered(model: Any, *steerings: Steering) -> Iterator[Any]:
-    """Apply ``steerings`` to every engine call on ``model`` inside the ``with`` block.
+def steered(model: Any, *steerings: Steering | Sequence[Steering]) -> Iterator[Any]:
+    """Apply ``steerings`` (several, or one list: a stack) to every engine call on ``model`` inside the
+    ``with`` block.
 
     Nothing is written into the model: the engine adds these to each nnsight trace it runs, so leaving the
     block — normally, by an exception or by a cancel — leaves the unsteered model, bit for bit. Only calls
     from the same thread or asyncio task are steered (other threads using the model are not).
     """
     require_model(model, "steered")
-    for item in as_list(steerings):
-        item.validate(model)
+    if len(steerings) == 1 and isinstance(steerings[0], (list, tuple)):  # steered(model, stack)
+        steerings = tuple(steerings[0])
+    check_steerings(list(steerings), model)
     token = _ACTIVE.set(_ACTIVE.get() + tuple((model, item) for item in steerings))
     try:
         yield model

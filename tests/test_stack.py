@@ -306,3 +306,16 @@ def test_generation_reports_each_steerings_norm_ratio_in_the_order_given(tiny_ll
     steered = sw.generate(tiny_llama, PROMPT, stack, max_new_tokens=2, baseline=False).steered
     assert steered.norm_ratios == pytest.approx([0.25, 0.5, 0.0], rel=1e-4)
     assert steered.norm_ratio == pytest.approx(0.5, rel=1e-4)  # the lowest layer's, as before
+
+
+def test_steered_takes_a_stack(tiny_llama):
+    stack = _stacks(tiny_llama)["two layers"]
+    direct = sw.score(tiny_llama, PROMPT, " sunny", stack, chat=False)[0]
+    with sw.steered(tiny_llama, stack):
+        inside = sw.score(tiny_llama, PROMPT, " sunny", chat=False)[0]
+    with sw.steered(tiny_llama, *stack):
+        spread = sw.score(tiny_llama, PROMPT, " sunny", chat=False)[0]
+    assert torch.allclose(direct, inside) and torch.equal(inside, spread)
+    with pytest.raises(sw.SteeringError, match=r"steering \[1\] \(random-test@0\): strength must be finite"):
+        with sw.steered(tiny_llama, [stack[0], sw.Steering(stack[0].vector, 0, float("nan"))]):
+            pass
