@@ -29,8 +29,10 @@ from .interventions import (
     as_list,
     check_position_spec,
     check_selects,
+    check_steerings,
     position_mask,
     require_model,
+    steering_label,
 )
 from .vectors import SteeringVector
 
@@ -1017,15 +1019,13 @@ def propensity_sweep(
 
 def _check_background(model: Any, background: Any) -> list[Steering]:
     """The sweep's fixed steerings as a validated list; errors name the entry."""
-    from .interventions import check_steerings, steering_label
-
     items = check_steerings(background, model)
     for index, item in enumerate(items):
         where = f"background [{index}] ({steering_label(item)})"
         if item.relative:
             raise SteeringError(
                 f"{where}: a background steering's strength must be absolute in a sweep; use relative=False "
-                "(the Playground's norm ratio tells you the absolute strength of a relative one)"
+                "with strength = ratio × mean‖h‖ / ‖v‖ (sw.evaluation.residual_norms gives mean‖h‖)"
             )
         if item.direction().ndim != 1:
             raise SteeringError(f"{where}: a background steering needs a [d_model] vector (not ActAdd)")
