@@ -37,7 +37,15 @@ from .evaluation import (
 )
 from .fluency import FluencyVerdict, distinct_n, fluency_verdict, generation_fluency
 from .interop import export_gguf, from_steering_vectors, import_gguf, to_steering_vectors
-from .interventions import AffineMap, Steering, SteeringError, position_mask, steered
+from .interventions import (
+    AffineMap,
+    Steering,
+    SteeringError,
+    check_steerings,
+    position_mask,
+    stack_label,
+    steered,
+)
 from .magics import load_ipython_extension
 from .methods import (
     ablation_steerings,
@@ -55,6 +63,7 @@ from .methods import (
 )
 from .models import DEFAULT_MODEL, ModelLoadError, SteerableModel, load_model
 from .reliability import LayerSweepResult, PreCheck, generalisation, layer_sweep, precheck, prechecks
+from .stack import describe_steerings, load_steerings
 from .vectors import SteeringVector, VectorError, random_like
 
 # isort: split
@@ -136,9 +145,11 @@ __all__ = [
     "builtin_open_ended",
     "builtin_pairs",
     "caa",
+    "check_steerings",
     "clamp_steering",
     "compare",
     "compare_chart",
+    "describe_steerings",
     "distinct_n",
     "export_gguf",
     "fluency_verdict",
@@ -158,6 +169,7 @@ __all__ = [
     "load_model",
     "load_open_ended",
     "load_pairs",
+    "load_steerings",
     "mean_centring",
     "mean_difference",
     "open_ended_loglik",
@@ -170,6 +182,7 @@ __all__ = [
     "verdicts",
     "random_like",
     "score",
+    "stack_label",
     "steered",
     "to_steering_vectors",
     "CapabilityResult",

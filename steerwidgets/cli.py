@@ -1,7 +1,16 @@
-"""Command line: ``steerwidgets evaluate`` and ``steerwidgets sweep`` (also ``python -m steerwidgets``).
+"""Command line: ``steerwidgets evaluate``, ``steerwidgets sweep`` and ``steerwidgets generate`` (also
+``python -m steerwidgets``).
 
-Both build a CAA vector from ``--train`` and measure propensity on ``--test`` (metrics.md). Bad input exits
-with status 2 and a message that says what to fix.
+``evaluate`` and ``sweep`` build a CAA vector from ``--train`` and measure propensity on ``--test``
+(metrics.md). ``generate`` prints a prompt's unsteered and steered continuations. Bad input exits with
+status 2 and a message that says what to fix.
+
+Several steerings at once: ``--vector FILE --layer L --strength S`` (repeat it; each ``--vector`` takes the
+first ``--layer`` and ``--strength`` after it; FILE is a ``.safetensors`` vector or a built-in set such as
+``sentiment``) and/or ``--steering stack.json`` (a JSON list, see :mod:`steerwidgets.stack`; its entries
+come first). ``generate`` applies the whole stack; in ``evaluate`` and ``sweep`` it is the fixed background
+that stays on while the CAA vector is swept (``evaluate``'s own ``--layer`` is the one before the first
+``--vector``). Every JSON result has ``steerings``: the stack, with ``swept`` marking the swept vector.
 """
 
 from __future__ import annotations
@@ -112,6 +121,101 @@ def check_item_lengths(model: Any, items: list, path: str, flag: str) -> None:
             raise CliError(f"{flag} {path}: item {index}: {exc}") from exc
 
 
+class _StackFlag(argparse.Action):
+    """``--vector``, ``--strength`` and (after a ``--vector``) ``--layer``, kept in command-line order so
+    each vector is paired with the ``--layer`` / ``--strength`` that follow it."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        stack = getattr(namespace, "stack", None)
+        if stack is None:
+            stack = []
+            namespace.stack = stack
+        if option_string == "--vector":
+            stack.append({"vector": values})
+            return
+        key = "layer" if option_string == "--layer" else "strength"
+        if stack and key not in stack[-1]:
+            stack[-1][key] = values
+        elif key == "layer" and getattr(namespace, "own_layer", False) and namespace.layer is None:
+            namespace.layer = values  # evaluate's own layer
+        elif not stack:
+            raise argparse.ArgumentError(self, f"{option_string} {values} comes before any --vector; write "
+                                         "--vector FILE --layer L --strength S")  # fmt: skip
+        else:
+            raise argparse.ArgumentError(
+                self, f"--vector {stack[-1]['vector']} already has {key} {stack[-1][key]}; give each "
+                "--vector its own --layer and --strength"
+            )  # fmt: skip
+
+
+def _stack_args(parser: argparse.ArgumentParser, own_layer: bool) -> None:
+    parser.set_defaults(stack=None, own_layer=own_layer)
+    if not own_layer:
+        parser.add_argument(
+            "--layer", type=int, action=_StackFlag, help="the layer of the --vector before it"
+        )
+    parser.add_argument(
+        "--vector",
+        action=_StackFlag,
+        help="a steering vector (.safetensors file or built-in set, e.g. sentiment); repeat for a stack, "
+        "each followed by its --layer L and --strength S",
+    )
+    parser.add_argument(
+        "--strength", type=float, action=_StackFlag, help="the strength of the --vector before it"
+    )
+    parser.add_argument("--steering", help='a JSON stack: [{"vector": ..., "layer": L, "strength": S}, ...]')
+
+
+def _stack_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The stack's ``--steering`` file and ``--vector`` entries, checked before any model work."""
+    from .interventions import SteeringError
+    from .stack import read_spec
+
+    entries: list[dict[str, Any]] = []
+    if args.steering:
+        if not Path(args.steering).is_file():
+            raise CliError(f"--steering {args.steering}: no such file")
+        try:
+            read_spec(args.steering)
+        except SteeringError as exc:
+            raise CliError(f"--steering: {exc}") from exc
+        entries.append({"spec": args.steering})
+    for index, entry in enumerate(args.stack or []):
+        where = f"--vector {entry['vector']} (vector #{index + 1})"
+        for key in ("layer", "strength"):
+            if key not in entry:
+                raise CliError(f"{where} has no --{key}; write --vector FILE --layer L --strength S")
+        if entry["strength"] != entry["strength"] or abs(entry["strength"]) == float("inf"):
+            raise CliError(f"{where}: --strength must be a finite number")
+        positions = getattr(args, "vector_positions", "all")
+        entries.append({**entry, "positions": positions})
+    return entries
+
+
+def _load_stack(model: Any, entries: list[dict[str, Any]]) -> list[Any]:
+    """The stack as Steerings on ``model``; errors name the flag and the entry."""
+    from .stack import load_steerings
+
+    out = []
+    for entry in entries:
+        try:
+            if "spec" in entry:
+                out += load_steerings(entry["spec"], model)
+            else:
+                out += load_steerings([entry], model, base_dir=Path.cwd())
+        except (ValueError, TypeError) as exc:
+            flag = f"--steering {entry['spec']}" if "spec" in entry else f"--vector {entry['vector']}"
+            raise CliError(f"{flag}: {str(exc).removeprefix('steering [0]: ')}") from exc
+    return out
+
+
+def _stack_json(background: list[Any], swept: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    from .stack import describe_steerings
+
+    fixed = [{**row, "swept": False} for row in describe_steerings(background)]
+    return ([{**swept, "swept": True}] if swept else []) + fixed
+
+
 def _load(model_name: str) -> Any:
     from .models import load_model
 
@@ -156,7 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     evaluate = sub.add_parser("evaluate", help="propensity and steerability at one layer")
     _common(evaluate)
-    evaluate.add_argument("--layer", type=int, required=True)
+    evaluate.add_argument(
+        "--layer", type=int, action=_StackFlag, help="the layer to evaluate (required; before any --vector)"
+    )
+    _stack_args(evaluate, own_layer=True)
     evaluate.add_argument("--html", help="also write the standalone reliability report (HTML, no CDN)")
     evaluate.add_argument(
         "--protocol",
@@ -168,6 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="steerability per layer (strengths batched per pass)")
     _common(sweep)
     sweep.add_argument("--layers", required=True, help="e.g. 0-29 or 5,10,15")
+    _stack_args(sweep, own_layer=False)
+    gen = sub.add_parser("generate", help="unsteered and steered continuations of a prompt under a stack")
+    gen.add_argument("--prompt", required=True, help="the user prompt")
+    gen.add_argument("--model", default="default", help="model name, HF id or folder")
+    gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--positions",
+        dest="vector_positions",
+        default="all",
+        help="where each --vector steers: all | prompt | generated | last | 3,4 | -3: (default all; a "
+        "--steering file sets its own)",
+    )
+    gen.add_argument("--json", dest="json_out", help="write the result as JSON here")
+    _stack_args(gen, own_layer=False)
     return parser
 
 
@@ -186,20 +308,25 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     check_output(args.json_out, "--json")
     check_output(getattr(args, "html", None), "--html")
     k = _null_count(args.null_directions)
+    if args.layer is None:
+        raise CliError("--layer is required: the layer to evaluate (put it before any --vector)")
+    entries = _stack_entries(args)
     train, test = _load_items(args.train, "--train"), _load_items(args.test, "--test")
     model = _load(args.model)
     check_item_lengths(model, train, args.train, "--train")
     check_item_lengths(model, test, args.test, "--test")
     if not 0 <= args.layer < model.n_layers:
         raise CliError(f"--layer {args.layer} out of range: use 0..{model.n_layers - 1}")
+    background = _load_stack(model, entries)
     vector = methods.caa(model, train, [args.layer], swap_options=False if args.no_swap else None)
     result = propensity_sweep(
-        model, test, vector, [args.layer], strengths, positions=positions, null_directions=k
-    )
+        model, test, vector, [args.layer], strengths, positions=positions, null_directions=k,
+        background=background,
+    )  # fmt: skip
     summary = result.summary(args.layer)
     answer_text = None
     if args.protocol == "both":
-        answer_text = _answer_text(model, test, vector, args.layer, strengths, positions, k)
+        answer_text = _answer_text(model, test, vector, args.layer, strengths, positions, k, background)
     if args.html:
         _write_html(model, train, result, vector, args.layer, args.html, answer_text)
     out = {
@@ -230,14 +357,35 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             {k: ex[k] for k in ("index", "slope", "propensity", "anti_steerable", "non_monotonic", "class")}
             for ex in summary["per_example"]
         ],
+        "steerings": _stack_json(
+            background, _swept_json(args.train, args.layer, strengths, result.positions)
+        ),
     }
     if answer_text is not None:
         out["answer_text"] = answer_text
     return out
 
 
+def _swept_json(train: str, layer: Any, strengths: list[float], positions: Any) -> dict[str, Any]:
+    return {
+        "vector": f"caa (--train {train})",
+        "layer": layer,
+        "strength": strengths,
+        "positions": positions,
+        "relative": False,
+        "operator": "add",
+    }
+
+
 def _answer_text(
-    model: Any, test: list, vector: Any, layer: int, strengths: list[float], positions: Any, k: int
+    model: Any,
+    test: list,
+    vector: Any,
+    layer: int,
+    strengths: list[float],
+    positions: Any,
+    k: int,
+    background: list | None = None,
 ) -> dict[str, Any]:
     """The answer-text protocol's fields (CLI contract); cannot-judge when no item lists its options."""
     from .engine.sweep import PROPENSITY_DEFINITIONS, propensity_sweep
@@ -255,6 +403,7 @@ def _answer_text(
             positions=at_positions,
             protocol="answer_text",
             null_directions=k,
+            background=background or [],
         )
     except SteeringError as exc:
         verdict = cannot_judge("answer_text", str(exc), at_positions).summary()
@@ -308,12 +457,14 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     positions = _positions(args.positions)
     check_output(args.json_out, "--json")
     check_output(getattr(args, "html", None), "--html")
+    entries = _stack_entries(args)
     train, test = _load_items(args.train, "--train"), _load_items(args.test, "--test")
     model = _load(args.model)
     check_item_lengths(model, train, args.train, "--train")
     check_item_lengths(model, test, args.test, "--test")
     k = _null_count(args.null_directions)
     layers = parse_layers(args.layers, model.n_layers)
+    background = _load_stack(model, entries)
     vector = methods.caa(model, train, layers, swap_options=False if args.no_swap else None)
     with tqdm(total=len(test), desc="sweep", unit="item", file=sys.stderr) as bar:
         result = propensity_sweep(
@@ -325,6 +476,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
             positions=positions,
             null_directions=k,
             progress=lambda done, total: bar.update(done - bar.n),
+            background=background,
         )
     per_layer = []
     for layer in layers:
@@ -359,10 +511,52 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
         "option_dependence": result.option_dependence(),
         "best_layer": best["layer"],
         "per_layer": per_layer,
+        "steerings": _stack_json(background, _swept_json(args.train, layers, strengths, result.positions)),
+    }
+
+
+def run_generate(args: argparse.Namespace) -> dict[str, Any]:
+    """The prompt's unsteered and steered continuations under the whole stack."""
+    from .engine import generate
+    from .interventions import SteeringError, check_position_spec
+
+    check_output(args.json_out, "--json")
+    if args.max_new_tokens < 1:
+        raise CliError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    try:
+        check_position_spec(args.vector_positions)
+    except SteeringError as exc:
+        raise CliError(f"--positions: {exc}") from exc
+    entries = _stack_entries(args)
+    if not entries:
+        raise CliError(
+            "nothing to steer with: give --vector FILE --layer L --strength S (repeatable) or --steering"
+        )
+    model = _load(args.model)
+    stack = _load_stack(model, entries)
+    result = generate(model, args.prompt, stack, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    return {
+        "model": model.name,
+        "prompt": args.prompt,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "steerings": _stack_json(stack),
+        "unsteered": result.base.text,
+        "steered": result.steered.text,
+        "norm_ratio": result.steered.norm_ratio,
     }
 
 
 def _print_summary(result: dict[str, Any]) -> None:
+    fixed = [row for row in result.get("steerings", []) if not row.get("swept")]
+    if "steered" in result:
+        print("stack: " + " + ".join(f"{r['vector']}@{r['layer']} x{r['strength']:g}" for r in fixed))
+        print(f"unsteered: {result['unsteered']}")
+        print(f"steered:   {result['steered']}")
+        return
+    if fixed:
+        on = ", ".join(f"{r['vector']}@{r['layer']} x{r['strength']:g}" for r in fixed)
+        print(f"with fixed steerings on at every strength: {on}")
     if "per_layer" in result:
         print(f"{'layer':>5} {'steerability':>13} {'anti-steerable':>15}  verdict (letter protocol)")
         for row in result["per_layer"]:
@@ -389,7 +583,11 @@ def _glue_negative_values(argv: list[str]) -> list[str]:
     out: list[str] = []
     i = 0
     while i < len(argv):
-        if argv[i] in ("--strengths", "--positions") and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+        if (
+            argv[i] in ("--strengths", "--positions", "--strength")
+            and i + 1 < len(argv)
+            and argv[i + 1].startswith("-")
+        ):
             out.append(f"{argv[i]}={argv[i + 1]}")
             i += 2
         else:
@@ -402,7 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_glue_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
-        result = run_evaluate(args) if args.command == "evaluate" else run_sweep(args)
+        runs = {"evaluate": run_evaluate, "sweep": run_sweep, "generate": run_generate}
+        result = runs[args.command](args)
     except CliError as exc:
         print(f"steerwidgets: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -35,9 +35,10 @@ from .engine.activations import read_activations
 from .engine.generation import GenerationCancelled, generate
 from .engine.scoring import next_token_logprobs, score
 from .engine.sweep import DEFAULT_STRENGTHS, _check_strengths, propensity_sweep
-from .interventions import AffineMap, Steering, SteeringError, require_model
+from .interventions import AffineMap, Steering, SteeringError, check_steerings, require_model, stack_label
 from .prompts import ab_prompt, tokenize_prompt
 from .reliability import NEUTRAL_PROMPTS
+from .stack import describe_steerings
 from .vectors import SteeringVector, random_like
 from .verdicts import against_null
 
@@ -739,6 +740,53 @@ def method_builder(name: str) -> MethodBuilder:
     raise SteeringError(f"unknown method {name!r}; choose from {method_names()}")
 
 
+def stack_steerer(steerings: Sequence[Steering]) -> tuple[SteerFn, SteeringVector | None]:
+    """``λ ↦`` the stack with every part at λ × its own strength (λ = 1 is the stack as given).
+
+    An additive, absolute part is rescaled into its vector once (``s·v`` at strength λ), so the stack's
+    controls are built as for any method: the random vectors take each layer's ‖Σ s·v‖, the negated
+    control is −λ, and a one-part stack at one layer on all positions keeps the engine's fast sweep and
+    its verdicts. Relative or non-additive parts keep their vector and take strength λ·s.
+    Returns the steerer and, for a one-part stack, the rescaled vector.
+    """
+    parts: list[tuple[Steering, float]] = []
+    for item in steerings:
+        if item.operator == "add" and not item.relative and not isinstance(item.vector, AffineMap):
+            vec = SteeringVector(
+                {item.layer: float(item.strength) * item.direction()}, method=stack_label([item])
+            )
+            parts.append((Steering(vec, item.layer, 1.0, item.positions, "add"), 1.0))
+        else:
+            parts.append((item, float(item.strength)))
+
+    def steer(strength: float) -> list[Steering]:
+        out = []
+        for item, unit in parts:
+            out.append(
+                Steering(item.vector, item.layer, float(strength) * unit, item.positions, item.operator,
+                         item.relative)
+            )  # fmt: skip
+        return out
+
+    single = (
+        parts[0][0].vector if len(parts) == 1 and isinstance(parts[0][0].vector, SteeringVector) else None
+    )
+    return steer, single
+
+
+def _stack_method(spec: Any) -> tuple[str, list[Steering]] | None:
+    """A compare() row that is a fixed stack: ``Steering``, a list of them, or ``(label, stack)``."""
+    if isinstance(spec, Steering):
+        return stack_label([spec]), [spec]
+    if isinstance(spec, (list, tuple)) and spec and all(isinstance(x, Steering) for x in spec):
+        return stack_label(list(spec)), list(spec)
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
+        inner = _stack_method(spec[1])
+        if inner is not None:
+            return spec[0], inner[1]
+    return None
+
+
 def behaviour_data(name: str, n_items: int, n_train: int | None = None) -> BehaviourData:
     """Built-in data for a behaviour: the first ``n_items`` A/B items are held out for evaluation, the
     rest (at most ``n_train``) train the vectors; ``n_items`` open-ended items; all contrast pairs."""
@@ -964,7 +1012,12 @@ def compare(
     per-token mean), perplexity ratio and KL are read at ``open_strength`` (default: the largest
     strength). ``behaviours`` are built-in names or your own :class:`BehaviourData` (A/B items to train
     and test on, contrast pairs, open-ended items; its ``instruction`` is the prompting baseline's).
-    ``methods`` are names from :func:`method_names` or ``(name, builder)`` pairs;
+    ``methods`` are names from :func:`method_names`, ``(name, builder)`` pairs, or fixed steerings: a
+    ``sw.Steering``, a list of them (a *stack*, one row labelled ``"sentiment@10 + formality@14"``) or
+    ``(label, stack)``. A stack row is the same on every behaviour; strength λ multiplies each part's own
+    strength (λ = 1 is the stack as given; see :func:`stack_steerer`), and matching scales the whole stack;
+    its row also has ``stack`` (the parts, as :func:`~steerwidgets.describe_steerings` gives them) and its
+    ``layer`` lists the parts' layers;
     ``progress(done, total, label)`` is called after each step; setting ``cancel`` stops between steps
     (and inside sweeps) with ``GenerationCancelled``.
 
@@ -974,7 +1027,10 @@ def compare(
     ``target_ratio`` (default: the CAA vector's at ``open_strength``); ``match="kl"`` instead equalises
     KL(steered ‖ unsteered) on the neutral prompts with ``target_kl`` (default: CAA's), by a bracketing
     search; ``match=None`` uses the strengths as given. Every row reports ``strength_scale``,
-    ``norm_ratio`` and ``kl``. With ``fluency``, each row also judges greedy continuations of the first
+    ``norm_ratio`` and ``kl``; ``norm_ratio`` is the sum over the row's steerings (what matching equalises,
+    so a two-vector stack is allowed the size of one vector, as ICV's every-layer rows are), and
+    ``norm_ratio_parts`` lists each steering's own ratio in the row's order. With ``fluency``, each row
+    also judges greedy continuations of the first
     ``fluency_queries`` open-ended queries (``fluency_tokens`` tokens) at ``open_strength`` with
     :func:`~steerwidgets.fluency.fluency_verdict` (``fluency_thresholds`` are its keywords).
     """
@@ -989,11 +1045,28 @@ def compare(
     lam = _check_strengths(strengths)
     open_at = float(lam.max()) if open_strength is None else float(open_strength)
     resolved: list[tuple[str, MethodBuilder]] = []
-    for spec in methods:
+    stacks: dict[str, list[Steering]] = {}
+    for index, spec in enumerate(methods):
+        stack = _stack_method(spec)
         if isinstance(spec, str):
             resolved.append((spec, method_builder(spec)))
-        else:
+        elif stack is not None:
+            label, items = stack
+            try:
+                check_steerings(items, model)
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"methods[{index}] ({label}): {exc}") from exc
+            steer, single = stack_steerer(items)
+            note = "a fixed stack: each part at λ × its strength (λ = 1 is the stack as given)"
+            resolved.append((label, lambda _m, _d, _l, s=steer, v=single, n=note: Built(s, v, n)))
+            stacks[label] = items
+        elif isinstance(spec, tuple) and len(spec) == 2 and callable(spec[1]):
             resolved.append((spec[0], spec[1]))
+        else:
+            raise SteeringError(
+                f"methods[{index}] is {spec!r:.80}; give a method name, a (name, builder) pair, a "
+                "sw.Steering, a list of them (a stack) or a (label, stack) pair"
+            )
     instr = dict(DEFAULT_INSTRUCTIONS)
     instr.update(instructions or {})
     passages = _passages(n_passages)
@@ -1056,7 +1129,13 @@ def compare(
             row["match"] = match or "none"
             row["strength_scale"] = factor
             row["matched_strength"] = factor * open_at
-            row["norm_ratio"] = steering_norm_ratio(steer(open_at), _norms_for(model, norms, steer(open_at)))
+            parts = steer(open_at)
+            row["norm_ratio"] = steering_norm_ratio(parts, _norms_for(model, norms, parts))
+            row["norm_ratio_parts"] = [steering_norm_ratio([part], norms) for part in parts]
+            if name in stacks:
+                layers = [item.layer for item in stacks[name]]
+                row["layer"] = layers[0] if len(set(layers)) == 1 else ", ".join(map(str, layers))
+                row["stack"] = describe_steerings(stacks[name])
             if judge is not None:
                 check = judge.judge(steer(open_at), cancel)
                 result["fluency"] = check
@@ -1084,6 +1163,7 @@ def compare(
         "match": match or "none",
         "match_targets": targets,
         "norm_ratio": "Σ over steered layers of ‖λv‖ / mean‖h‖ (neutral prompts, first token left out)",
+        "norm_ratio_parts": "each steering's own ‖λv‖ / mean‖h‖, in the row's order (their sum: norm_ratio)",
         "fluency": _fluency_settings(fluency, fluency_queries, fluency_tokens, fluency_thresholds),
     }
     return CompareResult(rows, details, settings)

@@ -371,6 +371,54 @@ def as_list(steering: Steering | Sequence[Steering] | None) -> list[Steering]:
     return items
 
 
+def vector_label(vector: Any) -> str:
+    """A short name for a steering's vector: where it came from (``meta['source']``, set by
+    :func:`~steerwidgets.stack.load_steerings`), else its method (``"caa"``, ``"affine"``, ``"tensor"``)."""
+    if isinstance(vector, SteeringVector):
+        return str(vector.meta.get("source") or vector.method)
+    if isinstance(vector, AffineMap):
+        return str(vector.meta.get("source") or "affine")
+    return "tensor"
+
+
+def steering_label(steering: Steering, name: str | None = None) -> str:
+    """``"sentiment@10"``: the vector's name (or ``name``) at the steering's layer."""
+    return f"{name or vector_label(steering.vector)}@{steering.layer}"
+
+
+def stack_label(steerings: Steering | Sequence[Steering], names: Sequence[str | None] | None = None) -> str:
+    """``"sentiment@10 + formality@14"``: a stack's label, in application order."""
+    items = as_list(steerings)
+    names = list(names) if names is not None else [None] * len(items)
+    return " + ".join(steering_label(item, name) for item, name in zip(items, names))
+
+
+def check_steerings(steerings: Steering | Sequence[Steering] | None, model: Any) -> list[Steering]:
+    """A stack of steerings as a list, each validated against ``model``.
+
+    Errors name the bad entry by its index and label (``steering [1] (formality@14): ...``), so a long
+    stack says which row to fix. An empty stack is allowed (nothing is steered).
+    """
+    require_model(model, "check_steerings")
+    if steerings is not None and not isinstance(steerings, (Steering, list, tuple)):
+        raise SteeringError(
+            f"a stack of steerings is a list of sw.Steering, got {type(steerings).__name__}; e.g. "
+            "[sw.Steering(v1, 10, 4.0), sw.Steering(v2, 14, 2.0)] (or sw.load_steerings(spec, model))"
+        )
+    items = list(steerings) if isinstance(steerings, (list, tuple)) else as_list(steerings)
+    for index, item in enumerate(items):
+        if not isinstance(item, Steering):
+            raise SteeringError(
+                f"steering [{index}] is a {type(item).__name__}, not a sw.Steering; wrap it as "
+                "sw.Steering(vector, layer, strength)"
+            )
+        try:
+            item.validate(model)
+        except (ValueError, TypeError) as exc:  # SteeringError, VectorError, the layer checks
+            raise type(exc)(f"steering [{index}] ({steering_label(item)}): {exc}") from exc
+    return items
+
+
 # The steerings of enclosing ``steered(...)`` blocks, as (model, steering) pairs, outermost first. A
 # ContextVar, so a block steers only the thread (or asyncio task) that entered it: a global registry keyed by
 # model would also steer other threads' calls on the same model.
@@ -378,16 +426,18 @@ _ACTIVE: ContextVar[tuple[tuple[Any, Steering], ...]] = ContextVar("steerwidgets
 
 
 @contextmanager
-def steered(model: Any, *steerings: Steering) -> Iterator[Any]:
-    """Apply ``steerings`` to every engine call on ``model`` inside the ``with`` block.
+def steered(model: Any, *steerings: Steering | Sequence[Steering]) -> Iterator[Any]:
+    """Apply ``steerings`` (several, or one list: a stack) to every engine call on ``model`` inside the
+    ``with`` block.
 
     Nothing is written into the model: the engine adds these to each nnsight trace it runs, so leaving the
     block — normally, by an exception or by a cancel — leaves the unsteered model, bit for bit. Only calls
     from the same thread or asyncio task are steered (other threads using the model are not).
     """
     require_model(model, "steered")
-    for item in as_list(steerings):
-        item.validate(model)
+    if len(steerings) == 1 and isinstance(steerings[0], (list, tuple)):  # steered(model, stack)
+        steerings = tuple(steerings[0])
+    check_steerings(list(steerings), model)
     token = _ACTIVE.set(_ACTIVE.get() + tuple((model, item) for item in steerings))
     try:
         yield model

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import data, interventions, methods, prompts
+from .codegen import CodeRow, render_code
 from .data import ABItem, builtin_pairs
 from .engine import GenerationCancelled, generate, propensity_sweep, score
 from .fluency import fluency_warnings
 from .interventions import Steering, SteeringError, position_mask
-from .models import DEFAULT_MODEL
 from .target_check import TargetChart, target_verdict, target_warnings
 from .vectors import SteeringVector, VectorError, random_like
 from .verdicts import ab_check_lines
@@ -660,36 +660,27 @@ def request_code(model: Any, request: Request, user_vector: SteeringVector | Non
     from its phrases; any other vector is loaded from a file the comment tells the user to save.
     """
     name = request.vector_name
-    model_name = getattr(model, "name", "")
-    model_arg = "" if model_name in ("", DEFAULT_MODEL) else repr(model_name)
-    lines = ["import steerwidgets as sw", "", f"model = sw.load_model({model_arg})"]
     builtin = name if name in BUILTIN_VECTORS else builtin_origin(user_vector)
+    row = dict(
+        layer=request.layer, strength=request.strength, positions=request.positions, relative=request.relative
+    )
     if builtin is not None:
-        layers = ""
+        layers = None
         if user_vector is not None and user_vector.layers != list(range(model.n_layers)):
-            layers = f", layers={user_vector.layers}"
-        lines.append(f"vector = sw.mean_difference(model, sw.builtin_pairs({builtin!r}){layers})")
+            layers = user_vector.layers
+        code_row = CodeRow(builtin, source="builtin", builtin_layers=layers, **row)
     elif name == ACTADD:
-        lines.append(
-            f"vector = sw.actadd(model, {request.actadd_positive!r}, {request.actadd_negative!r}, "
-            f"{request.layer})"
-        )
+        pair = (request.actadd_positive, request.actadd_negative)
+        code_row = CodeRow(ACTADD, source="actadd", actadd=pair, **row)
     else:
-        path = f"{_safe_filename(name)}.safetensors"
-        lines += [
-            f"# The vector you passed as {name!r}; save it first with vector.save({path!r})",
-            f"vector = sw.SteeringVector.load({path!r}, model)",
-        ]
-    relative = ", relative=True" if request.relative else ""
-    lines += [
-        f"steering = sw.Steering(vector, layer={request.layer}, "
-        f"strength={float(request.strength)!r}, positions={request.positions!r}{relative})",
-        f"PROMPT = {request.prompt!r}",
-        f"result = sw.generate(model, PROMPT, steering, max_new_tokens={request.max_new_tokens}, "
-        f"seed={request.seed})",
-        "print(result.steered.text)",
-    ]
-    return "\n".join(lines) + "\n"
+        code_row = CodeRow(name, source="file", **row)
+    return render_code(
+        getattr(model, "name", ""),
+        request.prompt,
+        [code_row],
+        max_new_tokens=request.max_new_tokens,
+        seed=request.seed,
+    )
 
 
 def builtin_origin(vector: SteeringVector | None) -> str | None:
@@ -703,10 +694,6 @@ def builtin_origin(vector: SteeringVector | None) -> str | None:
         except (data.DatasetError, OSError):
             continue
     return None
-
-
-def _safe_filename(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "vector"
 
 
 def error_message(exc: BaseException) -> str:

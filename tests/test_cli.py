@@ -192,3 +192,133 @@ def test_parse_layers():
         cli.parse_layers("25-30", 30)
     with pytest.raises(cli.CliError, match="backwards"):
         cli.parse_layers("5-2", 30)
+
+
+# ----------------------------------------------------------------------------------------------
+# Several steerings: --vector FILE --layer L --strength S (repeated) and --steering stack.json
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_cli(tiny_llama, monkeypatch):
+    monkeypatch.setattr(cli, "_load", lambda name: tiny_llama)
+    return tiny_llama
+
+
+def _saved_vector(model, path, seed):
+    from helpers import random_vector
+
+    random_vector(model, seed=seed).save(path)
+    return path
+
+
+def test_generate_applies_the_whole_stack(tiny_cli, tmp_path, capsys):
+    mine = _saved_vector(tiny_cli, tmp_path / "mine.safetensors", 1)
+    out = tmp_path / "gen.json"
+    argv = ["generate", "--prompt", "Tell me about your day.", "--max-new-tokens", "5", "--json", str(out)]
+    argv += ["--vector", str(mine), "--layer", "1", "--strength", "-3", "--vector", "sentiment"]
+    argv += ["--strength", "6", "--layer", "3"]  # either order after its --vector
+    assert cli.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert [(r["vector"], r["layer"], r["strength"], r["swept"]) for r in data["steerings"]] == [
+        (str(mine), 1, -3.0, False),
+        ("sentiment", 3, 6.0, False),
+    ]
+    stack = sw.load_steerings(
+        [
+            {"vector": str(mine), "layer": 1, "strength": -3},
+            {"vector": "sentiment", "layer": 3, "strength": 6},
+        ],
+        tiny_cli,
+    )
+    expected = sw.generate(tiny_cli, "Tell me about your day.", stack, max_new_tokens=5)
+    assert data["steered"] == expected.steered.text and data["unsteered"] == expected.base.text
+    assert data["norm_ratio"] == pytest.approx(expected.steered.norm_ratio)
+    assert "steered:" in capsys.readouterr().out
+    # the same stack from a JSON file (paths relative to the file)
+    spec = tmp_path / "stack.json"
+    spec.write_text(json.dumps([{"vector": "mine.safetensors", "layer": 1, "strength": -3},
+                                {"vector": "sentiment", "layer": 3, "strength": 6}]))  # fmt: skip
+    out2 = tmp_path / "gen2.json"
+    argv2 = ["generate", "--prompt", "Tell me about your day.", "--max-new-tokens", "5"]
+    assert cli.main([*argv2, "--steering", str(spec), "--json", str(out2)]) == 0
+    assert json.loads(out2.read_text())["steered"] == data["steered"]
+
+
+def test_evaluate_and_sweep_keep_a_background_stack_on(tiny_cli, files, tmp_path):
+    train, test = files
+    spec = tmp_path / "stack.json"
+    spec.write_text(json.dumps([{"vector": "sentiment", "layer": 0, "strength": 2}]))
+    mine = _saved_vector(tiny_cli, tmp_path / "mine.safetensors", 2)
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--train", str(train), "--test", str(test), "--strengths", "-1,1", "--layer", "2"]
+    argv += ["--protocol", "letter", "--null-directions", "2", "--json", str(out), "--steering", str(spec)]
+    argv += ["--vector", str(mine), "--layer", "2", "--strength", "1.5"]
+    assert cli.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["layer"] == 2 and {"steerability", "verdict", "per_example", "norm_ratio"} <= set(data)
+    swept, *fixed = data["steerings"]
+    assert swept["swept"] and swept["layer"] == 2 and swept["strength"] == [-1.0, 1.0]
+    assert [(r["vector"], r["layer"], r["strength"]) for r in fixed] == [
+        ("sentiment", 0, 2.0),
+        (str(mine), 2, 1.5),
+    ]
+    background = sw.load_steerings(json.loads(spec.read_text()), tiny_cli, base_dir=tmp_path)
+    background += [sw.Steering(sw.SteeringVector.load(mine), 2, 1.5)]
+    items = sw.load_ab_items(test)
+    vector = sw.caa(tiny_cli, sw.load_ab_items(train), [2])
+    direct = sw.propensity_sweep(
+        tiny_cli, items, vector, [2], [-1, 1], null_directions=2, background=background
+    )
+    assert data["steerability"] == pytest.approx(direct.summary(2)["steerability"], abs=1e-6)
+
+    out = tmp_path / "sweep.json"
+    argv = ["sweep", "--train", str(train), "--test", str(test), "--strengths", "-1,1", "--layers", "1,3"]
+    argv += ["--null-directions", "2", "--json", str(out), "--vector", "sentiment", "--layer", "0"]
+    argv += ["--strength", "2"]
+    assert cli.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert [row["layer"] for row in data["per_layer"]] == [1, 3]
+    assert [(r["vector"], r["swept"]) for r in data["steerings"]] == [
+        (f"caa (--train {train})", True),
+        ("sentiment", False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--vector", "sentiment", "--layer", "1"], "has no --strength"),
+        (["--vector", "sentiment", "--strength", "1"], "has no --layer"),
+        (
+            ["--vector", "gone.safetensors", "--layer", "1", "--strength", "1"],
+            "--vector gone.safetensors: no vector file",
+        ),
+        (
+            ["--vector", "nope", "--layer", "1", "--strength", "1"],
+            "--vector nope: vector 'nope' is not a file",
+        ),
+        (
+            ["--vector", "sentiment", "--layer", "99", "--strength", "1"],
+            "--vector sentiment: layer 99 is out of range",
+        ),
+        (["--steering", "missing.json"], "--steering missing.json: no such file"),
+        ([], "nothing to steer with"),
+    ],
+)
+def test_stack_flags_bad_input_exits_2(tiny_cli, capsys, argv, message):
+    assert cli.main(["generate", "--prompt", "Hi", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_stack_flags_out_of_order_exit_2(tiny_cli, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["generate", "--prompt", "Hi", "--strength", "2", "--vector", "sentiment"])
+    assert exc.value.code == 2 and "comes before any --vector" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["generate", "--prompt", "Hi", "--vector", "sentiment", "--layer", "1", "--layer", "2"])
+    assert exc.value.code == 2 and "already has layer 1" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"vector": "sentiment", "layer": 1, "strenght": 2}]))
+    assert cli.main(["generate", "--prompt", "Hi", "--steering", str(bad)]) == 2
+    assert "steering [0]: unknown key(s) ['strenght']" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--train", "a.json", "--test", "b.json", "--vector", "x"]) == 2
+    assert "--layer is required" in capsys.readouterr().err

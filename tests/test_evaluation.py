@@ -417,3 +417,39 @@ def test_kl_matched_scale_brackets_and_bisects(tiny_llama):
     factor, kl = E.kl_matched_scale(ctx, steer, 1.0, want, start=0.5, max_evals=20, tol=0.01)
     # KL need not be monotone in the strength (here KL(4) ≈ KL(3)): the KL is what is matched
     assert kl == pytest.approx(want, rel=0.01) and factor > 0.5
+
+
+def test_compare_accepts_a_stack_beside_single_vectors(tiny_gpt2, monkeypatch):
+    """A list of Steerings is one row, labelled by its parts; its numbers are the stack's own."""
+    from dataclasses import replace
+
+    monkeypatch.setattr(E, "behaviour_data", _tiny_data)
+    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES[:1])
+    a, b = random_vector(tiny_gpt2, seed=1), random_vector(tiny_gpt2, seed=2)
+    stack = [sw.Steering(a, 0, 2.0), sw.Steering(b, 2, -1.0, positions="all")]
+    lam = [-1.0, 0.0, 1.0]
+    common = dict(model=tiny_gpt2, layer=1, strengths=lam, seeds=(0,), fluency=False)
+    result = E.compare(["caa", stack, ("just b", stack[1])], ["sentiment"], match=None, **common)
+    caa, row, single = result.rows
+    assert row["method"] == "random-test@0 + random-test@2" and single["method"] == "just b"
+    assert row["layer"] == "0, 2" and single["layer"] == 2 and caa["layer"] == 1
+    assert [p["strength"] for p in row["stack"]] == [2.0, -1.0]
+    items = _tiny_data("sentiment", 0).test_items
+    m = E.ab_propensities(
+        tiny_gpt2, items, lambda x: [replace(s, strength=x * s.strength) for s in stack], lam
+    )
+    assert row["steerability"] == pytest.approx(float(sw.metrics.slopes(m, np.array(lam)).mean()), abs=1e-5)
+    assert "No random-direction null" in row["ab_verdict_reason"]  # several steerings
+    assert "answer_text_positions" in single  # one additive vector: the fast sweep, with its null
+    assert len(row["norm_ratio_parts"]) == 2 and len(caa["norm_ratio_parts"]) == 1
+    assert row["norm_ratio"] == pytest.approx(sum(row["norm_ratio_parts"]))
+    # matched: the whole stack is scaled to CAA's size, and the parts keep their proportion
+    matched = E.compare(["caa", stack], ["sentiment"], **common)
+    target = matched.settings["match_targets"]["sentiment"]["norm_ratio"]
+    parts = matched.rows[1]["norm_ratio_parts"]
+    assert matched.rows[1]["norm_ratio"] == pytest.approx(target, rel=1e-4)
+    assert parts[0] / parts[1] == pytest.approx(row["norm_ratio_parts"][0] / row["norm_ratio_parts"][1])
+    with pytest.raises(sw.SteeringError, match=r"methods\[1\] \(bad\): steering \[0\]"):
+        E.compare(["caa", ("bad", [sw.Steering(a, 0, float("nan"))])], ["sentiment"], **common)
+    with pytest.raises(sw.SteeringError, match=r"methods\[0\] is 3"):
+        E.compare([3], ["sentiment"], **common)

@@ -28,6 +28,7 @@ class Continuation:
     token_logprobs: list[list[float]]
     first_logprobs: torch.Tensor  # [B, vocab] log-softmax at the first generated position
     norm_ratio: float | None = None  # ‖λv‖ / mean‖h‖ of the (first) steering, None if unsteered
+    norm_ratios: list[float] = field(default_factory=list)  # one per steering, in the order given
 
     @property
     def text(self) -> str:
@@ -123,7 +124,12 @@ def _run_generation(
                     width = logits.shape[1] if start == 0 else 1
                     offset[0] = start + (enc.width if start == 0 else width)
                     streamer.step_logprobs.append(logits[:, -1].float().log_softmax(-1))
-    return _finish_continuation(model, streamer, plans)
+    out = _finish_continuation(model, streamer, plans)
+    order = sorted(range(len(steerings)), key=lambda i: steerings[i].layer)  # as _plans sorts them
+    out.norm_ratios = [0.0] * len(plans)
+    for plan, index in zip(plans, order):
+        out.norm_ratios[index] = _norm_ratio(plan)
+    return out
 
 
 def _finish_continuation(model: Any, streamer: _Streamer, plans: list[_Plan]) -> Continuation:

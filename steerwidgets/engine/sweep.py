@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,8 +23,10 @@ from ..interventions import (
     SteeringError,
     apply_operator,
     check_position_spec,
+    check_steerings,
     position_mask,
     require_model,
+    steering_label,
 )
 from ..prompts import ab_prompt, answer_text_prompt
 from ..vectors import SteeringVector
@@ -45,6 +47,33 @@ PROPENSITY_DEFINITIONS = {
     "after the question stem alone (no options, no letters)",
 }
 
+
+
+Fixed = dict[int, list[tuple[Steering, torch.Tensor, torch.Tensor]]]  # layer -> (steering, vec, mask[T])
+
+
+def _fixed_for(background: Sequence[Steering], prompt_len: int, total: int) -> Fixed:
+    """Background steerings of a sweep resolved for one sequence: per layer, in list order, each with its
+    direction and its mask over the sequence's ``total`` positions (prompt of ``prompt_len`` tokens)."""
+    fixed: Fixed = {}
+    for item in background:
+        mask = position_mask(item.positions, prompt_len, total)
+        fixed.setdefault(item.layer, []).append((item, item.direction(), mask))
+    return fixed
+
+
+def _edit_fixed(hidden: torch.Tensor, edits: list, start: int) -> torch.Tensor:
+    """Apply one layer's background steerings (absolute strengths) to positions ``start ..`` of
+    ``hidden`` [rows, width, d]; every row gets the same edit."""
+    width = hidden.shape[1]
+    for item, vec, mask in edits:
+        where = mask[start : start + width]
+        if not bool(where.any()):
+            continue
+        operand = item.operand() if item.operator == "affine" else vec
+        edited = apply_operator(hidden, operand, torch.tensor(float(item.strength)), item.operator)
+        hidden = torch.where(where[None, :, None], edited, hidden)
+    return hidden
 
 @dataclass
 class PropensityResult:
@@ -70,6 +99,7 @@ class PropensityResult:
     unsteered: np.ndarray | None = None  # [n_items] m_i(0)
     swapped_propensity: np.ndarray | None = None
     item_index: list[int] | None = None  # answer-text: indices into the caller's items that could be read
+    background: list[Steering] = field(default_factory=list)  # fixed steerings on at every strength
 
     def slopes(self, layer: int) -> np.ndarray:
         return metrics.slopes(self.propensity[layer], self.strengths)
@@ -186,7 +216,9 @@ def null_directions_for(vector: SteeringVector, layers: Sequence[int], k: int, s
     return out
 
 
-def _swapped_propensity(model: Any, items: Sequence[ABItem], chat: bool | None) -> np.ndarray:
+def _swapped_propensity(
+    model: Any, items: Sequence[ABItem], chat: bool | None, background: Sequence[Steering] = ()
+) -> np.ndarray:
     """Unsteered letter propensity of each item with its options' texts swapped (NaN where not swappable)."""
     out = np.full(len(items), np.nan)
     seqs, where, letters = [], [], []
@@ -199,7 +231,7 @@ def _swapped_propensity(model: Any, items: Sequence[ABItem], chat: bool | None) 
         where.append(i)
         letters.append((y_pos, y_neg))
     if seqs:
-        logp = next_token_logprobs(model, seqs)
+        logp = next_token_logprobs(model, seqs, background)
         for row, (i, (y_pos, y_neg)) in enumerate(zip(where, letters)):
             out[i] = float(logp[row, y_pos] - logp[row, y_neg])
     return out
@@ -228,6 +260,7 @@ def propensity_sweep(
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
     cache: MutableMapping | None = None,
+    background: Steering | Sequence[Steering] = (),
 ) -> PropensityResult:
     """The [items × strengths] propensity matrix at each layer, strengths batched into one pass.
 
@@ -243,6 +276,11 @@ def propensity_sweep(
     ``"sampled"``, which runs every direction at the grid's two end strengths and takes the two-point slope).
     ``option_swap`` (default: on with a null, letter protocol) also reads each item with its options swapped,
     unsteered.
+
+    ``background`` are fixed steerings (other vectors, at their own layers, strengths and positions) applied
+    at every strength, in the null, the unsteered row and the option swap, so the result answers "does this
+    vector still steer while those are on?". At a layer they share with the swept vector they edit first.
+    Their strengths are absolute (``relative=False``) and their vectors ``[d_model]``.
 
     Per item, the tokens before the first steered position run once and their keys/values are reused; the
     blocks below the steered layer run once; the strengths (and sampled directions) share one batched pass;
@@ -293,6 +331,7 @@ def propensity_sweep(
             raise SteeringError("propensity sweeps need a [d_model] vector per layer (not ActAdd)")
     lam = _check_strengths(strengths)
     check_position_spec(positions)
+    background = _check_background(model, background)
     if null_directions is None:
         null_directions = verdicts.NULL_DIRECTIONS if operator == "add" else 0
     if isinstance(null_directions, bool) or not isinstance(null_directions, int) or null_directions < 0:
@@ -340,6 +379,7 @@ def propensity_sweep(
             relative,
             max_rows,
             cache,
+            background,
         )
         for layer, (vec_m, null_s, zero_m, ratios) in out.items():
             prop[layer][row] = vec_m
@@ -354,11 +394,12 @@ def propensity_sweep(
     swapped = None
     if swap and protocol == "letter":
         key = ("swap", tuple(kept), chat)
-        swapped = cache.get(key) if cache is not None else None
+        cache_swap = cache if not background else None  # the reading depends on the background
+        swapped = cache_swap.get(key) if cache_swap is not None else None
         if swapped is None:
-            swapped = _swapped_propensity(model, kept, chat)
-            if cache is not None:
-                cache[key] = swapped
+            swapped = _swapped_propensity(model, kept, chat, background)
+            if cache_swap is not None:
+                cache_swap[key] = swapped
     if null_method == "gradient":
         how = f"first-order: slope of direction r = ∇_λ m · r at λ = 0 (one backward pass per item), {k} "
     else:
@@ -378,7 +419,23 @@ def propensity_sweep(
         unsteered=unsteered,
         swapped_propensity=swapped,
         item_index=None if protocol == "letter" else [index for index, _, _ in prompts],
+        background=background,
     )
+
+
+def _check_background(model: Any, background: Any) -> list[Steering]:
+    """The sweep's fixed steerings as a validated list; errors name the entry."""
+    items = check_steerings(background, model)
+    for index, item in enumerate(items):
+        where = f"background [{index}] ({steering_label(item)})"
+        if item.relative:
+            raise SteeringError(
+                f"{where}: a background steering's strength must be absolute in a sweep; use relative=False "
+                "with strength = ratio × mean‖h‖ / ‖v‖ (sw.evaluation.residual_norms gives mean‖h‖)"
+            )
+        if item.direction().ndim != 1:
+            raise SteeringError(f"{where}: a background steering needs a [d_model] vector (not ActAdd)")
+    return items
 
 
 def _protocol_prompts(
@@ -417,6 +474,7 @@ def _sweep_protocol_item(
     relative: bool,
     max_rows: int,
     cache: MutableMapping | None = None,
+    background: Sequence[Steering] = (),
 ) -> dict[int, tuple[np.ndarray, np.ndarray | None, float, np.ndarray]]:
     """One item's propensities per layer: vector rows, null slopes ``[K]``, unsteered, norm ratios.
 
@@ -434,7 +492,8 @@ def _sweep_protocol_item(
             )
         scores.append((comp, target, mask))
     first = min(int(mask.float().argmax()) for _, _, mask in scores)
-    prefix = _prefix(model, ids, first, layer_list, cache)
+    fixed = [_fixed_for(background, n, len(mask)) for _, _, mask in scores]  # per completion
+    prefix = _prefix(model, ids, first, layer_list, fixed[0], cache)  # positions < first: the same for all
     sampled = directions if null_method == "sampled" else None
     n_s = len(lam)
     values: dict[int, np.ndarray] = {}
@@ -453,7 +512,7 @@ def _sweep_protocol_item(
 
         per_layer = _sweep_item(
             model, seq, mask, first, vector, layer_list, lam, operator, relative, max_rows,
-            null=sampled, null_lam=null_lam, keep=keep, prefix=prefix,
+            null=sampled, null_lam=null_lam, keep=keep, prefix=prefix, fixed=fixed[c],
         )  # fmt: skip
         for layer, (logits, layer_ratios) in per_layer.items():
             value = objective(logits).double().numpy()
@@ -461,7 +520,7 @@ def _sweep_protocol_item(
             ratios.setdefault(layer, layer_ratios)
         if directions is not None and null_method == "gradient":
             for layer, (grad, factor) in _grad_pass(
-                model, seq, mask, first, prefix, layer_list, vector, relative, keep, objective
+                model, seq, mask, first, prefix, layer_list, vector, relative, keep, objective, fixed[c]
             ).items():
                 prev = grads.get(layer, (0.0, factor))[0]
                 grads[layer] = (prev + sign * grad, factor)
@@ -480,12 +539,22 @@ def _sweep_protocol_item(
 
 
 def _prefix(
-    model: Any, ids: list[int], first: int, layer_list: list[int], cache: MutableMapping | None = None
+    model: Any,
+    ids: list[int],
+    first: int,
+    layer_list: list[int],
+    fixed: Fixed | None = None,
+    cache: MutableMapping | None = None,
 ) -> tuple[list | None, dict[int, tuple[float, int]]]:
     """Keys/values of the unsteered tokens before ``first`` and their residual norms (skipping the sink).
 
-    With a ``cache`` the norms are read at every layer, so the entry serves any layer later.
+    ``fixed`` (background steerings) edit these tokens too; norms are read before a layer's own edits. With a
+    ``cache`` (only without background steerings) the norms are read at every layer, so the entry serves any
+    layer later.
     """
+    fixed = fixed or {}
+    if fixed:
+        cache = None  # the keys/values depend on the background, which the key does not name
     prefix_norms: dict[int, tuple[float, int]] = {}
     if first <= 0:
         return None, prefix_norms
@@ -501,9 +570,15 @@ def _prefix(
         model.lock,
         model.nn.trace(input_ids, use_cache=True, logits_to_keep=1, remote=model.remote),
     ):
-        for layer in sorted(layer_list):
-            h = _hidden(model.block(layer).output)[0, 1:].float()
-            prefix_norms[layer] = (float(h.norm(dim=-1).sum()), int(h.shape[0]))
+        for layer in sorted(set(layer_list) | set(fixed)):
+            envoy = model.block(layer)
+            out = envoy.output
+            hidden = _hidden(out)
+            if layer in layer_list:
+                h = hidden[0, 1:].float()
+                prefix_norms[layer] = (float(h.norm(dim=-1).sum()), int(h.shape[0]))
+            if layer in fixed:
+                _set_hidden(envoy, out, _edit_fixed(hidden, fixed[layer], 0))
         result = model.nn.output.save()
     kv = result["cache"] if "cache" in result else result["past_key_values"]
     out = [(k, v) for k, v, *_ in kv], prefix_norms
@@ -528,13 +603,14 @@ def _sweep_item(
     null_lam: np.ndarray | None = None,
     keep: int = 1,
     prefix: tuple[list | None, dict] | None = None,
+    fixed: Fixed | None = None,
 ) -> dict[int, tuple[torch.Tensor, np.ndarray]]:
     """Logits ``[rows, keep, vocab]`` at the last ``keep`` positions for every layer of one sequence.
 
     Rows per layer: the vector at each strength in ``lam``, then (with ``null``) each random direction at
     the two ``null_lam`` strengths, then one unsteered row. Ratios are the vector rows' ‖λv‖ / mean‖h‖.
     """
-    prefix_kv, prefix_norms = prefix if prefix is not None else _prefix(model, ids, first, layer_list)
+    prefix_kv, prefix_norms = prefix if prefix is not None else _prefix(model, ids, first, layer_list, fixed)
     input_ids = torch.tensor([ids])
     rowsets = {}
     for layer in layer_list:
@@ -571,6 +647,7 @@ def _sweep_item(
                     operator,
                     relative,
                     keep,
+                    fixed,
                 )
             )
     return out
@@ -598,6 +675,7 @@ def _grad_pass(
     relative: bool,
     keep: int,
     objective: Callable[[torch.Tensor], torch.Tensor],
+    fixed: Fixed | None = None,
 ) -> dict[int, tuple[torch.Tensor, float]]:
     """∇ of the unsteered objective with respect to a vector δ added at the steered positions, per layer.
 
@@ -617,14 +695,22 @@ def _grad_pass(
     factors: dict[int, float] = {}
     with warnings.catch_warnings(), torch.enable_grad():
         warnings.simplefilter("ignore", FutureWarning)
+        fixed = fixed or {}
         with model.lock, model.nn.trace(suffix, **kwargs):
-            for g, layer in enumerate(ordered):
+            for layer in sorted(set(ordered) | set(fixed)):
                 envoy = model.block(layer)
                 out = envoy.output
                 hidden = _hidden(out)
+                if layer in fixed:
+                    edited = _edit_fixed(hidden, fixed[layer], first)
+                if layer not in ordered:
+                    _set_hidden(envoy, out, edited)
+                    continue
+                g = ordered.index(layer)
                 own = hidden[:1] if hidden.shape[0] == 1 else hidden[g : g + 1]
                 vnorm = float(vector[layer].norm())
                 factors[layer] = _scale_factor(own, prefix_norms.get(layer), skip_first, vnorm, relative)[1]
+                hidden = edited if layer in fixed else hidden
                 if layer == split:
                     hidden = hidden.expand(rows, -1, -1)
                 row = torch.zeros((rows, 1, 1))
@@ -649,6 +735,7 @@ def _sweep_pass(
     operator: str,
     relative: bool,
     keep: int,
+    fixed: Fixed | None = None,
 ) -> dict[int, tuple[torch.Tensor, np.ndarray]]:
     """One batched forward: for each layer in ``group`` its rows (direction × strength), expanded at the
     lowest layer.
@@ -671,16 +758,24 @@ def _sweep_pass(
     skip_first = 1 if first == 0 else 0  # the attention-sink token is left out of mean‖h‖
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # past_key_values is deprecated in v5
+        fixed = fixed or {}
         with model.lock, model.nn.trace(suffix, **kwargs):
-            for g, layer in enumerate(ordered):
+            for layer in sorted(set(ordered) | set(fixed)):
                 envoy = model.block(layer)
                 out = envoy.output
                 hidden = _hidden(out)
+                if layer in fixed:  # background steerings: every row, before this layer's own edits
+                    edited = _edit_fixed(hidden, fixed[layer], first)
+                if layer not in ordered:
+                    _set_hidden(envoy, out, edited)
+                    continue
+                g = ordered.index(layer)
                 start = int(offsets[g])
                 own = hidden[:1] if hidden.shape[0] == 1 else hidden[start : start + 1]
                 vnorm = float(vector[layer].norm())
                 mean_norm, factor = _scale_factor(own, prefix_norms.get(layer), skip_first, vnorm, relative)
                 ratios[layer] = (rowsets[layer][0][1].abs() * factor * vnorm / max(mean_norm, 1e-12)).numpy()
+                hidden = edited if layer in fixed else hidden
                 if layer == split:
                     hidden = hidden.expand(rows, -1, -1)
                 pieces = [hidden[:start]]
