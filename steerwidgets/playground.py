@@ -42,7 +42,7 @@ DEFAULT_PROMPT = "Tell me about your day."
 TOP_K = 8
 STREAM_INTERVAL_S = 0.05  # at most 20 streamed text updates per second
 AB_LIMIT = 20
-AB_GRID = (-1.0, -0.5, 0.0, 0.5, 1.0)  # times the strength
+AB_GRID = (-1.0, 0.0, 1.0)  # times the strength: a slope needs no more (each point is a batch row)
 AB_NULL_DIRECTIONS = 16  # random directions of the vector's norm behind the A/B check's verdicts
 TARGET_NULL_DIRECTIONS = 8  # random directions of the vector's norm behind the target check's verdict
 

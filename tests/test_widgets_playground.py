@@ -329,7 +329,7 @@ def test_ab_items_add_verdicts_against_the_null(make, monkeypatch):
     w = _done(make(strength=2.0, ab_items=items, max_new_tokens=2))
     assert [kwargs["protocol"] for _, kwargs in calls] == ["letter", "answer_text"]
     for args, kwargs in calls:
-        assert args[3] == LAYER and list(args[4]) == [-2.0, -1.0, 0.0, 1.0, 2.0]
+        assert args[3] == LAYER and list(args[4]) == [-2.0, 0.0, 2.0]
         assert "positions" not in kwargs  # each protocol steers at its own default positions
         assert kwargs["null_directions"] == pipeline.AB_NULL_DIRECTIONS and kwargs["cancel"] is not None
     assert "ab_ms" in w.timings
