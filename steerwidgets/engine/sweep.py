@@ -499,6 +499,9 @@ def _sweep_protocol_item(
     values: dict[int, np.ndarray] = {}
     grads: dict[int, tuple[torch.Tensor, float]] = {}
     ratios: dict[int, np.ndarray] = {}
+    # an additive grid with λ = 0 already holds the unsteered row: no extra batch row for it
+    zeros = np.flatnonzero(lam == 0.0) if operator == "add" else []
+    zero_row = int(zeros[0]) if len(zeros) else -1
     for c, (comp, target, mask) in enumerate(scores):
         sign = 1.0 if c == 0 else -1.0
         seq = ids + comp[:-1]
@@ -513,6 +516,7 @@ def _sweep_protocol_item(
         per_layer = _sweep_item(
             model, seq, mask, first, vector, layer_list, lam, operator, relative, max_rows,
             null=sampled, null_lam=null_lam, keep=keep, prefix=prefix, fixed=fixed[c],
+            unsteered_row=zero_row < 0,
         )  # fmt: skip
         for layer, (logits, layer_ratios) in per_layer.items():
             value = objective(logits).double().numpy()
@@ -534,7 +538,7 @@ def _sweep_protocol_item(
         elif k:
             grad, factor = grads[layer]
             null_s = (directions[layer].double() @ grad.double()).numpy() * factor
-        result[layer] = (value[:n_s], null_s, float(value[-1]), ratios[layer])
+        result[layer] = (value[:n_s], null_s, float(value[zero_row]), ratios[layer])
     return result
 
 
@@ -604,11 +608,13 @@ def _sweep_item(
     keep: int = 1,
     prefix: tuple[list | None, dict] | None = None,
     fixed: Fixed | None = None,
+    unsteered_row: bool = True,
 ) -> dict[int, tuple[torch.Tensor, np.ndarray]]:
     """Logits ``[rows, keep, vocab]`` at the last ``keep`` positions for every layer of one sequence.
 
     Rows per layer: the vector at each strength in ``lam``, then (with ``null``) each random direction at
-    the two ``null_lam`` strengths, then one unsteered row. Ratios are the vector rows' ‖λv‖ / mean‖h‖.
+    the two ``null_lam`` strengths, then one unsteered row (left out with ``unsteered_row=False``, when the
+    caller reads it from λ = 0 of an additive grid). Ratios are the vector rows' ‖λv‖ / mean‖h‖.
     """
     prefix_kv, prefix_norms = prefix if prefix is not None else _prefix(model, ids, first, layer_list, fixed)
     input_ids = torch.tensor([ids])
@@ -618,7 +624,8 @@ def _sweep_item(
         if null is not None:
             nl = torch.tensor(null_lam, dtype=torch.float32)
             sets += [(null[layer][j], nl) for j in range(null[layer].shape[0])]
-        sets.append((torch.zeros_like(vector[layer]), torch.zeros(1)))
+        if unsteered_row:
+            sets.append((torch.zeros_like(vector[layer]), torch.zeros(1)))
         rowsets[layer] = sets
     per_layer_rows = sum(len(s[1]) for s in rowsets[layer_list[0]])
     suffix = input_ids[:, first:]
