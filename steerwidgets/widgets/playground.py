@@ -211,6 +211,15 @@ class Playground(anywidget.AnyWidget):
         self.observe(self._on_control, names=list(CONTROLS))
         self._schedule()
 
+    @traitlets.validate("stack")
+    def _normalise_stack(self, proposal: dict) -> list:
+        """Rows from the front end in their full form (floats, defaults filled in); a row that cannot be
+        read is kept as sent, so the next run shows what is wrong with it."""
+        try:
+            return [StackRow.from_dict(row, i).to_dict() for i, row in enumerate(proposal["value"])]
+        except (TypeError, ValueError):
+            return proposal["value"]
+
     # --- public helpers -------------------------------------------------------------------------
     def set(self, **controls: Any) -> None:
         """Change several controls at once (one request, like one slider release)."""
