@@ -821,7 +821,7 @@ def request_code(
     """
     vectors = dict(vectors or {})
     if user_vector is not None:
-        vectors.setdefault(request.vector_name, user_vector)
+        vectors[request.vector_name] = user_vector
     rows = [
         (request.vector_name, request.layer, request.strength, request.positions, request.relative),
         *((r.vector_name, r.layer, r.strength, r.positions, r.relative) for r in request.stack),
