@@ -19,6 +19,7 @@ so a strength drag reuses the unsteered text, the prompt's tokens and the chart 
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -31,7 +32,7 @@ from .codegen import CodeRow, render_code
 from .data import ABItem, builtin_pairs
 from .engine import GenerationCancelled, generate, propensity_sweep, score
 from .fluency import fluency_warnings
-from .interventions import Steering, SteeringError, position_mask
+from .interventions import Steering, SteeringError, check_position_spec, position_mask
 from .target_check import TargetChart, target_verdict, target_warnings
 from .vectors import SteeringVector, VectorError, random_like
 from .verdicts import ab_check_lines
@@ -50,6 +51,64 @@ TARGET_NULL_DIRECTIONS = 8  # random directions of the vector's norm behind the 
 # ----------------------------------------------------------------------------------------------
 # The request
 # ----------------------------------------------------------------------------------------------
+STACK_KEYS = ("vector_name", "layer", "strength", "positions", "relative")
+
+
+@dataclass(frozen=True)
+class StackRow:
+    """One extra steering of the Playground's stack, applied together with the main vector: a vector by
+    its chooser name (a built-in or a named vector; not ActAdd), its own layer, strength and positions."""
+
+    vector_name: str
+    layer: int
+    strength: float = 4.0
+    positions: str = "all"
+    relative: bool = False
+
+    @classmethod
+    def from_dict(cls, row: Any, index: int = 0) -> StackRow:
+        """A row from the widget's ``stack`` trait (a dict); a bad entry names the row and the fix."""
+        where = f"stack row {index + 1} (stack[{index}])"
+        if isinstance(row, StackRow):
+            return row
+        if not isinstance(row, Mapping):
+            raise TypeError(
+                f"{where} must be a dict like {{'vector_name': 'formality', 'layer': 10, 'strength': 4.0}}, "
+                f"got {type(row).__name__}"
+            )
+        unknown = set(row) - set(STACK_KEYS)
+        if unknown:
+            raise TypeError(f"{where} has unknown keys {sorted(unknown)}; use some of {list(STACK_KEYS)}")
+        if "vector_name" not in row or "layer" not in row:
+            raise TypeError(f"{where} needs at least 'vector_name' and 'layer', e.g. "
+                            "{'vector_name': 'formality', 'layer': 10}")  # fmt: skip
+        name, layer = row["vector_name"], row["layer"]
+        strength = row.get("strength", 4.0)
+        positions, relative = row.get("positions", "all"), row.get("relative", False)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{where}: vector_name must be a non-empty str, got {name!r}")
+        if isinstance(layer, float) and layer.is_integer():
+            layer = int(layer)  # a JSON number from the front end
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"{where}: layer must be an int, got {layer!r}")
+        if (
+            isinstance(strength, bool)
+            or not isinstance(strength, (int, float))
+            or not math.isfinite(strength)
+        ):
+            raise TypeError(f"{where}: strength must be a finite number, got {strength!r}; e.g. 4.0")
+        if not isinstance(positions, str):
+            raise TypeError(
+                f"{where}: positions must be a str ('all', 'last', '3,4', '-3:'), got {positions!r}"
+            )
+        if not isinstance(relative, bool):
+            raise TypeError(f"{where}: relative must be True or False, got {relative!r}")
+        return cls(name, layer, float(strength), positions, relative)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
 class Request:
     """Everything one Playground update depends on (the controls, the targets and the A/B items).
@@ -69,6 +128,7 @@ class Request:
     actadd_negative: str = "Hate"
     targets: tuple[str, str] | None = None
     ab_items: tuple[ABItem, ...] = ()
+    stack: tuple[StackRow, ...] = ()  # extra steerings applied with the main one (generation, colouring)
 
     @property
     def vector_key(self) -> tuple:
@@ -93,6 +153,9 @@ class Request:
             raise SteeringError(f"max new tokens must be between 1 and 1024, got {n!r}")
         if not isinstance(self.prompt, str):
             raise TypeError(f"prompt must be a str, got {type(self.prompt).__name__}")
+        for index, row in enumerate(self.stack):
+            if not isinstance(row, StackRow):
+                raise TypeError(f"stack[{index}] must be a StackRow, got {type(row).__name__}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,12 +211,14 @@ class FirstToken(Update):
 
 @dataclass(frozen=True)
 class Scored(Update):
-    """Per-token likelihood shifts of the steered text, the top-k next-token changes, the norm ratio."""
+    """Per-token likelihood shifts of the steered text, the top-k next-token changes, the norm ratios
+    (``norm_ratio``: the main vector's; ``norm_ratios``: one per steering, main first, then the stack)."""
 
     steered_tokens: list
     topk: list
     norm_ratio: float | None
     code: str
+    norm_ratios: list = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -301,6 +366,59 @@ class Pipeline:
             "or pass your own with Playground(..., vectors={'name': vector})"
         )
 
+    def named_vector(self, name: str, where: str = "") -> SteeringVector:
+        """A built-in or named vector by its chooser name (the stack's rows; not ActAdd)."""
+        if name in self.vectors:
+            return self.vectors[name]
+        if name in BUILTIN_VECTORS:
+            return builtin_vector(self.model, name)
+        raise VectorError(
+            f"{where}unknown vector {name!r}; pick one of {[*BUILTIN_VECTORS, *self.vectors]} "
+            "or pass your own with Playground(..., vectors={'name': vector})"
+        )
+
+    def check_stack(self, request: Request) -> None:
+        """The stack's checks that need no model work: known names (ActAdd refused), layers in range, the
+        named vector has the layer, readable positions. Errors name the row and the fix."""
+        for index, row in enumerate(request.stack):
+            self.check_row(index, row)
+
+    def check_row(self, index: int, row: StackRow) -> None:
+        """One row's checks of :meth:`check_stack` (``index``: its place in the stack)."""
+        where = _row_where(index, row)
+        if row.vector_name == ACTADD:
+            raise SteeringError(
+                f"{where}: ActAdd cannot be a stack row (its vector is per position and built from the "
+                "main controls' phrases); choose ActAdd as the main vector, or pick a built-in or named "
+                "vector for this row"
+            )
+        if row.vector_name not in BUILTIN_VECTORS and row.vector_name not in self.vectors:
+            self.named_vector(row.vector_name, f"{where}: ")
+        try:
+            self.model.check_layer(row.layer)
+            vec = self.vectors.get(row.vector_name)
+            if vec is not None and row.layer not in vec.layers:
+                raise VectorError(
+                    f"the vector {row.vector_name!r} has no direction at layer {row.layer}; "
+                    f"use one of its layers {vec.layers}"
+                )
+            check_position_spec(row.positions)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{where}: {exc}") from exc
+
+    def stack_steerings(self, request: Request) -> list[Steering]:
+        """The stack's rows as steerings (after :meth:`check_stack`), each validated; errors name the row."""
+        out = []
+        for index, row in enumerate(request.stack):
+            vector = self.named_vector(row.vector_name, f"{_row_where(index, row)}: ")
+            steering = Steering(vector, row.layer, float(row.strength), row.positions, relative=row.relative)
+            try:
+                steering.validate(self.model)
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"{_row_where(index, row)}: {exc}") from exc
+            out.append(steering)
+        return out
+
     def default_layer(self, name: str) -> int:
         """A third of the way up: early enough to change content, late enough to keep grammar."""
         n_layers = int(self.model.n_layers)
@@ -312,7 +430,7 @@ class Pipeline:
 
     def code(self, request: Request) -> str:
         """A runnable Python cell reproducing the request's steered continuation."""
-        return request_code(self.model, request, self.vectors.get(request.vector_name))
+        return request_code(self.model, request, self.vectors.get(request.vector_name), self.vectors)
 
     # --- one run ----------------------------------------------------------------------------------
     def collect(self, request: Request, cancel: threading.Event | None = None) -> list[Update]:
@@ -344,6 +462,7 @@ class Pipeline:
 
         model = self.model
         request.check()
+        self.check_stack(request)
         t_vec = time.perf_counter()
         vector = self.vector(request)
         if time.perf_counter() - t_vec > 0.01:
@@ -351,6 +470,9 @@ class Pipeline:
         check()
         steering = request.steering(vector)
         steering.validate(model)
+        extra = self.stack_steerings(request)
+        steerings = [steering, *extra]
+        check()
         ids, user_start, chips = self._tokens(request.prompt)
         direction = steering.direction()
         spec = "front" if direction.ndim == 2 else request.positions
@@ -372,7 +494,7 @@ class Pipeline:
         timings["base_cached"] = base is not None
 
         # 1. the steered continuation, streamed (first, so the first steered token comes soonest)
-        steered = self._generate(request, steering, "steered", emit, cancel, started, timings)
+        steered = self._generate(request, steerings, "steered", emit, cancel, started, timings)
         timings["steered_ms"] = _ms(started)
         # 2. the unsteered continuation, only when its key changed
         if base is None:
@@ -382,14 +504,15 @@ class Pipeline:
         # 3. one batched scoring pass: the unsteered model on the steered text (per-token shifts) and
         #    every chart point not cached yet (target and contrast; the vector and random directions)
         emit(Status("scoring"))
-        chart = self._chart(request, vector) if request.targets else None
-        tokens = self._score(request, steered, steering, chart, check)
+        chart = self._chart(request, vector, extra) if request.targets else None
+        tokens = self._score(request, steered, steerings, chart, check)
         emit(
             Scored(
                 steered_tokens=tokens,
                 topk=topk_changes(model.tokenizer, base, steered),
                 norm_ratio=_finite_or_none(steered.norm_ratio),
                 code=self.code(request),
+                norm_ratios=[_finite_or_none(x) for x in steered.norm_ratios],
             )
         )
         # 4. the target chart against random directions of equal norm, and the warnings so far
@@ -406,7 +529,7 @@ class Pipeline:
             emit(Warnings(list(warnings)))
             emit(Status("checking A/B items"))
             t_ab = time.perf_counter()
-            lines = self._ab_check(request, vector, cancel)
+            lines = self._ab_check(request, vector, extra, cancel)
             warnings += lines
             timings["ab_ms"] = _ms(t_ab)
             emit(ABVerdict(list(warnings), lines))
@@ -426,7 +549,7 @@ class Pipeline:
     def _generate(
         self,
         request: Request,
-        steering: Steering | None,
+        steering: list[Steering] | None,
         run: str,
         emit: Emit,
         cancel: threading.Event,
@@ -467,7 +590,7 @@ class Pipeline:
         self,
         request: Request,
         steered: Any,
-        steering: Steering,
+        steering: list[Steering],
         chart: TargetChart | None,
         check: Callable[[], None],
     ) -> list[dict]:
@@ -516,21 +639,23 @@ class Pipeline:
             for piece, s, b in zip(token_pieces(tok, ids), steered_lp, base_lp)
         ]
 
-    def _chart(self, request: Request, vector: SteeringVector) -> TargetChart:
+    def _chart(self, request: Request, vector: SteeringVector, extra: list[Steering]) -> TargetChart:
         """The chart's grid: ±U, ±2U and 0 around a unit U kept while the strength stays near it, plus
-        the current strength, so moving the strength slider reuses the cached points."""
+        the current strength, so moving the strength slider reuses the cached points. The stack's other
+        rows are on at every point (strength 0 included): the chart is the main vector's, over them."""
         strength = float(request.strength)
         setting = (
             request.prompt, tuple(request.targets), request.vector_key, request.layer,
-            request.positions, request.relative,
+            request.positions, request.relative, request.stack,
         )  # fmt: skip
         unit = self.units.get(setting)
         if unit is None or (strength != 0 and not unit / 4 <= abs(strength) <= 2 * unit):
             unit = abs(strength) if strength != 0 else (0.25 if request.relative else 1.0)
             self.units[setting] = unit
         nulls = [random_like(vector, seed=k) for k in range(1, TARGET_NULL_DIRECTIONS)]
-        return TargetChart.around(setting, unit, strength, vector, random_like(vector, seed=0), nulls,
-                                  request.steering)  # fmt: skip
+        chart = TargetChart.around(setting, unit, strength, vector, random_like(vector, seed=0), nulls,
+                                   request.steering)  # fmt: skip
+        return dataclasses.replace(chart, background=list(extra), background_key=request.stack)
 
     def _target_check(self, request: Request, chart: TargetChart) -> tuple[dict, list[dict]]:
         from .charts import strength_sweep_spec
@@ -546,19 +671,38 @@ class Pipeline:
             here = chart.grid.index(strength + 0.0)
             effect = vec_curve[here] - vec_curve[chart.grid.index(0.0)]
             where = f"layer {request.layer}, positions {request.positions!r}, strength {strength:+g}"
+            if request.stack:
+                where += f", with {_rows(len(request.stack))} of the stack on"
             lines.insert(0, target_verdict(effect, chart.null_effects(self.points), strength, where))
         return spec, lines
 
-    def _ab_check(self, request: Request, vector: SteeringVector, cancel: threading.Event) -> list[dict]:
+    def _ab_check(
+        self, request: Request, vector: SteeringVector, extra: list[Steering], cancel: threading.Event
+    ) -> list[dict]:
         """The attached A/B check: each protocol's verdict against random directions, at the protocol's
-        own positions (the letter from the last prompt token on; the answer text through the answer)."""
+        own positions (the letter from the last prompt token on; the answer text through the answer).
+        The stack's other rows are on throughout as fixed background (absolute rows only)."""
         strength = float(request.strength)
         unit = abs(strength) if strength != 0 else 1.0
         grid = tuple(k * unit for k in AB_GRID)
-        key = (request.vector_key, request.layer, grid, request.relative, request.ab_items)
+        key = (request.vector_key, request.layer, grid, request.relative, request.ab_items, request.stack)
         hit = self.ab.get(key)
         if hit is not None:
             return hit
+        relative = [i for i, row in enumerate(request.stack) if row.relative]
+        if relative:
+            i = relative[0]
+            out = [
+                {
+                    "level": "notice",
+                    "message": f"A/B check skipped: {_row_where(i, request.stack[i])} has a relative "
+                    "strength, and the check holds the stack's rows on as fixed background at absolute "
+                    "strengths only. Untick 'relative' on that row (strength = ratio × mean‖h‖ / ‖v‖) to "
+                    "get the check.",
+                }
+            ]
+            self.ab[key] = out
+            return out
         if vector[request.layer].ndim != 1:
             out = [
                 {
@@ -584,6 +728,7 @@ class Pipeline:
                         null_directions=AB_NULL_DIRECTIONS,
                         cancel=cancel,
                         cache=self.ab_prefixes,
+                        background=extra,
                     )
                 )
         except SteeringError as exc:
@@ -592,6 +737,13 @@ class Pipeline:
                 self.ab[key] = out
                 return out
         out = ab_check_lines(results[0], request.layer, results[1] if len(results) > 1 else None)
+        if extra:
+            labels = ", ".join(_row_label(row) for row in request.stack)
+            out.insert(0, {
+                "level": "notice",
+                "message": f"A/B check of the main vector with {_rows(len(extra))} of the stack held on at "
+                f"fixed strength as background ({labels}).",
+            })  # fmt: skip
         self.ab[key] = out
         return out
 
@@ -653,31 +805,46 @@ def token_pieces(tok: Any, ids: Sequence[int]) -> list[str]:
     return out
 
 
-def request_code(model: Any, request: Request, user_vector: SteeringVector | None = None) -> str:
-    """Python that reproduces ``request``'s steered continuation (the Playground's copy-as-code).
+def request_code(
+    model: Any,
+    request: Request,
+    user_vector: SteeringVector | None = None,
+    vectors: Mapping[str, SteeringVector] | None = None,
+) -> str:
+    """Python that reproduces ``request``'s steered continuation (the Playground's copy-as-code): one
+    ``sw.Steering`` for the main vector, then one per stack row.
 
     A built-in vector (or a user vector built from a built-in set) is rebuilt from its pairs; ActAdd
     from its phrases; any other vector is loaded from a file the comment tells the user to save.
+    ``user_vector`` is the main vector when it is the user's; ``vectors`` the user's named vectors (for
+    the stack's rows).
     """
-    name = request.vector_name
-    builtin = name if name in BUILTIN_VECTORS else builtin_origin(user_vector)
-    row = dict(
-        layer=request.layer, strength=request.strength, positions=request.positions, relative=request.relative
-    )
-    if builtin is not None:
-        layers = None
-        if user_vector is not None and user_vector.layers != list(range(model.n_layers)):
-            layers = user_vector.layers
-        code_row = CodeRow(builtin, source="builtin", builtin_layers=layers, **row)
-    elif name == ACTADD:
-        pair = (request.actadd_positive, request.actadd_negative)
-        code_row = CodeRow(ACTADD, source="actadd", actadd=pair, **row)
-    else:
-        code_row = CodeRow(name, source="file", **row)
+    vectors = dict(vectors or {})
+    if user_vector is not None:
+        vectors[request.vector_name] = user_vector
+    rows = [
+        (request.vector_name, request.layer, request.strength, request.positions, request.relative),
+        *((r.vector_name, r.layer, r.strength, r.positions, r.relative) for r in request.stack),
+    ]
+    code_rows = []
+    for name, layer, strength, positions, relative in rows:
+        row = dict(layer=layer, strength=strength, positions=positions, relative=relative)
+        vec = vectors.get(name) if name not in BUILTIN_VECTORS else None
+        builtin = name if name in BUILTIN_VECTORS else builtin_origin(vec)
+        if builtin is not None:
+            layers = None
+            if vec is not None and vec.layers != list(range(model.n_layers)):
+                layers = vec.layers
+            code_rows.append(CodeRow(builtin, source="builtin", builtin_layers=layers, **row))
+        elif name == ACTADD:
+            pair = (request.actadd_positive, request.actadd_negative)
+            code_rows.append(CodeRow(ACTADD, source="actadd", actadd=pair, **row))
+        else:
+            code_rows.append(CodeRow(name, source="file", **row))
     return render_code(
         getattr(model, "name", ""),
         request.prompt,
-        [code_row],
+        code_rows,
         max_new_tokens=request.max_new_tokens,
         seed=request.seed,
     )
@@ -694,6 +861,18 @@ def builtin_origin(vector: SteeringVector | None) -> str | None:
         except (data.DatasetError, OSError):
             continue
     return None
+
+
+def _row_where(index: int, row: StackRow) -> str:
+    return f"stack row {index + 1} (stack[{index}], {_row_label(row)})"
+
+
+def _row_label(row: StackRow) -> str:
+    return f"{row.vector_name}@{row.layer}"
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
 
 
 def error_message(exc: BaseException) -> str:
@@ -729,6 +908,7 @@ __all__ = [
     "Prepared",
     "Request",
     "Scored",
+    "StackRow",
     "Status",
     "Text",
     "Update",

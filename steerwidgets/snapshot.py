@@ -25,6 +25,13 @@ def playground_html(v: Mapping[str, Any]) -> str:
         f"positions {esc(str(v['positions']))}, {int(v['max_new_tokens'])} new tokens, "
         f"seed {int(v['seed'])}"
     )
+    for row in v.get("stack") or []:  # the stack's extra rows, applied with the main vector
+        rel = " (relative)" if row.get("relative") else ""
+        head += (
+            f"; + <b>{esc(str(row.get('vector_name', '')))}</b> at layer {esc(str(row.get('layer', '')))}, "
+            f"strength {esc(str(row.get('strength', '')))}{rel}, "
+            f"positions {esc(str(row.get('positions', '')))}"
+        )
     parts = [
         '<div class="sw-playground-snapshot" style="font-family:sans-serif;font-size:13px">',
         f"<div><b>Steering playground</b> ({esc(str(v.get('model_name', '')))}): {head}</div>",

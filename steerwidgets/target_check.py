@@ -30,6 +30,8 @@ class TargetChart:
     Besides the grid's vector and random curves, ``nulls`` more random directions of the vector's norm
     are scored at the current strength only: the null the check's verdict needs. ``steer(vector,
     strength)`` builds the steering of a point (the request's layer, positions and relative flag).
+    ``background`` are steerings on at every point, the unsteered one too (the Playground's other stack
+    rows); ``background_key`` identifies them in the cache keys.
     """
 
     setting: tuple
@@ -39,6 +41,8 @@ class TargetChart:
     random: Any
     steer: Callable[[Any, float], Any]
     nulls: list[Any] = field(default_factory=list)
+    background: list[Any] = field(default_factory=list)
+    background_key: tuple = ()
 
     @classmethod
     def around(
@@ -48,8 +52,10 @@ class TargetChart:
         return cls(setting, grid, float(strength), vector, random, steer, nulls)
 
     def key(self, series: str, strength: float) -> tuple:
-        # every series shares the unsteered point at strength 0
-        return self.setting[:2] if strength == 0 else (*self.setting, series, strength)
+        # every series shares the unsteered point at strength 0 (with the same background)
+        if strength == 0:
+            return (*self.setting[:2], self.background_key) if self.background_key else self.setting[:2]
+        return (*self.setting, series, strength)
 
     def _vector(self, series: str) -> Any:
         if series == "vector":
@@ -59,7 +65,10 @@ class TargetChart:
         return self.nulls[int(series.removeprefix("null")) - 1]
 
     def steering(self, series: str, strength: float) -> Any:
-        return None if strength == 0 else self.steer(self._vector(series), strength)
+        own = None if strength == 0 else self.steer(self._vector(series), strength)
+        if not self.background:
+            return own
+        return [*([] if own is None else [own]), *self.background]
 
     def missing(self, cache: Mapping[tuple, Any]) -> list[tuple[tuple, Any]]:
         """The points not in ``cache`` yet, with their steerings (None: unsteered)."""

@@ -459,6 +459,16 @@ def _widget_cases(model: sw.SteerableModel) -> dict:
             "strength=4.0",
         ),
         "Playground seed float": (lambda: sw.Playground(model, vec, seed=0.5), TypeError, "seed must"),
+        "Playground stack row layer": (
+            lambda: sw.Playground(model, vec, stack=[{"vector_name": "vector", "layer": 9}]),
+            ValueError,
+            "stack row 1 (stack[0], vector@9): layer 9 is out of range",
+        ),
+        "Playground stack not a list": (
+            lambda: sw.Playground(model, vec, stack={"vector_name": "vector", "layer": 1}),
+            TypeError,
+            "stack must be a list of rows",
+        ),
         "ReliabilityReport raw model": (
             lambda: sw.ReliabilityReport(model.hf, vec, ITEMS, 1),
             TypeError,
@@ -480,7 +490,8 @@ def _widget_cases(model: sw.SteerableModel) -> dict:
 
 WIDGET_CASES = [
     "Playground raw model", "Playground None prompt", "Playground layer str", "Playground layer too big",
-    "Playground strength str", "Playground seed float", "ReliabilityReport raw model",
+    "Playground strength str", "Playground seed float", "Playground stack row layer",
+    "Playground stack not a list", "ReliabilityReport raw model",
     "ReliabilityReport no arguments", "LayerSweep model name", "LayerSweep bad layer",
 ]  # fmt: skip
 

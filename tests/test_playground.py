@@ -3,7 +3,9 @@ they hold, its bounded caches, cancel, and the contract with the widget (update 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import threading
 
 import pytest
@@ -126,3 +128,87 @@ def test_lru_keeps_the_newest():
     assert lru.get("a") == 1  # touched: now newest
     lru["c"] = 3
     assert "b" not in lru and lru.get("a") == 1 and lru.get("c") == 3 and len(lru) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# A small stack: the main vector plus extra rows
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def stack_pipe(tiny_llama):
+    vectors = {
+        "rnd": random_vector(tiny_llama, seed=1),
+        "other": random_vector(tiny_llama, seed=2, scale=4.0),
+    }
+    return P.Pipeline(tiny_llama, vectors)
+
+
+def test_a_two_row_stack_steers_with_both_and_reports_each_norm_ratio(stack_pipe, tiny_llama):
+    row = P.StackRow("other", 3, 3.0, "prompt")
+    updates = stack_pipe.collect(_request(stack=(row,), targets=(" yes", " no"), ab_items=ITEMS))
+    main = sw.Steering(stack_pipe.vectors["rnd"], 1, 2.0)
+    extra = sw.Steering(stack_pipe.vectors["other"], 3, 3.0, "prompt")
+    direct = sw.generate(tiny_llama, "Hi there.", [main, extra], max_new_tokens=4)
+    alone = sw.generate(tiny_llama, "Hi there.", main, max_new_tokens=4)
+    assert direct.steered.token_ids != alone.steered.token_ids  # the extra row matters here
+    finals = {u.run: u.text for u in updates if isinstance(u, P.Text) and u.final}
+    assert finals == {"steered": direct.steered.text, "base": direct.base.text}
+    scored = next(u for u in updates if isinstance(u, P.Scored))
+    assert scored.norm_ratios == pytest.approx(direct.steered.norm_ratios) and len(scored.norm_ratios) == 2
+    assert scored.norm_ratio == pytest.approx(direct.steered.norm_ratios[0])
+    assert "".join(t["text"] for t in scored.steered_tokens) == direct.steered.text.rstrip()
+    # the A/B check is the main vector's with the extra row held on as background
+    ab = next(u for u in updates if isinstance(u, P.ABVerdict))
+    assert "background (other@3)" in ab.lines[0]["message"]
+    assert {line["protocol"] for line in ab.lines if "verdict" in line} == {"letter", "answer_text"}
+    verdict = next(w for w in updates[-1].warnings if w.get("protocol") == "target")
+    assert "with 1 row of the stack on" in verdict["message"]
+    # the chart's cache keys include the row (a different row is scored afresh); the base text is reused
+    n_points = len(stack_pipe.points)
+    again = stack_pipe.collect(
+        _request(stack=(P.StackRow("other", 3, -3.0, "prompt"),), targets=(" yes", " no"))
+    )
+    assert again[-1].timings["base_cached"] is True and len(stack_pipe.points) > n_points
+
+
+def test_the_ab_check_says_why_it_skips_a_relative_row(stack_pipe):
+    updates = stack_pipe.collect(
+        _request(stack=(P.StackRow("other", 2, 0.2, relative=True),), ab_items=ITEMS)
+    )
+    ab = next(u for u in updates if isinstance(u, P.ABVerdict))
+    assert len(ab.lines) == 1 and "A/B check skipped: stack row 1" in ab.lines[0]["message"]
+    assert "relative" in ab.lines[0]["message"]
+    assert len(next(u for u in updates if isinstance(u, P.Scored)).norm_ratios) == 2
+
+
+def test_bad_stack_rows_fail_before_any_model_work(stack_pipe, monkeypatch):
+    monkeypatch.setattr(P, "generate", lambda *a, **k: pytest.fail("the model ran"))
+    monkeypatch.setattr(P, "builtin_vector", lambda *a, **k: pytest.fail("a vector was built"))
+    ok = P.StackRow("other", 2, 1.0)
+    with pytest.raises(ValueError, match=r"stack row 2 \(stack\[1\], other@99\): layer 99 is out of range"):
+        stack_pipe.collect(_request(stack=(ok, P.StackRow("other", 99, 1.0))))
+    with pytest.raises(sw.VectorError, match=r"stack row 1 \(stack\[0\], nope@1\): unknown vector 'nope'"):
+        stack_pipe.collect(_request(stack=(P.StackRow("nope", 1, 1.0),)))
+    with pytest.raises(sw.SteeringError, match="stack row 1.*ActAdd cannot be a stack row"):
+        stack_pipe.collect(_request(stack=(P.StackRow("actadd", 1, 1.0),)))
+    with pytest.raises(sw.SteeringError, match="stack row 1.*unknown position spec"):
+        stack_pipe.collect(_request(stack=(P.StackRow("other", 1, 1.0, "middle"),)))
+    with pytest.raises(TypeError, match=r"stack row 3 \(stack\[2\]\): strength must be a finite number"):
+        P.StackRow.from_dict({"vector_name": "other", "layer": 1, "strength": float("nan")}, 2)
+    with pytest.raises(TypeError, match="unknown keys"):
+        P.StackRow.from_dict({"vector_name": "other", "layer": 1, "strenght": 1.0})
+
+
+def test_the_code_for_a_two_row_stack_reproduces_the_text(tiny_llama, monkeypatch):
+    pipe = P.Pipeline(tiny_llama)
+    request = _request(
+        vector_name="sentiment", strength=6.0, stack=(P.StackRow("formality", 2, -5.0, "last"),)
+    )
+    updates = pipe.collect(request)
+    code = next(u for u in updates if isinstance(u, P.Scored)).code
+    assert "sw.Steering(vector_2, layer=2, strength=-5.0, positions='last')," in code
+    monkeypatch.setattr(sw, "load_model", lambda *a, **k: tiny_llama)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "<copied>", "exec"), {})
+    steered = next(u.text for u in updates if isinstance(u, P.Text) and u.final and u.run == "steered")
+    assert out.getvalue() == steered + "\n"

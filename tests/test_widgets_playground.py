@@ -345,6 +345,38 @@ def test_ab_items_add_verdicts_against_the_null(make, monkeypatch):
     assert any("A/B check skipped" in x["message"] for x in w.warnings)
 
 
+def test_a_stack_from_the_constructor_and_add_row_remove_row(make, smol, sentiment):
+    formality = pg.builtin_vector(smol, "formality")
+    w = _done(make(strength=4.0, stack=[{"vector_name": "formality", "layer": 14, "strength": 6.0}]))
+    row = {"vector_name": "formality", "layer": 14, "strength": 6.0, "positions": "all", "relative": False}
+    assert w.error == "" and w.stack == [row]
+    steerings = [sw.Steering(sentiment, LAYER, 4.0), sw.Steering(formality, 14, 6.0)]
+    direct = sw.generate(smol, PROMPT, steerings, max_new_tokens=6, baseline=False).steered
+    assert w.steered_text == direct.text and w.steered_text != _direct(smol, sentiment, 4.0)
+    assert w.norm_ratios == pytest.approx(direct.norm_ratios) and w.norm_ratio == w.norm_ratios[0]
+    assert "steerings = [" in w.code and "layer=14, strength=6.0" in w.code
+
+    w.add_row("sentiment", 20, -3.0, positions=[1, 2])
+    _done(w)
+    added = {"vector_name": "sentiment", "layer": 20, "strength": -3.0, "positions": "1,2"}
+    assert w.stack[1] == {**row, **added}
+    assert len(w.norm_ratios) == 3 and w.request().stack[1] == pipeline.StackRow("sentiment", 20, -3.0, "1,2")
+    with pytest.raises(ValueError, match=r"stack row 3 \(stack\[2\], formality@99\)"):
+        w.add_row("formality", 99)
+    with pytest.raises(IndexError, match="the stack has 2 rows"):
+        w.remove_row(5)
+    # a bad row from the front end shows as the error (naming the row), and clears when fixed
+    w.set_state({"stack": [{**row, "layer": "x"}]})
+    _done(w)
+    assert w.status == "error" and "stack row 1" in w.error and "layer must be an int" in w.error
+    w.set_state({"stack": [row]})
+    _done(w)
+    assert w.error == "" and w.steered_text == direct.text
+    w.remove_row(0)
+    _done(w)
+    assert w.stack == [] and w.steered_text == _direct(smol, sentiment, 4.0) and len(w.norm_ratios) == 1
+
+
 def test_copy_as_code_reproduces_the_steered_text(make):
     w = _done(make(strength=6.0, positions="prompt", max_new_tokens=8, seed=1))
     code = w.copy_code()

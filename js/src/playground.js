@@ -23,6 +23,13 @@ import { destroyChart, renderChart } from "./chart.js";
  * @property {number} p_steered
  * @property {number} delta
  *
+ * @typedef {object} StackRow  one extra steering, applied together with the main vector
+ * @property {string} vector_name
+ * @property {number} layer
+ * @property {number} strength
+ * @property {string} positions
+ * @property {boolean} relative
+ *
  * @typedef {object} PlaygroundModel
  * @property {string} prompt
  * @property {number} layer
@@ -34,6 +41,7 @@ import { destroyChart, renderChart } from "./chart.js";
  * @property {string} vector_name
  * @property {string} actadd_positive
  * @property {string} actadd_negative
+ * @property {StackRow[]} stack
  * @property {number} n_layers
  * @property {string} model_name
  * @property {string[]} vector_names
@@ -49,6 +57,7 @@ import { destroyChart, renderChart } from "./chart.js";
  * @property {string} steered_text
  * @property {TokenShift[]} steered_tokens
  * @property {number | null} norm_ratio
+ * @property {(number | null)[]} norm_ratios   one per steering: the main vector, then each stack row
  * @property {TopKRow[]} topk
  * @property {Record<string, any>} chart_spec
  * @property {{level: string, message: string}[]} warnings
@@ -198,30 +207,42 @@ function render({ model, el }) {
    * @param {string} trait
    * @param {(x: number) => number | null} parse  the value to commit, or null when invalid
    */
-  const numberField = (input, trait, parse) => {
+  const numberField = (input, trait, parse) =>
+    numberInput(input, () => model.get(trait), (v) => commit({ [trait]: v }), parse, on);
+
+  /**
+   * The same Enter / change / blur handling for any number box: `read` gives the committed value,
+   * `write` commits a new one, `listen` registers the listeners (so a stack row can drop its own).
+   * @param {HTMLInputElement} input
+   * @param {() => any} read
+   * @param {(v: number) => void} write
+   * @param {(x: number) => number | null} parse  the value to commit, or null when invalid
+   * @param {(target: EventTarget, type: string, fn: (e: any) => void) => void} listen
+   */
+  function numberInput(input, read, write, parse, listen) {
     let edited = false;
     const commitValue = () => {
       if (!edited) return;
       edited = false;
       const raw = input.value.trim();
       const v = raw === "" ? null : parse(Number(raw));
-      if (v !== null && v !== model.get(trait)) commit({ [trait]: v });
+      if (v !== null && v !== read()) write(v);
     };
-    on(input, "input", () => {
+    listen(input, "input", () => {
       edited = true;
     });
-    on(input, "keydown", (/** @type {KeyboardEvent} */ e) => {
+    listen(input, "keydown", (/** @type {KeyboardEvent} */ e) => {
       if (e.key === "Enter") {
         e.preventDefault();
         commitValue();
       }
     });
-    on(input, "change", commitValue);
-    on(input, "blur", () => {
+    listen(input, "change", commitValue);
+    listen(input, "blur", () => {
       commitValue();
-      input.value = String(model.get(trait));
+      input.value = String(read() ?? "");
     });
-  };
+  }
 
   // ---------------------------------------------------------------------------------------
   // Controls
@@ -415,7 +436,188 @@ function render({ model, el }) {
   const genRow = h("div", "sw-row");
   genRow.append(label("Max new tokens"), maxNew, label("Seed"), seedInput);
 
-  controls.append(promptRow, vectorRow, layerRow, strengthRow, positionsRow, chips, genRow);
+  // The stack: extra vectors applied together with the main one, one line each
+  const stackBox = h("div", "sw-pg-stack", { role: "group", "aria-label": "Stack of extra vectors" });
+  const stackRows = h("div", "sw-pg-stack-rows");
+  const addRowBtn = h("button", "sw-button sw-pg-stack-add", {
+    type: "button",
+    "aria-label": "Add vector to the stack",
+  });
+  addRowBtn.textContent = "Add vector";
+  const stackHead = h("div", "sw-row");
+  const stackNote = h("span", "sw-label sw-muted");
+  stackNote.textContent = "applied together with the vector above; chart and A/B check keep them on as background";
+  stackHead.append(label("Stack"), addRowBtn, stackNote);
+  stackBox.append(stackHead, stackRows);
+  /** @returns {StackRow[]} */
+  const stackValue = () => model.get("stack") ?? [];
+  /** @param {number} i @param {Partial<StackRow>} patch */
+  const setRow = (i, patch) =>
+    commit({ stack: stackValue().map((r, j) => (j === i ? { ...r, ...patch } : r)) });
+  on(addRowBtn, "click", () => {
+    // A new row starts at strength 0, so adding it changes nothing until its strength is set.
+    const names = (model.get("vector_names") ?? []).filter((n) => n !== "actadd");
+    const main = model.get("vector_name");
+    const name = names.find((n) => n !== main) ?? names[0] ?? "sentiment";
+    const row = { vector_name: name, layer: model.get("layer"), strength: 0, positions: "all", relative: false };
+    commit({ stack: [...stackValue(), row] });
+  });
+  /**
+   * One drawn stack row: its controls, an update from the trait, and its own listeners' cleanup.
+   * @typedef {{node: HTMLElement, draw: () => void, drop: () => void}} RowView
+   * @type {RowView[]}
+   */
+  const rowViews = [];
+
+  /** @param {number} i @returns {RowView} */
+  const makeRow = (i) => {
+    /** @type {Array<() => void>} */
+    const mine = [];
+    /** @param {EventTarget} target @param {string} type @param {(e: any) => void} fn */
+    const listen = (target, type, fn) => {
+      target.addEventListener(type, fn);
+      mine.push(() => target.removeEventListener(type, fn));
+    };
+    const n = i + 1;
+    const row = () => stackValue()[i] ?? /** @type {StackRow} */ ({});
+    const line = h("div", "sw-row sw-pg-stack-row");
+    line.dataset.row = String(i);
+    const plus = h("span", "sw-muted");
+    plus.textContent = "+";
+    const select = h("select", "sw-select sw-pg-stack-vector", { "aria-label": `Stack row ${n} vector` });
+    listen(select, "change", () => setRow(i, { vector_name: select.value }));
+    const layer = h("input", "sw-input sw-pg-stack-layer", {
+      type: "number",
+      min: "0",
+      step: "1",
+      "aria-label": `Stack row ${n} layer`,
+      style: "width: 4em",
+    });
+    numberInput(
+      layer,
+      () => row().layer,
+      (v) => setRow(i, { layer: v }),
+      (x) => (Number.isFinite(x) && x >= 0 ? Math.round(x) : null),
+      listen,
+    );
+    const strength = h("input", "sw-input sw-pg-stack-strength", {
+      type: "number",
+      step: "any",
+      "aria-label": `Stack row ${n} strength`,
+      style: "width: 5em",
+    });
+    numberInput(
+      strength,
+      () => row().strength,
+      (v) => setRow(i, { strength: v }),
+      (x) => (Number.isFinite(x) ? x : null),
+      listen,
+    );
+    const positions = h("input", "sw-input sw-pg-stack-positions", {
+      type: "text",
+      "aria-label": `Stack row ${n} positions`,
+      placeholder: "all",
+      size: "6",
+    });
+    const commitPositions = () => {
+      const spec = positions.value.trim() || "all";
+      if (spec !== row().positions) setRow(i, { positions: spec });
+    };
+    listen(positions, "keydown", (/** @type {KeyboardEvent} */ e) => {
+      if (e.key === "Enter") {
+        e.preventDefault();
+        commitPositions();
+      }
+    });
+    listen(positions, "change", commitPositions);
+    const relative = h("input", "sw-pg-stack-relative", {
+      type: "checkbox",
+      id: `${uid}-stack-rel-${i}`,
+      "aria-label": `Stack row ${n} strength relative to residual norm`,
+    });
+    let rowAbsolute = 0;
+    listen(relative, "change", () => {
+      // As for the main vector: a relative strength starts from the row's ‖λv‖/mean‖h‖.
+      const rel = relative.checked;
+      const s = Number(row().strength);
+      let next;
+      if (rel) {
+        rowAbsolute = s;
+        const r = (model.get("norm_ratios") ?? [])[i + 1];
+        const size = r !== null && r !== undefined && Number.isFinite(r) && r > 0 ? r : 0.3;
+        next = Math.round((s < 0 ? -size : size) * 100) / 100;
+      } else {
+        next = rowAbsolute;
+      }
+      setRow(i, { relative: rel, strength: next });
+    });
+    const relLabel = label("relative", relative.id);
+    const ratioOut = h("span", "sw-mono sw-pg-stack-ratio", { "aria-label": `Stack row ${n} norm ratio` });
+    const remove = h("button", "sw-button sw-pg-stack-remove", {
+      type: "button",
+      "aria-label": `Remove stack row ${n}`,
+      title: "Remove this row",
+    });
+    remove.textContent = "×";
+    listen(remove, "click", () => commit({ stack: stackValue().filter((_, j) => j !== i) }));
+    line.append(
+      plus,
+      select,
+      label("layer"),
+      layer,
+      label("strength"),
+      strength,
+      label("positions"),
+      positions,
+      relative,
+      relLabel,
+      ratioOut,
+      remove,
+    );
+    const draw = () => {
+      const r = row();
+      const names = (model.get("vector_names") ?? []).filter((x) => x !== "actadd");
+      const all = names.includes(r.vector_name) ? names : [...names, r.vector_name];
+      if (select.options.length !== all.length || [...select.options].some((o, k) => o.value !== all[k])) {
+        select.replaceChildren();
+        for (const name of all) {
+          const opt = h("option");
+          opt.value = name;
+          opt.textContent = name;
+          select.append(opt);
+        }
+      }
+      select.value = r.vector_name;
+      layer.max = String(Math.max(0, model.get("n_layers") - 1));
+      if (document.activeElement !== layer) layer.value = String(r.layer ?? "");
+      if (document.activeElement !== strength) strength.value = String(r.strength ?? "");
+      if (document.activeElement !== positions) positions.value = r.positions ?? "all";
+      relative.checked = !!r.relative;
+      const x = (model.get("norm_ratios") ?? [])[i + 1];
+      ratioOut.textContent =
+        x === null || x === undefined || !Number.isFinite(x) ? "‖λv‖/mean‖h‖ = –" : `‖λv‖/mean‖h‖ = ${x.toFixed(2)}`;
+      ratioOut.title = "This row's added vector relative to the mean residual-stream norm at its layer.";
+    };
+    return { node: line, draw, drop: () => mine.forEach((fn) => fn()) };
+  };
+
+  const drawStack = () => {
+    const rows = stackValue();
+    while (rowViews.length > rows.length) {
+      const view = /** @type {RowView} */ (rowViews.pop());
+      view.drop();
+      view.node.remove();
+    }
+    while (rowViews.length < rows.length) {
+      const view = makeRow(rowViews.length);
+      rowViews.push(view);
+      stackRows.append(view.node);
+    }
+    for (const view of rowViews) view.draw();
+  };
+  cleanups.push(() => rowViews.forEach((view) => view.drop()));
+
+  controls.append(promptRow, vectorRow, layerRow, strengthRow, positionsRow, chips, genRow, stackBox);
 
   // ---------------------------------------------------------------------------------------
   // Outputs
@@ -719,6 +921,7 @@ function render({ model, el }) {
   watch("prompt_tokens", drawChips);
   watch("steer_mask steer_generated", drawMask);
   watch("norm_ratio", drawRatio);
+  watch("stack norm_ratios vector_names n_layers", drawStack);
   watch("base_text", drawBase);
   watch("steered_text steered_tokens", drawSteered);
   watch("topk", drawTopk);
@@ -734,6 +937,7 @@ function render({ model, el }) {
   drawControls();
   drawChips();
   drawRatio();
+  drawStack();
   drawBase();
   drawSteered();
   drawTopk();

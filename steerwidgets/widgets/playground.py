@@ -37,6 +37,7 @@ from ..playground import (
     Done,
     Pipeline,
     Request,
+    StackRow,
     Update,
     builtin_vector,
     error_message,
@@ -63,6 +64,7 @@ CONTROLS = (
     "vector_name",
     "actadd_positive",
     "actadd_negative",
+    "stack",
 )
 
 
@@ -75,7 +77,7 @@ class _Job:
     request: int
     started: float
     cancel: threading.Event
-    spec: Request
+    spec: Request | Exception  # an Exception: the controls could not be read (shown as the error)
 
 
 class Playground(anywidget.AnyWidget):
@@ -87,6 +89,11 @@ class Playground(anywidget.AnyWidget):
     ``ab_items`` (the first 20 are used) adds the anti-steerable check. Results live in synced
     traits, so a saved notebook with widget state shows them without a kernel;
     ``_repr_mimebundle_`` also carries an HTML snapshot.
+
+    ``stack`` adds more vectors applied together with the main one, each a dict ``{"vector_name",
+    "layer", "strength", "positions", "relative"}`` (or use :meth:`add_row` / :meth:`remove_row`); the
+    text and its colouring are steered by all of them, ``norm_ratios`` has one ratio per steering (main
+    first), and the chart and A/B check measure the main vector with the rows held on as background.
     """
 
     _esm = bundle("playground")
@@ -104,6 +111,7 @@ class Playground(anywidget.AnyWidget):
     vector_name = traitlets.Unicode("sentiment").tag(sync=True)
     actadd_positive = traitlets.Unicode("Love").tag(sync=True)
     actadd_negative = traitlets.Unicode("Hate").tag(sync=True)
+    stack = traitlets.List(traitlets.Dict()).tag(sync=True)  # the extra rows (StackRow fields)
 
     # --- what the front end needs to draw the controls (Python -> front end) ---
     n_layers = traitlets.Int(1).tag(sync=True)
@@ -123,6 +131,7 @@ class Playground(anywidget.AnyWidget):
     steered_text = traitlets.Unicode("").tag(sync=True)
     steered_tokens = traitlets.List(traitlets.Dict()).tag(sync=True)
     norm_ratio = traitlets.Float(None, allow_none=True).tag(sync=True)
+    norm_ratios = traitlets.List(traitlets.Float(None, allow_none=True)).tag(sync=True)  # main, then stack
     topk = traitlets.List(traitlets.Dict()).tag(sync=True)
     chart_spec = traitlets.Dict().tag(sync=True)
     warnings = traitlets.List(traitlets.Dict()).tag(sync=True)
@@ -147,6 +156,7 @@ class Playground(anywidget.AnyWidget):
         *,
         vectors: Mapping[str, sw.SteeringVector] | None = None,
         relative: bool = False,
+        stack: Sequence[Mapping[str, Any]] | None = None,
         **kwargs: Any,
     ) -> None:
         self.model = sw.load_model() if model is None else model
@@ -164,6 +174,7 @@ class Playground(anywidget.AnyWidget):
             raise TypeError(
                 f"vector must be a SteeringVector, a built-in name or None, got {type(vector).__name__}"
             )
+        rows = self._stack_rows(stack or [])
         self._targets = _check_targets(targets)
         self._ab_items = tuple(list(ab_items or [])[:AB_LIMIT])
 
@@ -189,6 +200,7 @@ class Playground(anywidget.AnyWidget):
             max_new_tokens=int(max_new_tokens),
             seed=int(seed),
             vector_name=chosen,
+            stack=[row.to_dict() for row in rows],
             n_layers=int(self.model.n_layers),
             model_name=str(getattr(self.model, "name", "")),
             vector_names=self._pipeline.vector_names,
@@ -198,6 +210,15 @@ class Playground(anywidget.AnyWidget):
         )
         self.observe(self._on_control, names=list(CONTROLS))
         self._schedule()
+
+    @traitlets.validate("stack")
+    def _normalise_stack(self, proposal: dict) -> list:
+        """Rows from the front end in their full form (floats, defaults filled in); a row that cannot be
+        read is kept as sent, so the next run shows what is wrong with it."""
+        try:
+            return [StackRow.from_dict(row, i).to_dict() for i, row in enumerate(proposal["value"])]
+        except (TypeError, ValueError):
+            return proposal["value"]
 
     # --- public helpers -------------------------------------------------------------------------
     def set(self, **controls: Any) -> None:
@@ -210,6 +231,50 @@ class Playground(anywidget.AnyWidget):
         with self.hold_trait_notifications():
             for name, value in controls.items():
                 setattr(self, name, value)
+
+    def add_row(
+        self,
+        vector_name: str,
+        layer: int,
+        strength: float = 4.0,
+        positions: Any = "all",
+        relative: bool = False,
+    ) -> None:
+        """Add a vector to the stack (applied together with the main one); checked before any work."""
+        row = dict(
+            vector_name=vector_name,
+            layer=layer,
+            strength=strength,
+            positions=positions_to_str(positions),
+            relative=relative,
+        )
+        (checked,) = self._stack_rows([row], start=len(self.stack))
+        self.stack = [*self.stack, checked.to_dict()]
+
+    def remove_row(self, index: int) -> None:
+        """Remove the stack's row ``index`` (0 is the first extra row; the main vector is not a row)."""
+        rows = list(self.stack)
+        if isinstance(index, bool) or not isinstance(index, int) or not -len(rows) <= index < len(rows):
+            raise IndexError(
+                f"no stack row {index!r}; the stack has {len(rows)} rows (index 0..{len(rows) - 1})"
+            )
+        del rows[index]
+        self.stack = rows
+
+    def _stack_rows(self, rows: Sequence[Any], start: int = 0) -> list[StackRow]:
+        if isinstance(rows, (str, Mapping)) or not isinstance(rows, Sequence):
+            raise TypeError(
+                "stack must be a list of rows, e.g. "
+                "[{'vector_name': 'formality', 'layer': 10, 'strength': 4.0}]"
+            )
+        out = []
+        for index, row in enumerate(rows, start):
+            if isinstance(row, Mapping) and not isinstance(row.get("positions", "all"), str):
+                row = {**row, "positions": positions_to_str(row["positions"])}
+            checked = StackRow.from_dict(row, index)
+            self._pipeline.check_row(index, checked)
+            out.append(checked)
+        return out
 
     def wait(self, timeout: float | None = 120.0) -> bool:
         """Block until the newest request has finished (for scripts and tests); False on timeout."""
@@ -232,7 +297,8 @@ class Playground(anywidget.AnyWidget):
     def request(self) -> Request:
         """The current controls as the pipeline's frozen request."""
         return Request(
-            **{name: getattr(self, name) for name in CONTROLS},
+            **{name: getattr(self, name) for name in CONTROLS if name != "stack"},
+            stack=tuple(StackRow.from_dict(row, i) for i, row in enumerate(self.stack)),
             targets=self._targets,
             ab_items=self._ab_items,
         )
@@ -271,7 +337,11 @@ class Playground(anywidget.AnyWidget):
             if self._cancel is not None:
                 self._cancel.set()
             self._cancel = threading.Event()
-            job = _Job(self._request, started, self._cancel, self.request())
+            try:
+                spec: Request | Exception = self.request()
+            except (TypeError, ValueError) as exc:  # e.g. a stack row from the front end with a bad value
+                spec = exc
+            job = _Job(self._request, started, self._cancel, spec)
         self._worker.submit(job)
 
     def _run_job(self, job: _Job) -> None:
@@ -282,6 +352,8 @@ class Playground(anywidget.AnyWidget):
             self._publish(job, values)
 
         try:
+            if isinstance(job.spec, Exception):
+                raise job.spec
             self._pipeline.run(job.spec, emit, job.cancel, started=job.started)
         except (_Stale, GenerationCancelled):
             return
