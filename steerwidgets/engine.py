@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from nnsight import save as _save
 
 from . import metrics, verdicts
 from .data import ABItem, split_options, swap_options
@@ -32,6 +33,7 @@ from .interventions import (
     position_mask,
     require_model,
 )
+from .remote import remote_null_method, require_local
 from .vectors import SteeringVector
 
 DEFAULT_STRENGTHS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
@@ -381,6 +383,8 @@ def _run_generation(
                     width = logits.shape[1] if start == 0 else 1
                     offset[0] = start + (enc.width if start == 0 else width)
                     streamer.step_logprobs.append(logits[:, -1].float().log_softmax(-1))
+                    state = _save(streamer.__dict__)  # a remote run returns only saved values
+            streamer.__dict__.update(state)
     return _finish_continuation(model, streamer, plans)
 
 
@@ -430,6 +434,7 @@ def generate(
     Token log-probabilities are under the model's own distribution (temperature 1, no top-p).
     """
     require_model(model, "generate")
+    require_local(model, "token streaming" if on_token or cancel else "generate")
     prompts = as_texts(prompt, "prompt")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise SteeringError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
@@ -876,6 +881,7 @@ def propensity_sweep(
         raise SteeringError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
     if null_method not in NULL_METHODS:
         raise SteeringError(f"unknown null_method {null_method!r}; use one of {NULL_METHODS}")
+    null_method = remote_null_method(model, null_method)
     if positions is None:
         positions = DEFAULT_POSITIONS[protocol]
     layer_list = [layers] if isinstance(layers, int) else list(layers)
@@ -1084,6 +1090,7 @@ def _prefix(
             h = _hidden(model.block(layer).output)[0, 1:].float()
             prefix_norms[layer] = (float(h.norm(dim=-1).sum()), int(h.shape[0]))
         result = model.nn.output.save()
+        prefix_norms = _save(prefix_norms)  # a remote run returns only saved values
     cache = result["cache"] if "cache" in result else result["past_key_values"]
     return [(k, v) for k, v, *_ in cache], prefix_norms
 
@@ -1277,6 +1284,7 @@ def _sweep_pass(
                 pieces.append(hidden[at:])
                 _set_hidden(envoy, out, torch.cat(pieces, 0))
             logits = model.nn.lm_head.output[:, -keep:].save()
+            ratios = _save(ratios)  # a remote run returns only saved values
     logits = logits.float()
     return {
         layer: (logits[int(offsets[g]) : int(offsets[g + 1])], ratios[layer][:n_vector_rows])
@@ -1321,6 +1329,7 @@ def read_activations(
             ):
                 for layer in sorted(layers):
                     saved[layer] = _hidden(model.block(layer).output).save()
+                saved = _save(saved)  # a remote run returns only saved values
         lengths = torch.tensor([len(s) for s in chunk])
         for layer in layers:
             h = saved[layer].float()

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import nnsight
 import torch
 
 from .data import ABItem, ContrastPair, fingerprint, swap_options
@@ -696,6 +697,7 @@ def head_means(model: Any, prompts: Sequence[list[int]], layers: Sequence[int]) 
                 for layer in sorted(layers):
                     envoy, _, _ = attention_out_proj(model, layer)
                     saved[layer] = envoy.input[0, -1].save()
+                saved = nnsight.save(saved)  # a remote run returns only saved values
             for layer, value in saved.items():
                 sums[layer] = sums.get(layer, 0) + value.float()
     return {layer: total / len(prompts) for layer, total in sums.items()}
