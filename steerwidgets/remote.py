@@ -45,7 +45,8 @@ REMOTE_SUPPORT: dict[str, str] = {
     "in flight; call sw.generate(model, prompt, steering) without on_token instead",
     "score": WORKS,
     "next_token_logprobs": WORKS,
-    "read_activations": f"{WORKS} (and the vectors built on it: caa, mean_difference, pca, prechecks)",
+    "read_activations": WORKS,
+    "caa": WORKS,
     "propensity_sweep": f"{WORKS} (letter and answer-text protocols, with the verdict's null)",
     "gradient null": f"{FALLS_BACK} to the sampled null: the gradient needs autograd through the logits, "
     "which come back without their graph; the sampled null costs two extra rows per direction and item",

@@ -184,3 +184,16 @@ def test_remote_load_ships_steerwidgets_by_value():
 def test_remote_needs_a_hub_id():
     with pytest.raises(ValueError, match="NDIF"):
         sw.load_model(remote=True)
+
+
+def test_the_readme_says_what_remote_support_says():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("### Remote models (NDIF)", 1)[1].split("\n## ", 1)[0]
+    rows = [line.lower() for line in section.splitlines() if line.startswith("| ")]
+    for feature, entry in REMOTE_SUPPORT.items():
+        status = next(s for s in (remote.WORKS, remote.FALLS_BACK, remote.NEEDS_LOCAL) if entry.startswith(s))
+        row = next((r for r in rows if feature.replace("_", "") in r.split(" | ")[0].replace("_", "")), None)
+        assert row is not None, f"the README's remote table has no row for {feature!r}"
+        assert row.split(" | ")[1].startswith(status), (feature, row)
