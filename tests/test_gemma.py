@@ -27,8 +27,8 @@ def gemma() -> sw.SteerableModel:
 
 @pytest.fixture(scope="module")
 def caa(gemma) -> sw.SteeringVector:
-    """CAA from the built-in sentiment set's items 0–29 (both letter orders, the default)."""
-    return sw.caa(gemma, sw.builtin_ab("sentiment")[:30], [LAYER])
+    """CAA from the built-in sentiment set's items 0–11 (both letter orders, the default)."""
+    return sw.caa(gemma, sw.builtin_ab("sentiment")[:12], [LAYER])
 
 
 def test_loads_as_gemma(gemma):
@@ -65,7 +65,7 @@ def test_caa_vector_from_a_builtin_set_steers_generation(gemma, caa):
 
 
 def test_propensity_sweep_gives_verdicts(gemma, caa):
-    test = sw.builtin_ab("sentiment")[30:36]
+    test = sw.builtin_ab("sentiment")[30:34]
     for protocol in ("letter", "answer_text"):
         result = sw.propensity_sweep(gemma, test, caa, [LAYER], protocol=protocol, null_directions=16)
         s = result.summary(LAYER)
@@ -80,15 +80,17 @@ def test_propensity_sweep_gives_verdicts(gemma, caa):
 
 def test_cli_evaluate_without_the_playground(gemma, tmp_path, monkeypatch, capsys):
     rows = _builtin_rows("ab", "formality")
-    (tmp_path / "train.json").write_text(json.dumps(rows[:8]))
+    (tmp_path / "train.json").write_text(json.dumps(rows[:4]))
     (tmp_path / "test.json").write_text(json.dumps(rows[30:34]))
     monkeypatch.setattr(cli, "_load", lambda name: gemma)
     out = tmp_path / "out.json"
     argv = ["evaluate", "--model", "gemma-3-270m", "--train", str(tmp_path / "train.json")]
     argv += ["--test", str(tmp_path / "test.json"), "--layer", str(LAYER), "--null-directions", "8"]
+    argv += ["--protocol", "letter"]
     assert cli.main([*argv, "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["model"] == "gemma-3-270m" and data["layer"] == LAYER and data["n_test"] == 4
     assert data["verdict"] in verdicts.VERDICTS
-    assert data["answer_text"]["verdict"] in verdicts.VERDICTS
-    assert "verdict" in capsys.readouterr().out
+    assert "answer_text" not in data
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"gemma-3-270m layer {LAYER}") and "random directions" in printed
