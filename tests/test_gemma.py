@@ -93,4 +93,4 @@ def test_cli_evaluate_without_the_playground(gemma, tmp_path, monkeypatch, capsy
     assert data["verdict"] in verdicts.VERDICTS
     assert "answer_text" not in data
     printed = capsys.readouterr().out
-    assert printed.startswith(f"gemma-3-270m layer {LAYER}") and "random directions" in printed
+    assert printed.startswith(f"gemma-3-270m layer {LAYER}") and "steerability" in printed
