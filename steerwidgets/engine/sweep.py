@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from nnsight import save as _save
 
 from .. import metrics, verdicts
 from ..data import ABItem, swap_options
@@ -29,6 +30,7 @@ from ..interventions import (
     steering_label,
 )
 from ..prompts import ab_prompt, answer_text_prompt
+from ..remote import remote_null_method
 from ..vectors import SteeringVector
 from ._trace import _cache_from, _hidden, _set_hidden
 from .generation import GenerationCancelled
@@ -317,6 +319,7 @@ def propensity_sweep(
         raise SteeringError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
     if null_method not in NULL_METHODS:
         raise SteeringError(f"unknown null_method {null_method!r}; use one of {NULL_METHODS}")
+    null_method = remote_null_method(model, null_method)
     if positions is None:
         positions = DEFAULT_POSITIONS[protocol]
     layer_list = [layers] if isinstance(layers, int) else list(layers)
@@ -584,6 +587,7 @@ def _prefix(
             if layer in fixed:
                 _set_hidden(envoy, out, _edit_fixed(hidden, fixed[layer], 0))
         result = model.nn.output.save()
+        prefix_norms = _save(prefix_norms)  # a remote run returns only saved values
     kv = result["cache"] if "cache" in result else result["past_key_values"]
     out = [(k, v) for k, v, *_ in kv], prefix_norms
     if cache is not None:
@@ -803,6 +807,7 @@ def _sweep_pass(
                 pieces.append(hidden[at:])
                 _set_hidden(envoy, out, torch.cat(pieces, 0))
             logits = model.nn.lm_head.output[:, -keep:].save()
+            ratios = _save(ratios)  # a remote run returns only saved values
     logits = logits.float()
     return {
         layer: (logits[int(offsets[g]) : int(offsets[g + 1])], ratios[layer][:n_vector_rows])
