@@ -669,7 +669,7 @@ def run_p3(quick: bool, report: dict, repeats: int | None = None) -> None:
     report["meta"]["P3"] = {
         "repeats": repeats,
         "note": "widget timings from the slider change reaching Python; the browser adds the round "
-        "trip (tests/browser/test_playground.py measures it). bfloat16 is the speed option: it moves "
+        "trip (tests/browser/test_playground_browser.py measures it). bfloat16 is the speed option: it moves "
         "A/B propensities by up to ~0.35 logits on SmolLM2, so measured numbers use float32.",
     }
 
