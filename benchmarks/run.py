@@ -621,6 +621,7 @@ def run_p3(quick: bool, report: dict, repeats: int | None = None) -> None:
         plain()  # warm-up
         times = {"plain_generate": Timings(), "first_token": _Seconds()}
         times.update({"complete_on_grid": _Seconds(), "complete_off_grid": _Seconds()})
+        times["ab_letter_done"] = _Seconds()
         times["ab_check_done"] = _Seconds()
         for r in range(repeats):
             times["plain_generate"].run(plain)
@@ -637,6 +638,7 @@ def run_p3(quick: bool, report: dict, repeats: int | None = None) -> None:
             checked.wait(600)
             if checked.error:
                 raise RuntimeError(f"P3: the playground failed: {checked.error}")
+            times["ab_letter_done"].add(checked.timings["ab_letter_done_ms"])
             times["ab_check_done"].add(checked.timings["total_ms"])
             print(
                 f"  {dtype} repeat {r + 1}/{repeats} "
@@ -662,7 +664,7 @@ def run_p3(quick: bool, report: dict, repeats: int | None = None) -> None:
         report["ratios"][f"P3 {dtype} ab check done s"] = times["ab_check_done"].median
         floor = times["plain_generate"].median
         named = (("complete (off grid)", "complete_off_grid"), ("complete (on grid)", "complete_on_grid"),
-                 ("ab check done", "ab_check_done"))  # fmt: skip
+                 ("ab letter verdict", "ab_letter_done"), ("ab check done", "ab_check_done"))  # fmt: skip
         for name, key in named:
             report["ratios"][f"P3 {dtype} {name}/plain generate"] = times[key].median / floor
         del widget, checked, model, plain
@@ -679,6 +681,7 @@ P3_LABELS = {
     "first_token": "slider change -> first steered token (widget clock)",
     "complete_on_grid": "-> text, colouring, top-k and chart done; strength on the chart grid",
     "complete_off_grid": "-> same, strength off the grid (2 new chart points x 2 completions)",
+    "ab_letter_done": "slider change -> the A/B check's letter verdict shown (answer text still runs)",
     "ab_check_done": "slider change -> everything above and the attached 20-item A/B check (both protocols, "
     "16 random directions) done",
 }

@@ -529,7 +529,16 @@ class Pipeline:
             emit(Warnings(list(warnings)))
             emit(Status("checking A/B items"))
             t_ab = time.perf_counter()
-            lines = self._ab_check(request, vector, extra, cancel)
+
+            def letter_first(lines: list[dict]) -> None:
+                # the letter protocol is cheap once the items' prefixes are cached: show it while the
+                # answer-text protocol (every answer token × strength) still runs
+                timings["ab_letter_ms"] = _ms(t_ab)
+                timings["ab_letter_done_ms"] = _ms(started)  # from the slider release, like total_ms
+                emit(ABVerdict([*warnings, *lines], lines))
+                emit(Status("checking A/B items (answer text)"))
+
+            lines = self._ab_check(request, vector, extra, cancel, letter_first)
             warnings += lines
             timings["ab_ms"] = _ms(t_ab)
             emit(ABVerdict(list(warnings), lines))
@@ -677,11 +686,17 @@ class Pipeline:
         return spec, lines
 
     def _ab_check(
-        self, request: Request, vector: SteeringVector, extra: list[Steering], cancel: threading.Event
+        self,
+        request: Request,
+        vector: SteeringVector,
+        extra: list[Steering],
+        cancel: threading.Event,
+        letter_first: Callable[[list[dict]], None] | None = None,
     ) -> list[dict]:
         """The attached A/B check: each protocol's verdict against random directions, at the protocol's
         own positions (the letter from the last prompt token on; the answer text through the answer).
-        The stack's other rows are on throughout as fixed background (absolute rows only)."""
+        The stack's other rows are on throughout as fixed background (absolute rows only).
+        ``letter_first(lines)`` receives the letter protocol's lines as soon as they exist."""
         strength = float(request.strength)
         unit = abs(strength) if strength != 0 else 1.0
         grid = tuple(k * unit for k in AB_GRID)
@@ -731,6 +746,8 @@ class Pipeline:
                         background=extra,
                     )
                 )
+                if protocol == "letter" and letter_first is not None:
+                    letter_first(ab_check_lines(results[0], request.layer))
         except SteeringError as exc:
             if not results:
                 out = [{"level": "notice", "message": f"A/B check skipped: {exc}"}]

@@ -40,7 +40,11 @@ def test_updates_arrive_in_the_order_a_user_sees_them(pipe, tiny_llama):
     last_steered = max(i for i, u in enumerate(updates) if isinstance(u, P.Text) and u.run == "steered")
     assert kinds[0] == "Prepared" and kinds[1] == "FirstToken" and last_steered < first_base
     tail = [k for k in kinds[first_base:] if k != "Text"]
-    assert tail == ["Status", "Scored", "Chart", "Warnings", "Status", "ABVerdict", "Done"]
+    # the A/B check's letter verdict is shown while the answer-text protocol still runs
+    ab_steps = ["Status", "ABVerdict", "Status", "ABVerdict", "Done"]
+    assert tail == ["Status", "Scored", "Chart", "Warnings", *ab_steps]
+    early = next(u for u in updates if isinstance(u, P.ABVerdict))
+    assert {line["protocol"] for line in early.lines if "verdict" in line} == {"letter"}
     steering = sw.Steering(pipe.vectors["rnd"], 1, 2.0)
     direct = sw.generate(tiny_llama, "Hi there.", steering, max_new_tokens=4)
     finals = {u.run: u.text for u in updates if isinstance(u, P.Text) and u.final}
@@ -48,10 +52,11 @@ def test_updates_arrive_in_the_order_a_user_sees_them(pipe, tiny_llama):
     scored = next(u for u in updates if isinstance(u, P.Scored))
     assert scored.norm_ratio is not None and len(scored.topk) == P.TOP_K
     assert "sw.Steering(vector, layer=1, strength=2.0" in scored.code
-    ab = next(u for u in updates if isinstance(u, P.ABVerdict))
+    ab = [u for u in updates if isinstance(u, P.ABVerdict)][-1]
     assert {line["protocol"] for line in ab.lines if "verdict" in line} == {"letter", "answer_text"}
     done = updates[-1]
-    assert done.warnings == ab.warnings and {"first_token_ms", "ab_ms", "total_ms"} <= set(done.timings)
+    assert done.warnings == ab.warnings
+    assert {"first_token_ms", "ab_letter_ms", "ab_ms", "total_ms"} <= set(done.timings)
 
 
 def test_caches_are_reused_and_bounded(pipe):
@@ -157,7 +162,7 @@ def test_a_two_row_stack_steers_with_both_and_reports_each_norm_ratio(stack_pipe
     assert scored.norm_ratio == pytest.approx(direct.steered.norm_ratios[0])
     assert "".join(t["text"] for t in scored.steered_tokens) == direct.steered.text.rstrip()
     # the A/B check is the main vector's with the extra row held on as background
-    ab = next(u for u in updates if isinstance(u, P.ABVerdict))
+    ab = [u for u in updates if isinstance(u, P.ABVerdict)][-1]
     assert "background (other@3)" in ab.lines[0]["message"]
     assert {line["protocol"] for line in ab.lines if "verdict" in line} == {"letter", "answer_text"}
     verdict = next(w for w in updates[-1].warnings if w.get("protocol") == "target")
