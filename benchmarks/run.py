@@ -10,7 +10,9 @@ P2  steered greedy generation: plain hook + ``model.hf.generate`` vs
 P3  Playground update after a strength-slider release (the widget's own clock, Python level):
     first steered token and complete update (32 tokens, per-token colouring, top-k, chart), for a
     strength on the chart's grid and one off it, in float32 and bfloat16, beside the floor: plain
-    ``model.hf.generate`` of the same 32 tokens in the same dtype.
+    ``model.hf.generate`` of the same 32 tokens in the same dtype; then, with the attached 20-item
+    A/B check, the letter verdict shown (``ab_letter_done``) and the whole check done
+    (``ab_check_done``). Goals: first token <= 0.15 s, complete <= 1.10x and A/B check <= 2.0x the floor.
 P5  layer sweep: the [30 layers x 7 strengths x 40 items] propensity tensor (positions "last")
     with ``sw.propensity_sweep`` vs the naive loop (one hooked forward per layer, strength and item),
     the naive time extrapolated from a timed sample of its forwards (its whole 8,400 would take
