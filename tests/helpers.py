@@ -130,3 +130,35 @@ PATIENCE = float(os.environ.get("SW_BROWSER_PATIENCE", "4"))
 def patience(ms: float) -> float:
     """A hang guard in milliseconds, scaled by PATIENCE."""
     return ms * PATIENCE
+
+
+# --- the Playground in a real page (browser tests) ----------------------------------------------
+PLAYGROUND = ".sw-playground"
+# JS: the widget's marker of its last commit (playground.js sets data-commit-at on every commit).
+PLAYGROUND_COMMIT_AT = f"() => document.querySelector('{PLAYGROUND}').dataset.commitAt || ''"
+# JS: true once a commit newer than `before` has been answered by a finished update from Python
+# (data-total-ms is cleared by each commit and set when the kernel's status reaches done/error).
+PLAYGROUND_REACTED = f"""(before) => {{
+  const root = document.querySelector('{PLAYGROUND}');
+  return (root.dataset.commitAt || '') !== before && !!root.dataset.totalMs
+    && ['done', 'error'].includes(root.dataset.status);
+}}"""
+
+
+def require_built(*names: str) -> None:
+    """Skip (fail under CI) when the front end's files in steerwidgets/static/ are not built."""
+    for name in names:
+        if not (ROOT / "steerwidgets" / "static" / name).is_file():
+            reason = f"steerwidgets/static/{name} is not built; run `bash scripts/build_js.sh`"
+            if os.environ.get("CI"):
+                pytest.fail(reason, pytrace=False)
+            pytest.skip(reason)
+
+
+def wait_playground_reaction(page: Any, before: str, timeout_ms: float = 180_000) -> None:
+    """Wait until the Playground committed something after `before` and Python finished updating; the
+    update must have succeeded."""
+    page.wait_for_function(PLAYGROUND_REACTED, arg=before, timeout=patience(timeout_ms), polling=100)
+    status = page.evaluate(f"() => document.querySelector('{PLAYGROUND}').dataset.status")
+    error = page.evaluate(f"() => document.querySelector('{PLAYGROUND} .sw-pg-error').textContent")
+    assert status == "done", error

@@ -10,14 +10,13 @@ finished update, the kernel's trait), never on time."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
 
-from helpers import patience
+from helpers import PLAYGROUND_COMMIT_AT, patience, require_built, wait_playground_reaction
 
 pytestmark = pytest.mark.browser
 
@@ -31,33 +30,10 @@ playground = Playground(sw.load_model(), 'sentiment', prompt='Tell me about your
 playground
 """
 
-# JS: the widget's marker of its last commit (playground.js sets data-commit-at on every commit).
-_COMMIT_AT = f"() => document.querySelector('{ROOT}').dataset.commitAt || ''"
-# JS: true once a commit newer than `before` has been answered by a finished update from Python
-# (data-total-ms is cleared by each commit and set when the kernel's status reaches done/error).
-_REACTED = f"""(before) => {{
-  const root = document.querySelector('{ROOT}');
-  return (root.dataset.commitAt || '') !== before && !!root.dataset.totalMs
-    && ['done', 'error'].includes(root.dataset.status);
-}}"""
-
 
 @pytest.fixture(autouse=True)
 def _built():
-    for name in ("widgets.js", "playground.js"):
-        if not (REPO / "steerwidgets" / "static" / name).is_file():
-            reason = f"steerwidgets/static/{name} is not built; run `bash scripts/build_js.sh`"
-            if os.environ.get("CI"):
-                pytest.fail(reason, pytrace=False)
-            pytest.skip(reason)
-
-
-def _wait_reaction(page: Any, before: str, timeout_ms: float = 180_000) -> None:
-    """Wait until the Playground committed something after `before` and Python finished updating."""
-    page.wait_for_function(_REACTED, arg=before, timeout=patience(timeout_ms), polling=100)
-    status = page.evaluate(f"() => document.querySelector('{ROOT}').dataset.status")
-    error = page.evaluate(f"() => document.querySelector('{ROOT} .sw-pg-error').textContent")
-    assert status == "done", error
+    require_built("widgets.js", "playground.js")
 
 
 def _kernel(kernel_execute: Any, page: Any, expr: str) -> str:
@@ -96,15 +72,15 @@ def test_playground_reacts_to_real_mouse_and_keyboard(
     def x_of(v: float) -> float:
         return box["x"] + thumb + (box["width"] - 2 * thumb) * (v - lo) / (hi - lo)
 
-    before = page.evaluate(_COMMIT_AT)
+    before = page.evaluate(PLAYGROUND_COMMIT_AT)
     page.mouse.move(x_of(value), y)
     page.mouse.down()
     page.mouse.move(x_of(-9.0), y, steps=8)
     # While the button is held the number box follows the thumb, but nothing is committed yet.
     page.wait_for_function(f"() => Number(document.querySelector('{ROOT} .sw-pg-strength-value').value) < 0")
-    assert page.evaluate(_COMMIT_AT) == before
+    assert page.evaluate(PLAYGROUND_COMMIT_AT) == before
     page.mouse.up()
-    _wait_reaction(page, before)
+    wait_playground_reaction(page, before)
     dragged = float(slider.input_value())
     assert -11.0 <= dragged <= -7.0, dragged
     assert float(_kernel(kernel_execute, page, "playground.strength")) == dragged
@@ -114,37 +90,37 @@ def test_playground_reacts_to_real_mouse_and_keyboard(
 
     # --- type a strength and press Enter ----------------------------------------------------
     number = root.locator(".sw-pg-strength-value")
-    before = page.evaluate(_COMMIT_AT)
+    before = page.evaluate(PLAYGROUND_COMMIT_AT)
     number.click()
     number.fill("2.5")
     page.keyboard.press("Enter")
-    _wait_reaction(page, before)
+    wait_playground_reaction(page, before)
     assert _kernel(kernel_execute, page, "playground.strength") == "2.5"
     assert slider.input_value() == "2.5"  # the slider echoes the committed value
     assert number.evaluate("(el) => el === document.activeElement")  # Enter kept the focus
     # Tab out after Enter: nothing new to commit, so no second run (the blur handler runs
     # synchronously while the key is handled).
-    committed = page.evaluate(_COMMIT_AT)
+    committed = page.evaluate(PLAYGROUND_COMMIT_AT)
     page.keyboard.press("Tab")
-    assert page.evaluate(_COMMIT_AT) == committed
+    assert page.evaluate(PLAYGROUND_COMMIT_AT) == committed
 
     # --- type a seed and Tab out --------------------------------------------------------------
     seed = root.locator(".sw-pg-seed")
-    before = page.evaluate(_COMMIT_AT)
+    before = page.evaluate(PLAYGROUND_COMMIT_AT)
     seed.click()
     seed.fill("7")
     page.keyboard.press("Tab")
-    _wait_reaction(page, before)
+    wait_playground_reaction(page, before)
     assert _kernel(kernel_execute, page, "playground.seed") == "7"
     assert not seed.evaluate("(el) => el === document.activeElement")
 
     # --- max new tokens: Tab out with an invalid value restores the committed one --------------
     max_new = root.locator(".sw-pg-max-new")
-    before = page.evaluate(_COMMIT_AT)
+    before = page.evaluate(PLAYGROUND_COMMIT_AT)
     max_new.click()
     max_new.fill("4")
     page.keyboard.press("Tab")
-    _wait_reaction(page, before)
+    wait_playground_reaction(page, before)
     assert _kernel(kernel_execute, page, "playground.max_new_tokens") == "4"
     max_new.click()
     max_new.fill("")
@@ -155,13 +131,13 @@ def test_playground_reacts_to_real_mouse_and_keyboard(
     # --- click a token chip ---------------------------------------------------------------------
     chip = root.locator(".sw-pg-chip:not(.sw-pg-template)").first
     index = chip.get_attribute("data-index")
-    before = page.evaluate(_COMMIT_AT)
+    before = page.evaluate(PLAYGROUND_COMMIT_AT)
     chip.click()
     page.wait_for_function(
         f"() => document.querySelector('{ROOT}').querySelectorAll('.sw-pg-chip.sw-pg-steered').length === 1"
     )
     assert chip.get_attribute("aria-pressed") == "true"
-    _wait_reaction(page, before)
+    wait_playground_reaction(page, before)
     assert _kernel(kernel_execute, page, "playground.positions") == index
     assert _kernel(kernel_execute, page, "sum(playground.steer_mask)") == "1"
     save_screenshot(page, "playground-real-input")

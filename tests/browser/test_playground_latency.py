@@ -9,14 +9,13 @@ never speed: timing goals live in benchmarks/."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
 
-from helpers import patience
+from helpers import PLAYGROUND_COMMIT_AT, patience, require_built, wait_playground_reaction
 
 pytestmark = pytest.mark.browser
 
@@ -43,12 +42,6 @@ for _ in range(3):
     runs.append(time.perf_counter() - t)
 print(json.dumps(sorted(runs)[1] * 1000))
 """
-_COMMIT_AT = f"() => document.querySelector('{ROOT}').dataset.commitAt || ''"
-_REACTED = f"""(before) => {{
-  const root = document.querySelector('{ROOT}');
-  return (root.dataset.commitAt || '') !== before && !!root.dataset.totalMs
-    && ['done', 'error'].includes(root.dataset.status);
-}}"""
 _PAGE_CLOCK = f"""() => {{
   const d = document.querySelector('{ROOT}').dataset;
   return {{first_token_ms: Number(d.firstTokenMs), charts_ms: Number(d.chartsMs),
@@ -58,12 +51,7 @@ _PAGE_CLOCK = f"""() => {{
 
 @pytest.fixture(autouse=True)
 def _built():
-    for name in ("widgets.js", "playground.js"):
-        if not (REPO / "steerwidgets" / "static" / name).is_file():
-            reason = f"steerwidgets/static/{name} is not built; run `bash scripts/build_js.sh`"
-            if os.environ.get("CI"):
-                pytest.fail(reason, pytrace=False)
-            pytest.skip(reason)
+    require_built("widgets.js", "playground.js")
 
 
 def _drag(page: Any, slider: Any, to: float) -> None:
@@ -102,9 +90,9 @@ def test_slider_drag_to_ab_check_done_on_the_page_clock(
     slider.scroll_into_view_if_needed()
     drags = []
     for to in (6.0, -5.0):
-        before = page.evaluate(_COMMIT_AT)
+        before = page.evaluate(PLAYGROUND_COMMIT_AT)
         _drag(page, slider, to)
-        page.wait_for_function(_REACTED, arg=before, timeout=patience(600_000), polling=100)
+        wait_playground_reaction(page, before, 600_000)
         clock = page.evaluate(_PAGE_CLOCK)
         assert clock["status"] == "done", root.locator(".sw-pg-error").text_content()
         python = json.loads(kernel_execute(page, "import json; print(json.dumps(playground.timings))"))

@@ -4,14 +4,12 @@ ratio appears. Every wait is on a state the reaction produces, never on time."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 import nbformat
 import pytest
 
-from helpers import patience
+from helpers import PLAYGROUND_COMMIT_AT, patience, require_built, wait_playground_reaction
 
 pytestmark = pytest.mark.browser
 
@@ -25,29 +23,10 @@ playground = Playground(sw.load_model(), 'sentiment', prompt='Tell me about your
 playground
 """
 
-_COMMIT_AT = f"() => document.querySelector('{ROOT}').dataset.commitAt || ''"
-_REACTED = f"""(before) => {{
-  const root = document.querySelector('{ROOT}');
-  return (root.dataset.commitAt || '') !== before && !!root.dataset.totalMs
-    && ['done', 'error'].includes(root.dataset.status);
-}}"""
-
 
 @pytest.fixture(autouse=True)
 def _built():
-    for name in ("widgets.js", "playground.js"):
-        if not (REPO / "steerwidgets" / "static" / name).is_file():
-            reason = f"steerwidgets/static/{name} is not built; run `bash scripts/build_js.sh`"
-            if os.environ.get("CI"):
-                pytest.fail(reason, pytrace=False)
-            pytest.skip(reason)
-
-
-def _wait_reaction(page: Any, before: str, timeout_ms: float = 180_000) -> None:
-    page.wait_for_function(_REACTED, arg=before, timeout=patience(timeout_ms), polling=100)
-    status = page.evaluate(f"() => document.querySelector('{ROOT}').dataset.status")
-    error = page.evaluate(f"() => document.querySelector('{ROOT} .sw-pg-error').textContent")
-    assert status == "done", error
+    require_built("widgets.js", "playground.js")
 
 
 def test_a_stack_row_added_and_typed_into_steers_and_shows_its_norm_ratio(
@@ -70,9 +49,9 @@ def test_a_stack_row_added_and_typed_into_steers_and_shows_its_norm_ratio(
     # --- add a row with the mouse: it starts at strength 0, so the text stays ---------------------
     add = root.get_by_role("button", name="Add vector to the stack")
     add.scroll_into_view_if_needed()
-    before = page.evaluate(_COMMIT_AT)
+    before = page.evaluate(PLAYGROUND_COMMIT_AT)
     add.click()
-    _wait_reaction(page, before)
+    wait_playground_reaction(page, before)
     out = kernel_execute(page, "print(len(playground.stack), playground.stack[0]['strength'])")
     assert out.strip() == "1 0.0"
     ratio = root.get_by_label("Stack row 1 norm ratio", exact=True)
@@ -83,11 +62,11 @@ def test_a_stack_row_added_and_typed_into_steers_and_shows_its_norm_ratio(
 
     # --- type the row's strength and press Enter ------------------------------------------------
     strength = root.get_by_label("Stack row 1 strength", exact=True)
-    before = page.evaluate(_COMMIT_AT)
+    before = page.evaluate(PLAYGROUND_COMMIT_AT)
     strength.click()
     strength.fill("12")
     page.keyboard.press("Enter")
-    _wait_reaction(page, before)
+    wait_playground_reaction(page, before)
     assert kernel_execute(page, "print(playground.stack[0]['strength'])").strip() == "12.0"
     assert strength.evaluate("(el) => el === document.activeElement")  # Enter kept the focus
     text = ratio.text_content() or ""
@@ -96,9 +75,9 @@ def test_a_stack_row_added_and_typed_into_steers_and_shows_its_norm_ratio(
     assert steered_after and steered_after != steered_before
 
     # --- remove it again: back to the main vector alone -------------------------------------------
-    before = page.evaluate(_COMMIT_AT)
+    before = page.evaluate(PLAYGROUND_COMMIT_AT)
     root.get_by_role("button", name="Remove stack row 1").click()
-    _wait_reaction(page, before)
+    wait_playground_reaction(page, before)
     assert kernel_execute(page, "print(len(playground.stack))").strip() == "0"
     assert root.locator(".sw-pg-stack-row").count() == 0
     assert root.locator(".sw-pg-steered-text").text_content() == steered_before
