@@ -150,7 +150,8 @@ def test_stale_results_are_dropped(make, smol, sentiment, monkeypatch):
     def slow_generate(model, prompt, steering=None, **kwargs):
         # The strength-1 run ignores cancellation and is slow at its first token, so its
         # results would land after the newer request if they were not dropped.
-        if steering is not None and steering.strength == 1.0:
+        main = steering[0] if isinstance(steering, list) and steering else steering  # the stack's first row
+        if main is not None and main.strength == 1.0:
             forward = kwargs.pop("on_token")
             kwargs.pop("cancel")
 
