@@ -320,8 +320,6 @@ class Pipeline:
         interventions.require_model(model, "Playground")
         self.model = model
         self.vectors: dict[str, SteeringVector] = {}
-        for name, vector in (vectors or {}).items():
-            self.add_vector(name, vector)
         self.base = LRU(32)  # (prompt, max_new_tokens, seed) -> unsteered Continuation
         self.tokens = LRU(32)  # prompt -> (ids, user_start, chips)
         self.points = LRU(512)  # chart point -> (log p target, log p contrast)
@@ -331,6 +329,8 @@ class Pipeline:
         # the A/B items' unsteered prefixes and option-swap readings (they depend only on the tokens): both
         # protocols' prompts for AB_LIMIT items and the swap, so a strength or layer change runs suffixes only
         self.ab_prefixes = LRU(2 * AB_LIMIT + 2)
+        for name, vector in (vectors or {}).items():
+            self.add_vector(name, vector)
 
     # --- vectors ----------------------------------------------------------------------------------
     @property
@@ -345,9 +345,8 @@ class Pipeline:
         if name in BUILTIN_VECTORS or name == ACTADD:
             raise ValueError(f"the vector name {name!r} is reserved; pick another name")
         self.vectors[name] = vector
-        if hasattr(self, "points"):  # results keyed by this name may belong to an older vector
-            self.points.clear()
-            self.ab.clear()
+        self.points.clear()  # results keyed by this name may belong to an older vector
+        self.ab.clear()
 
     def vector(self, request: Request) -> SteeringVector:
         name = request.vector_name
@@ -905,14 +904,10 @@ def _ms(start: float, end: float | None = None) -> float:
 
 
 def _round(x: float, digits: int = 3) -> float | None:
-    import math
-
     return round(float(x), digits) if math.isfinite(x) else None
 
 
 def _finite_or_none(x: float | None) -> float | None:
-    import math
-
     return float(x) if x is not None and math.isfinite(x) else None
 
 
