@@ -21,15 +21,16 @@ because many chat templates (Gemma, Llama 2) reject roles other than user/assist
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from .capabilities import paired_difference_ci
 from .data import ABItem, DatasetError, OpenEndedItem, _dataset_dir
-from .engine.sweep import DEFAULT_STRENGTHS, propensity_sweep
+from .engine.sweep import DEFAULT_STRENGTHS, PropensityResult, propensity_sweep
 from .evaluation import open_ended_loglik
 from .interventions import Steering, SteeringError, as_list
 from .vectors import SteeringVector
@@ -184,6 +185,7 @@ class ContextEffect:
     effect: dict[str, tuple[float, ...]]
     difference_ci: dict[str, tuple[float, float]]
     settings: dict[str, Any]
+    judged: dict[str, dict[str, Any]] = field(default_factory=dict)  # format -> verdict vs the null
 
     def mean(self, kind: str) -> float:
         return float(np.mean(self.effect[kind]))
@@ -226,6 +228,7 @@ class ContextEffect:
                 for k in self.kinds
             },
             "ratio_rule": f"ratio reported only where the bare effect ≥ {MIN_BARE_EFFECT}",
+            "judged": self.judged,
             "verdict": self.verdict,
         }
 
@@ -254,17 +257,77 @@ def context_effect_ab(
     relative: bool = False,
     contexts: Sequence[Context] | None = None,
     seed: int = 0,
+    protocol: str = "letter",
+    null_directions: int = 0,
+    bare: PropensityResult | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> ContextEffect:
-    """Per-item steerability (Tan et al.'s slope) bare vs in each context kind, paired by item."""
-    embedded = embed_all(model, items, contexts)
-    slopes = {
-        kind: propensity_sweep(  # the paired bare-vs-context comparison is this check's own null
-            model, its, vector, [layer], strengths, positions=positions, relative=relative, null_directions=0
-        ).slopes(layer)
-        for kind, its in embedded.items()
+    """Per-item steerability (Tan et al.'s slope) bare vs in each context kind, paired by item.
+
+    ``null_directions=K`` also judges each format on its own against K random directions of the vector's
+    norm (the verdict a report shows: does the vector steer at all in a dialogue?); ``bare`` reuses a sweep
+    already run on exactly ``items`` with the same strengths and protocol. ``protocol="answer_text"``
+    compares only items whose answers can be read in every format (``positions=None``: the protocol's
+    default). ``progress(done, total)`` counts items over every format's sweep.
+    """
+    embedded = embed_all(model, items, contexts)  # refuses a template that cannot hold them, before work
+    if bare is not None and (
+        bare.protocol != protocol
+        or len(bare.strengths) != len(strengths)
+        or not np.allclose(bare.strengths, np.asarray(strengths, dtype=float))
+        or (bare.item_index is None and len(bare.items) != len(items))
+    ):
+        raise SteeringError(
+            "bare= must be a sweep of the same items with the same strengths and protocol; pass "
+            "bare=None to run it here"
+        )
+    kinds = list(embedded)
+    runs: dict[str, PropensityResult] = {}
+    for k, kind in enumerate(kinds):
+        if kind == "bare" and bare is not None:
+            runs[kind] = bare
+            continue
+        step = (
+            None
+            if progress is None
+            else (lambda done, total, k=k: progress(k * total + done, len(kinds) * total))
+        )
+        runs[kind] = propensity_sweep(
+            model, embedded[kind], vector, [layer], strengths, positions=positions, relative=relative,
+            protocol=protocol, null_directions=null_directions, progress=step, cancel=cancel,
+        )  # fmt: skip
+    per_item = {kind: _slopes_by_item(result, layer, len(items)) for kind, result in runs.items()}
+    common = sorted(set.intersection(*(set(v) for v in per_item.values())))
+    if not common:
+        raise SteeringError(f"no item could be read in every format with the {protocol} protocol")
+    slopes = {kind: np.array([v[i] for i in common]) for kind, v in per_item.items()}
+    settings = {
+        "layer": layer,
+        "positions": positions,
+        "strengths": [float(x) for x in strengths],
+        "protocol": protocol,
+        "items_compared": len(common),
     }
-    settings = {"layer": layer, "positions": positions, "strengths": [float(x) for x in strengths]}
-    return _effect("steerability (propensity slope per unit strength)", slopes, settings, seed)
+    judged = {}
+    if null_directions:
+        for kind, result in runs.items():
+            verdict = result.verdict(layer)
+            judged[kind] = {
+                "verdict": verdict.verdict,
+                "reason": verdict.reason,
+                "steerability": verdict.steerability,
+                "null_band": [verdict.null_q025, verdict.null_q975],
+                "n_directions": verdict.n_directions,
+            }
+    effect = _effect("steerability (propensity slope per unit strength)", slopes, settings, seed)
+    return replace(effect, judged=judged)
+
+
+def _slopes_by_item(result: PropensityResult, layer: int, n: int) -> dict[int, float]:
+    """Slopes keyed by the caller's item index (answer-text sweeps may leave items out)."""
+    index = result.item_index if result.item_index is not None else list(range(n))
+    return dict(zip(index, (float(x) for x in result.slopes(layer))))
 
 
 def context_effect_open_ended(

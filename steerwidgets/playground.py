@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import data, interventions, methods, prompts
+from .capabilities import capability_check
 from .codegen import CodeRow, render_code
+from .conditional import ConditionalSteering, condition_met
 from .data import ABItem, builtin_pairs
 from .engine import GenerationCancelled, generate, propensity_sweep, score
 from .fluency import fluency_warnings
@@ -46,6 +48,7 @@ AB_LIMIT = 20
 AB_GRID = (-1.0, 0.0, 1.0)  # times the strength: a slope needs no more (each point is a batch row)
 AB_NULL_DIRECTIONS = 16  # random directions of the vector's norm behind the A/B check's verdicts
 TARGET_NULL_DIRECTIONS = 8  # random directions of the vector's norm behind the target check's verdict
+CAPABILITY_MAX = 60  # the built-in capability sets have 55–60 items
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,6 +132,7 @@ class Request:
     targets: tuple[str, str] | None = None
     ab_items: tuple[ABItem, ...] = ()
     stack: tuple[StackRow, ...] = ()  # extra steerings applied with the main one (generation, colouring)
+    capability: int = 0  # items per capability set for the side-effect line (0: no capability check)
 
     @property
     def vector_key(self) -> tuple:
@@ -153,6 +157,12 @@ class Request:
             raise SteeringError(f"max new tokens must be between 1 and 1024, got {n!r}")
         if not isinstance(self.prompt, str):
             raise TypeError(f"prompt must be a str, got {type(self.prompt).__name__}")
+        n = self.capability
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= CAPABILITY_MAX:
+            raise SteeringError(
+                f"capability must be the number of items per capability set, 0 (off) to {CAPABILITY_MAX}, "
+                f"got {n!r}; e.g. capability=10"
+            )
         for index, row in enumerate(self.stack):
             if not isinstance(row, StackRow):
                 raise TypeError(f"stack[{index}] must be a StackRow, got {type(row).__name__}")
@@ -316,9 +326,17 @@ class Pipeline:
     itself: one runner calls :meth:`run` at a time (the widget's).
     """
 
-    def __init__(self, model: Any, vectors: Mapping[str, SteeringVector] | None = None):
+    def __init__(
+        self,
+        model: Any,
+        vectors: Mapping[str, SteeringVector] | None = None,
+        condition: ConditionalSteering | None = None,
+    ):
         interventions.require_model(model, "Playground")
         self.model = model
+        self.condition: ConditionalSteering | None = None
+        self.similarity = LRU(32)  # prompt -> the condition's similarity (for the current condition)
+        self.capability_base = LRU(4)  # items per set -> the unsteered CapabilityResult
         self.vectors: dict[str, SteeringVector] = {}
         self.base = LRU(32)  # (prompt, max_new_tokens, seed) -> unsteered Continuation
         self.tokens = LRU(32)  # prompt -> (ids, user_start, chips)
@@ -331,6 +349,7 @@ class Pipeline:
         self.ab_prefixes = LRU(2 * AB_LIMIT + 2)
         for name, vector in (vectors or {}).items():
             self.add_vector(name, vector)
+        self.set_condition(condition)
 
     # --- vectors ----------------------------------------------------------------------------------
     @property
@@ -347,6 +366,42 @@ class Pipeline:
         self.vectors[name] = vector
         self.points.clear()  # results keyed by this name may belong to an older vector
         self.ab.clear()
+
+    def set_condition(self, condition: ConditionalSteering | None) -> None:
+        """Steer only prompts that meet ``condition`` (CAST); ``None`` steers every prompt.
+
+        Only the condition's vector, layer, threshold and direction are used: the steering it gates is
+        the Playground's own (main vector and stack), not ``condition.behaviour``.
+        """
+        if condition is not None:
+            if not isinstance(condition, ConditionalSteering):
+                raise TypeError(
+                    "condition must be a sw.ConditionalSteering (e.g. grid_search(...).steering(cond, "
+                    f"behaviour)) or None, got {type(condition).__name__}"
+                )
+            self.model.check_layer(condition.layer)
+            width = int(condition.condition.directions[condition.layer].shape[-1])
+            if width != int(self.model.d_model):
+                raise SteeringError(
+                    f"the condition vector has width {width} but {self.model.name} has d_model "
+                    f"{self.model.d_model}; read the condition from this model's activations"
+                )
+        self.condition = condition
+        self.similarity.clear()
+
+    def condition_line(self, prompt: str) -> tuple[bool, dict | None]:
+        """Whether the steering applies to ``prompt`` and the line that says why (None: no condition)."""
+        if self.condition is None:
+            return True, None
+        sim = self.similarity.get(prompt)
+        if sim is None:
+            sim = float(self.condition.similarities(self.model, [prompt])[0])
+            self.similarity[prompt] = sim
+        met = bool(condition_met(sim, self.condition.threshold, self.condition.direction))
+        what = "the steering is applied" if met else "the steering is not applied (steered = unsteered)"
+        decision = self.condition.describe(sim)
+        message = f"Conditional steering (CAST), layer {self.condition.layer}: {decision}; {what}."
+        return met, {"level": "notice", "message": message, "condition_met": met, "similarity": sim}
 
     def vector(self, request: Request) -> SteeringVector:
         name = request.vector_name
@@ -491,9 +546,22 @@ class Pipeline:
             )
         )
         timings["base_cached"] = base is not None
+        # 0. conditional steering: the condition decides whether this prompt is steered at all
+        met, condition = self.condition_line(request.prompt)
+        notes = [] if condition is None else [condition]
+        if notes:
+            emit(Warnings(list(notes)))
+        applied = steerings if met else []
 
         # 1. the steered continuation, streamed (first, so the first steered token comes soonest)
-        steered = self._generate(request, steerings, "steered", emit, cancel, started, timings)
+        if applied:
+            steered = self._generate(request, applied, "steered", emit, cancel, started, timings)
+        else:  # the condition is not met: the "steered" text is the unsteered one
+            if base is None:
+                base = self._generate(request, None, "base", emit, cancel, started, timings)
+                self.base[base_key] = base
+            steered = base
+            emit(Text("steered", base.text, final=True))
         timings["steered_ms"] = _ms(started)
         # 2. the unsteered continuation, only when its key changed
         if base is None:
@@ -504,7 +572,7 @@ class Pipeline:
         #    every chart point not cached yet (target and contrast; the vector and random directions)
         emit(Status("scoring"))
         chart = self._chart(request, vector, extra) if request.targets else None
-        tokens = self._score(request, steered, steerings, chart, check)
+        tokens = self._score(request, steered, applied, chart, check)
         emit(
             Scored(
                 steered_tokens=tokens,
@@ -515,7 +583,7 @@ class Pipeline:
             )
         )
         # 4. the target chart against random directions of equal norm, and the warnings so far
-        warnings: list[dict] = fluency_warnings(base, steered, tokens, model.tokenizer)
+        warnings: list[dict] = notes + fluency_warnings(base, steered, tokens, model.tokenizer)
         if chart is not None:
             spec_, lines = self._target_check(request, chart)
             emit(Chart(spec_))
@@ -523,7 +591,15 @@ class Pipeline:
         else:
             emit(Chart({}))
         timings["charts_ms"] = _ms(started)
-        # 5. the attached A/B check
+        # 5. what the steering costs in capability (the built-in sets, the steering as applied here)
+        if request.capability:
+            emit(Warnings(list(warnings)))
+            emit(Status("checking capability"))
+            t_cap = time.perf_counter()
+            warnings.append(self._capability(request.capability, applied, check))
+            timings["capability_ms"] = _ms(t_cap)
+            emit(Warnings(list(warnings)))
+        # 6. the attached A/B check
         if request.ab_items:
             emit(Warnings(list(warnings)))
             emit(Status("checking A/B items"))
@@ -683,6 +759,22 @@ class Pipeline:
                 where += f", with {_rows(len(request.stack))} of the stack on"
             lines.insert(0, target_verdict(effect, chart.null_effects(self.points), strength, where))
         return spec, lines
+
+    def _capability(self, n: int, steerings: list[Steering], check: Callable[[], None]) -> dict:
+        """The capability side-effect line: accuracy on the first ``n`` items of each built-in set,
+        unsteered (computed once per ``n``) vs under ``steerings``, with the paired interval's verdict."""
+        base = self.capability_base.get(n)
+        if base is None:
+            base = capability_check(self.model, None, n=n)
+            self.capability_base[n] = base
+        check()
+        if not steerings:
+            message = base.side_effect_line() + " — nothing steered, so no change to measure"
+            return {"level": "notice", "message": message, "capability": base.summary()}
+        result = capability_check(self.model, steerings, n=n, baseline=base)
+        costly = result.verdict.startswith("The steering costs")
+        line = f"{result.side_effect_line()} (first {n} items per set; Δ: the paired 95 % CI of the change)"
+        return {"level": "warning" if costly else "notice", "message": line, "capability": result.summary()}
 
     def _ab_check(
         self,

@@ -33,8 +33,12 @@ def build_report(
     model_name: str = "",
     vector_method: str = "",
     answer_text: PropensityResult | dict[str, Any] | None = None,
+    contexts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, as plain JSON types, each number named as in metrics.md.
+
+    ``contexts`` maps a protocol to its :class:`~steerwidgets.contexts.ContextEffect` (or its summary):
+    the same items inside dialogues and tool-use contexts, relative to the bare format.
 
     ``answer_text`` (the answer-text protocol's result or its summary) is shown beside the letter protocol;
     where the letter protocol cannot judge, the report leads with it.
@@ -104,6 +108,7 @@ def build_report(
         "precheck": None if precheck is None else precheck.__dict__,
         "layer_sweep": None if sweep is None else sweep.to_json(),
         "generalisation": generalisation,
+        "contexts": _context_summaries(contexts),
         "definitions": {
             "propensity": summary["propensity_definition"],
             "p_match": "sigmoid(propensity) = p(y+) / (p(y+) + p(y-))",
@@ -132,6 +137,35 @@ td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;vertical-alig
 .notice{background:#fff8e1;border-left:4px solid #f9a825;padding:6px 10px;margin:6px 0}
 .green{color:#188038}.amber{color:#b06000}.red{color:#d93025} code{background:#f4f4f4;padding:0 3px}
 """
+
+
+def _context_summaries(contexts: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not contexts:
+        return None
+    return {k: v if isinstance(v, dict) else v.summary() for k, v in contexts.items()}
+
+
+def context_rows(ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per format (bare first): its steerability and verdict against its own random-direction
+    null, and for each context the ratio to bare, the paired 95 % interval of the change and its verdict."""
+    judged = ctx.get("judged") or {}
+    rows = [{"format": "bare", "steerability": ctx["bare"], **_judged(judged.get("bare"))}]
+    for kind, c in ctx["contexts"].items():
+        rows.append(
+            {
+                "format": kind.replace("_", "-"),
+                "steerability": c["effect"],
+                **_judged(judged.get(kind)),
+                "ratio_to_bare": c["ratio_to_bare"],
+                "difference_ci": [round(x, 3) for x in c["difference_ci"]],
+                "change": c["verdict"],
+            }
+        )
+    return rows
+
+
+def _judged(judged: dict[str, Any] | None) -> dict[str, Any]:
+    return {"verdict": "no null run"} if not judged else {"verdict": judged["verdict"]}
 
 
 def _esc(value: Any) -> str:
@@ -195,6 +229,11 @@ def to_html(report: dict[str, Any], *, charts: bool = True) -> str:
             f"<code>{_esc(gen['prefix'])}</code>: relative steerability "
             f"{_esc(_fmt(gen['relative_steerability']))} ({_esc(gen['definition'])}).</p>"
         )
+    for protocol, ctx in (report.get("contexts") or {}).items():
+        parts.append(f"<h2>In realistic contexts ({_esc(protocol)} protocol)</h2>")
+        parts.append(f"<p>{_esc(ctx['verdict'])}</p>")
+        parts.append(_table(context_rows(ctx), ["format", "steerability", "verdict", "ratio_to_bare",
+                                                 "difference_ci", "change"]))  # fmt: skip
     parts.append("<h2>Items that backfire beyond the random-direction null, worst first</h2>")
     parts.append(
         _table(report.get("backfire_items", []), ["index", "slope", "null_band", "question"])

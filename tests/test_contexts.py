@@ -174,6 +174,37 @@ def test_context_effect_ab_plumbing(tiny_llama):
     np.testing.assert_allclose(result.effect["dialogue"], want.slopes(1), atol=1e-5)
 
 
+def test_each_format_is_judged_against_its_null_and_a_bare_sweep_is_reused(tiny_llama, monkeypatch):
+    vector = random_vector(tiny_llama)
+    grid = (-1.0, 0.0, 1.0)
+    bare = sw.propensity_sweep(tiny_llama, AB, vector, [1], grid, positions="last", null_directions=4)
+    calls = []
+    real = X.propensity_sweep
+    monkeypatch.setattr(
+        X, "propensity_sweep", lambda m, items, *a, **k: calls.append(items) or real(m, items, *a, **k)
+    )
+    result = X.context_effect_ab(tiny_llama, AB, vector, 1, grid, null_directions=4, bare=bare)
+    assert len(calls) == 2 and calls[0][0].question != AB[0].question  # the two contexts only
+    assert set(result.judged) == {"bare", "dialogue", "tool_use"}
+    assert result.judged["bare"]["verdict"] == bare.verdict(1).verdict
+    for judged in result.judged.values():
+        assert judged["verdict"] in sw.verdicts.VERDICTS and judged["n_directions"] == 4
+    np.testing.assert_allclose(result.effect["bare"], bare.slopes(1), atol=1e-6)
+    json.dumps(result.summary())
+    with pytest.raises(sw.SteeringError, match="same items with the same strengths"):
+        X.context_effect_ab(tiny_llama, AB, vector, 1, (-2.0, 0.0, 2.0), bare=bare)
+
+
+def test_answer_text_context_effect_pairs_the_items_read_in_every_format(tiny_llama):
+    vector = random_vector(tiny_llama)
+    result = X.context_effect_ab(
+        tiny_llama, AB, vector, 1, (-1.0, 0.0, 1.0), protocol="answer_text", positions=None
+    )
+    n = result.settings["items_compared"]
+    assert 1 <= n <= len(AB) and all(len(v) == n for v in result.effect.values())
+    assert result.settings["protocol"] == "answer_text"
+
+
 def test_context_effect_open_ended_plumbing(tiny_llama):
     steering = sw.Steering(random_vector(tiny_llama), layer=1, strength=2.0)
     result = X.context_effect_open_ended(tiny_llama, OPEN, steering)

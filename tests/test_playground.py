@@ -14,6 +14,8 @@ import torch
 import steerwidgets as sw
 from helpers import random_vector
 from steerwidgets import playground as P
+from steerwidgets.capabilities import CAPABILITY_SETS
+from steerwidgets.conditional import ConditionVector
 from steerwidgets.widgets.playground import Playground
 
 ITEMS = tuple(
@@ -217,3 +219,60 @@ def test_the_code_for_a_two_row_stack_reproduces_the_text(tiny_llama, monkeypatc
         exec(compile(code, "<copied>", "exec"), {})
     steered = next(u.text for u in updates if isinstance(u, P.Text) and u.final and u.run == "steered")
     assert out.getvalue() == steered + "\n"
+
+
+# --- conditional steering (CAST) and the capability side-effect line ------------------------------
+def _condition(model, threshold: float, direction: str = "larger") -> sw.ConditionalSteering:
+    cond = sw.condition_vector(
+        model, ["Legal advice, please.", "Can I sue?"], ["Hi there.", "Nice day."], [1]
+    )
+    behaviour = sw.Steering(random_vector(model, seed=1), 1, 2.0)
+    return sw.ConditionalSteering(cond, 1, threshold, direction, behaviour)
+
+
+@pytest.mark.parametrize("met", [True, False])
+def test_a_condition_decides_whether_the_prompt_is_steered(tiny_llama, met):
+    # threshold below / above every cosine: met / not met whatever the tiny model's numbers are
+    pipe = P.Pipeline(
+        tiny_llama, {"rnd": random_vector(tiny_llama, seed=1)}, _condition(tiny_llama, -2.0 if met else 2.0)
+    )
+    updates = pipe.collect(_request())
+    first = next(u for u in updates if isinstance(u, P.Warnings))
+    line = first.warnings[0]
+    assert line["condition_met"] is met and line["message"].startswith("Conditional steering (CAST)")
+    assert ("condition met (similarity" if met else "condition not met (similarity") in line["message"]
+    assert updates.index(first) < min(i for i, u in enumerate(updates) if isinstance(u, P.Text))
+    finals = {u.run: u.text for u in updates if isinstance(u, P.Text) and u.final}
+    direct = sw.generate(tiny_llama, "Hi there.", sw.Steering(pipe.vectors["rnd"], 1, 2.0), max_new_tokens=4)
+    assert finals["base"] == direct.base.text
+    assert finals["steered"] == (direct.steered.text if met else direct.base.text)
+    assert line in updates[-1].warnings  # the line stays with the final warnings
+
+
+def test_a_bad_condition_is_refused_before_any_work(tiny_llama):
+    with pytest.raises(TypeError, match="ConditionalSteering"):
+        P.Pipeline(tiny_llama, condition="legal")
+    other = ConditionVector({1: torch.ones(8)}, {1: torch.zeros(8)}, "mean_difference", 1, 1)
+    behaviour = sw.Steering(random_vector(tiny_llama, seed=1), 1, 2.0)
+    with pytest.raises(sw.SteeringError, match="d_model"):
+        P.Pipeline(tiny_llama, condition=sw.ConditionalSteering(other, 1, 0.0, "larger", behaviour))
+
+
+def test_the_capability_line_compares_unsteered_and_steered_accuracy(pipe, monkeypatch):
+    calls = []
+    real = P.capability_check
+    monkeypatch.setattr(
+        P, "capability_check", lambda *a, **k: calls.append(k.get("baseline")) or real(*a, **k)
+    )
+    first = pipe.collect(_request(capability=2))
+    line = next(w for w in first[-1].warnings if "capability" in w)
+    summary = line["capability"]
+    assert line["message"].startswith("capability: ") and "first 2 items per set" in line["message"]
+    assert [s["n"] for s in summary["sets"]] == [2] * len(CAPABILITY_SETS)
+    assert all(s["accuracy_steered"] is not None for s in summary["sets"])
+    assert line["level"] == ("warning" if "costs capability" in summary["verdict"] else "notice")
+    # a strength change reuses the unsteered accuracy: one new (steered) check, with the cached baseline
+    pipe.collect(_request(capability=2, strength=3.0))
+    assert len(calls) == 3 and calls[0] is None and calls[1] is calls[2] is not None
+    with pytest.raises(sw.SteeringError, match="capability=10"):
+        pipe.collect(_request(capability=-1))

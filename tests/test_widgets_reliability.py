@@ -186,6 +186,31 @@ def test_generalisation_block_and_its_skip(smol, ab_items):
 
 
 @pytest.mark.model
+def test_context_block_judges_each_format_and_compares_it_with_bare(smol, ab_items, tmp_path):
+    widget = RW.ReliabilityReport(smol, ab_items[:4], ab_items[40:44], LAYER, [-1, 0, 1], contexts=True)
+    assert widget.wait(900) and widget.status == "done", widget.error
+    effects = widget.context_effects
+    assert set(effects) == {"letter", "answer_text"}
+    letter = effects["letter"]
+    # the bare row is the report's own letter sweep, not a second run
+    assert letter["bare"] == pytest.approx(widget.report["steerability"])
+    assert letter["judged"]["bare"]["verdict"] == widget.report["verdict"]
+    for protocol, summary in effects.items():
+        assert set(summary["contexts"]) == {"dialogue", "tool_use"}, protocol
+        for kind, c in summary["contexts"].items():
+            low, high = c["difference_ci"]
+            assert low <= c["difference"] <= high
+            assert c["verdict"] == sw.contexts.context_verdict((low, high))
+            ratio = None if summary["bare"] < sw.contexts.MIN_BARE_EFFECT else c["effect"] / summary["bare"]
+            assert c["ratio_to_bare"] == (None if ratio is None else pytest.approx(ratio))
+            assert summary["judged"][kind]["verdict"] in sw.verdicts.VERDICTS
+    assert widget.report["contexts"]["letter"]["verdict"] == letter["verdict"]
+    page = widget.export_html(tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "In realistic contexts (letter protocol)" in page and "tool-use" in page
+    widget.close()
+
+
+@pytest.mark.model
 def test_bad_arguments_raise_early(smol, ab_items):
     with pytest.raises(TypeError, match="SteeringVector or a list"):
         RW.ReliabilityReport(smol, "sentiment", ab_items[:2], LAYER, autostart=False)

@@ -41,6 +41,7 @@ import { destroyChart, renderChart, themeConfig } from "./chart.js";
  * @property {Record<string, any>} propensity_spec
  * @property {Record<string, any>} slopes_spec
  * @property {Record<string, any>} generalisation
+ * @property {Record<string, any>} context_effects  protocol -> ContextEffect summary ({} when not asked)
  */
 
 const STYLE_ID = "sw-reliability-style";
@@ -50,6 +51,9 @@ const STYLE = `
 .sw-rl .sw-rl-progress { min-width: 160px; accent-color: var(--jp-brand-color1, #1976d2); }
 .sw-rl .sw-rl-grid { display: flex; flex-wrap: wrap; gap: 6px 18px; align-items: baseline; }
 .sw-rl .sw-rl-num { font-variant-numeric: tabular-nums; font-weight: 600; }
+.sw-rl .sw-rl-table { border-collapse: collapse; font-variant-numeric: tabular-nums; margin: 4px 0; }
+.sw-rl .sw-rl-table th, .sw-rl .sw-rl-table td { padding: 2px 8px; text-align: left;
+  border-bottom: 1px solid var(--jp-border-color2, #ddd); }
 .sw-rl .sw-rl-light { display: inline-block; width: 12px; height: 12px; border-radius: 50%;
   vertical-align: middle; margin-right: 4px; border: 1px solid var(--jp-border-color1, #999); }
 .sw-rl .sw-rl-green { background: var(--jp-success-color1, #388e3c); }
@@ -331,6 +335,8 @@ function render({ model, el, host }) {
   charts.append(propChartEl, slopeChartEl);
   const gen = h("div", "sw-panel sw-rl-generalisation", { "aria-label": "Generalisation" });
   gen.hidden = true;
+  const ctxBox = h("div", "sw-panel sw-rl-contexts", { "aria-label": "Effect in realistic contexts" });
+  ctxBox.hidden = true;
 
   const itemsBox = h("div", "sw-rl-items");
   const openRow = h("div", "sw-row");
@@ -356,7 +362,7 @@ function render({ model, el, host }) {
   itemsBox.hidden = true;
   const pgBox = h("div", "sw-rl-playground", { "aria-label": "Opened Playground" });
 
-  root.append(top.bar, settings, message, error, pre, summary, antiBox, warnings, charts, gen, itemsBox, pgBox);
+  root.append(top.bar, settings, message, error, pre, summary, antiBox, warnings, charts, gen, ctxBox, itemsBox, pgBox);
   el.appendChild(root);
 
   const showError = (/** @type {string} */ text) => {
@@ -476,6 +482,43 @@ function render({ model, el, host }) {
     gen.append(prefix, nums, h("div", "sw-label", {}, g.definition ?? ""));
   };
 
+  const drawContexts = () => {
+    const all = model.get("context_effects") ?? {};
+    ctxBox.replaceChildren();
+    ctxBox.hidden = Object.keys(all).length === 0;
+    if (ctxBox.hidden) return;
+    ctxBox.append(h("b", "", {}, "In realistic contexts (the same items after a dialogue or a tool call)"));
+    for (const [protocol, c] of Object.entries(all)) {
+      const table = h("table", "sw-rl-table sw-rl-context-table", {
+        "aria-label": `Effect in context, ${protocol.replace("_", "-")} protocol`,
+      });
+      const head = h("tr");
+      for (const name of ["format", "steerability", "vs random directions", "ratio to bare", "change (95 % CI)"]) {
+        head.append(h("th", "", {}, name));
+      }
+      table.append(head);
+      const judged = c.judged ?? {};
+      const row = (format, effect, verdict, ratio, change) => {
+        const tr = h("tr");
+        for (const cell of [format, effect, verdict, ratio, change]) tr.append(h("td", "", {}, cell));
+        table.append(tr);
+      };
+      row("bare", fmt(c.bare), judged.bare?.verdict ?? "no null run", "", "");
+      for (const [kind, k] of Object.entries(c.contexts ?? {})) {
+        const ci = (k.difference_ci ?? []).map((x) => fmt(x, 2)).join(", ");
+        row(
+          kind.replace("_", "-"),
+          fmt(k.effect),
+          judged[kind]?.verdict ?? "no null run",
+          k.ratio_to_bare === null ? "not reported (bare < 0.25)" : fmt(k.ratio_to_bare, 2),
+          `${k.verdict} [${ci}]`,
+        );
+      }
+      ctxBox.append(h("div", "sw-label", {}, `${protocol.replace("_", "-")} protocol, ${c.items_compared ?? c.n_items} items`), table);
+      ctxBox.append(h("div", "sw-label", {}, c.verdict ?? ""));
+    }
+  };
+
   const onExportHtml = () => model.send({ type: "export", format: "html" });
   const onExportJson = () => model.send({ type: "export", format: "json" });
   // Enter (inside JupyterLab it fires no `change` in a number input), change and blur (Tab, a click
@@ -521,6 +564,7 @@ function render({ model, el, host }) {
     ["change:items", drawItems],
     ["change:precheck", drawPrecheck],
     ["change:generalisation", drawGeneralisation],
+    ["change:context_effects", drawContexts],
     ["change:propensity_spec", drawPropChart],
     ["change:slopes_spec", drawSlopeChart],
     ["change:open_strength", drawSettings],
@@ -535,6 +579,7 @@ function render({ model, el, host }) {
   drawReport();
   drawItems();
   drawGeneralisation();
+  drawContexts();
   drawPropChart();
   drawSlopeChart();
 

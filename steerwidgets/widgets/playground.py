@@ -65,6 +65,7 @@ CONTROLS = (
     "actadd_positive",
     "actadd_negative",
     "stack",
+    "capability",
 )
 
 
@@ -94,6 +95,12 @@ class Playground(anywidget.AnyWidget):
     "layer", "strength", "positions", "relative"}`` (or use :meth:`add_row` / :meth:`remove_row`); the
     text and its colouring are steered by all of them, ``norm_ratios`` has one ratio per steering (main
     first), and the chart and A/B check measure the main vector with the rows held on as background.
+
+    ``condition`` (a :class:`~steerwidgets.ConditionalSteering`, e.g. from ``grid_search``) steers only
+    prompts that meet it (CAST): a line says "condition met / not met (similarity x vs threshold y)", and
+    an unmet prompt's steered text is the unsteered one; the chart and A/B check still measure the vector
+    itself. ``capability=n`` adds a side-effect line: accuracy on the first n items of each built-in
+    capability set, unsteered vs under the steering as applied, with the paired 95 % interval.
     """
 
     _esm = bundle("playground")
@@ -112,6 +119,7 @@ class Playground(anywidget.AnyWidget):
     actadd_positive = traitlets.Unicode("Love").tag(sync=True)
     actadd_negative = traitlets.Unicode("Hate").tag(sync=True)
     stack = traitlets.List(traitlets.Dict()).tag(sync=True)  # the extra rows (StackRow fields)
+    capability = traitlets.Int(0).tag(sync=True)  # items per capability set for its line; 0: off
 
     # --- what the front end needs to draw the controls (Python -> front end) ---
     n_layers = traitlets.Int(1).tag(sync=True)
@@ -157,12 +165,15 @@ class Playground(anywidget.AnyWidget):
         vectors: Mapping[str, sw.SteeringVector] | None = None,
         relative: bool = False,
         stack: Sequence[Mapping[str, Any]] | None = None,
+        condition: sw.ConditionalSteering | None = None,
+        capability: int = 0,
         **kwargs: Any,
     ) -> None:
         self.model = sw.load_model() if model is None else model
         require_model(self.model, "Playground")
         _check_controls(self.model, prompt, layer, strength, max_new_tokens, seed)
-        self._pipeline = Pipeline(self.model, vectors)
+        Request(capability=capability).check()  # before the widget (and its comm) exists
+        self._pipeline = Pipeline(self.model, vectors, condition)
         if isinstance(vector, sw.SteeringVector):
             self._pipeline.add_vector("vector", vector)
             chosen = "vector"
@@ -201,6 +212,7 @@ class Playground(anywidget.AnyWidget):
             seed=int(seed),
             vector_name=chosen,
             stack=[row.to_dict() for row in rows],
+            capability=int(capability),
             n_layers=int(self.model.n_layers),
             model_name=str(getattr(self.model, "name", "")),
             vector_names=self._pipeline.vector_names,
@@ -282,6 +294,11 @@ class Playground(anywidget.AnyWidget):
 
     def refresh(self) -> None:
         """Run the current controls again (e.g. after changing a vector in place)."""
+        self._schedule()
+
+    def set_condition(self, condition: sw.ConditionalSteering | None) -> None:
+        """Gate the steering with a CAST condition (``None``: steer every prompt) and run again."""
+        self._pipeline.set_condition(condition)
         self._schedule()
 
     def add_vector(self, name: str, vector: sw.SteeringVector, select: bool = True) -> None:

@@ -38,6 +38,7 @@ import traitlets
 from .. import metrics
 from .. import report as R
 from ..charts import anti_chart, heatmap_chart, propensity_chart, slopes_chart, to_svg
+from ..contexts import ContextEffect, context_effect_ab, embed_all
 from ..data import ABItem
 from ..engine.generation import GenerationCancelled
 from ..engine.sweep import DEFAULT_STRENGTHS, PropensityResult, propensity_sweep
@@ -287,8 +288,11 @@ class ReliabilityReport(_LabWidget):
     ``vector_or_train_items`` is a :class:`~steerwidgets.SteeringVector` or a list of A/B training items;
     from items the CAA vector is built at ``layer`` and the pre-check (Braun et al. 2025) is run.
     ``shift_prefix`` adds the generalisation check (relative steerability when every question starts
-    with that prefix; needs training items). The run starts at once on a background thread (``wait()``
-    blocks until it ends); ``autostart=False`` waits for :meth:`run` or the Run button.
+    with that prefix; needs training items). ``contexts=True`` adds the same check in realistic contexts:
+    the test items asked after built-in dialogues and tool-use exchanges, each format judged against its
+    own random-direction null and compared item by item with the bare format (both protocols).
+    The run starts at once on a background thread (``wait()`` blocks until it ends);
+    ``autostart=False`` waits for :meth:`run` or the Run button.
     """
 
     _esm = bundle("reliability")
@@ -308,6 +312,7 @@ class ReliabilityReport(_LabWidget):
     propensity_spec = traitlets.Dict().tag(sync=True)
     slopes_spec = traitlets.Dict().tag(sync=True)
     generalisation = traitlets.Dict().tag(sync=True)  # {} when not asked; {"skipped": why} when skipped
+    context_effects = traitlets.Dict().tag(sync=True)  # {protocol: ContextEffect summary}; {} when not asked
 
     def __init__(
         self,
@@ -320,10 +325,15 @@ class ReliabilityReport(_LabWidget):
         shift_prefix: str | None = None,
         *,
         open_strength: float | None = None,
+        contexts: bool = False,
         autostart: bool = True,
         **kwargs: Any,
     ) -> None:
         require_model(model, type(self).__name__)  # before the widget (and its comm) exists
+        if not isinstance(contexts, bool):
+            raise TypeError(f"contexts must be True or False, got {contexts!r}")
+        if contexts:
+            embed_all(model, list(test_items)[:1])  # a template that cannot hold the contexts fails here
         super().__init__(**kwargs)
         self._setup(model, vector_or_train_items, test_items, strengths, positions)
         model.check_layer(layer)
@@ -343,6 +353,8 @@ class ReliabilityReport(_LabWidget):
         self.answer_text_result: PropensityResult | None = None
         self.precheck_result: PreCheck | None = None
         self.generalisation_result: dict[str, Any] | None = None
+        self.contexts = contexts
+        self.context_results: dict[str, ContextEffect] = {}
         self.sweep_result: LayerSweepResult | None = None
         self._report: dict[str, Any] | None = None
         self.stage = "Press Run to compute the report." if not autostart else "starting…"
@@ -403,7 +415,7 @@ class ReliabilityReport(_LabWidget):
         assert self.vector is not None
         self.vector_method = self.vector.method
         want_gen = bool(self.shift_prefix) and self._train is not None
-        high = 0.7 if want_gen else 0.98
+        high = 0.98 - (0.28 if want_gen else 0.0) - (0.45 if self.contexts else 0.0)
         start = time.perf_counter()
         middle = 0.12 + (high - 0.12) * 0.4
         result = propensity_sweep(
@@ -452,15 +464,39 @@ class ReliabilityReport(_LabWidget):
             gen = _jsonable(self.generalisation_result)
             timings["generalisation_s"] = round(time.perf_counter() - start, 2)
             self._check_cancel(cancel)
+        if self.contexts:
+            start = time.perf_counter()
+            self.context_results = self._context_effects(result, high + (0.28 if want_gen else 0.0), cancel)
+            timings["contexts_s"] = round(time.perf_counter() - start, 2)
         self.result = result
         with self.hold_sync():
             self.generalisation = gen
+            self.context_effects = {k: _jsonable(v.summary()) for k, v in self.context_results.items()}
             self.timings = timings
             self._publish_report()
             self.stage = (
                 f"Done: {len(self.test_items)} items × {len(self.strengths)} strengths at layer {layer} "
                 f"in {sum(timings.values()):.1f} s."
             )
+
+    def _context_effects(
+        self, letter: PropensityResult, low: float, cancel: threading.Event
+    ) -> dict[str, ContextEffect]:
+        """Both protocols on the test items inside dialogues and tool-use contexts (bare sweeps reused)."""
+        runs = [("letter", letter, self._positions)]
+        if self.answer_text_result is not None:
+            runs.append(("answer_text", self.answer_text_result, None))
+        out = {}
+        width = (0.98 - low) / len(runs)
+        for k, (protocol, bare, positions) in enumerate(runs):
+            label = f"realistic contexts ({protocol.replace('_', '-')} protocol with its null), items"
+            out[protocol] = context_effect_ab(
+                self.model, self.test_items, self.vector, self.layer, self.strengths, positions=positions,
+                protocol=protocol, null_directions=NULL_DIRECTIONS, bare=bare, cancel=cancel,
+                progress=self._progress_between(low + k * width, low + (k + 1) * width, label),
+            )  # fmt: skip
+            self._check_cancel(cancel)
+        return out
 
     def _publish_report(self) -> None:
         assert self.result is not None and self.vector is not None
@@ -473,6 +509,7 @@ class ReliabilityReport(_LabWidget):
             model_name=self.model_name,
             vector_method=self.vector.method,
             answer_text=self.answer_text_result,
+            contexts=self.context_results,
         )
         rep = _jsonable(rep)
         self._report = rep
