@@ -76,6 +76,7 @@ from .conditional import (
     condition_similarity,
     condition_vector,
     conditional_generate,
+    evaluate_condition,
     grid_search,
 )
 from .contexts import (
@@ -204,5 +205,6 @@ __all__ = [
     "condition_similarity",
     "condition_vector",
     "conditional_generate",
+    "evaluate_condition",
     "grid_search",
 ]

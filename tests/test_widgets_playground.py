@@ -453,3 +453,30 @@ def test_degraded_text_is_flagged(make):
     assert flagged[0]["message"].startswith("Degraded text: ")
     fine = _done(make(strength=4.0, max_new_tokens=32))
     assert not [w for w in fine.warnings if w.get("fluency")], fine.steered_text
+
+
+def test_a_cast_condition_gates_the_steering_and_says_why(make, smol, sentiment):
+    legal = sw.builtin_condition("legal")
+    cond = sw.condition_vector(smol, legal.positive[:6], legal.negative[:6], [5])
+    best = sw.grid_search(smol, cond, [*legal.positive[:6], *legal.negative[:6]], [1] * 6 + [0] * 6)
+    gated = best.steering(cond, sw.Steering(sentiment, LAYER, 4.0))
+    advice, chat = legal.positive[10], legal.negative[10]
+    w = _done(make(strength=4.0, prompt=advice, condition=gated))
+    decision = gated.decide(smol, [advice, chat])
+    assert decision.tolist() == [True, False]  # an easy set (README: held-out F1 1.0): both branches run
+    line = w.warnings[0]
+    assert line["condition_met"] is bool(decision[0]) and line["message"].startswith(
+        "Conditional steering (CAST)"
+    )
+    want = _direct(smol, sentiment, 4.0, prompt=advice) if decision[0] else w.base_text
+    assert w.steered_text == want
+    w.prompt = chat
+    _done(w)
+    assert w.warnings[0]["condition_met"] is bool(decision[1])
+    assert (w.steered_text == w.base_text) is not bool(decision[1])
+    w.set_condition(None)  # every prompt steered again, no condition line
+    _done(w)
+    assert w.steered_text == _direct(smol, sentiment, 4.0, prompt=chat)
+    assert not any("CAST" in x["message"] for x in w.warnings)
+    with pytest.raises(TypeError, match="ConditionalSteering"):
+        make(condition=0.3)
