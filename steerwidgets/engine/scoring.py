@@ -176,6 +176,7 @@ def score_choices(
             out[i] = logps
     if unpacked:
         flat = [(i, c) for i in unpacked for c in choices[i]]
+        flat.sort(key=lambda pair: len(prompts[pair[0]]) + len(pair[1]))  # little padding per batch
         logps = score(
             model,
             [prompts[i] for i, _ in flat],
@@ -185,8 +186,9 @@ def score_choices(
             chat=chat,
             batch_size=batch_size,
         )
-        for (i, _), lp in zip(flat, logps):
-            out[i].append(lp)
+        by_pair = {(i, c): lp for (i, c), lp in zip(flat, logps)}  # a repeated candidate scores the same
+        for i in unpacked:
+            out[i] = [by_pair[i, c] for c in choices[i]]
     return out
 
 
