@@ -26,6 +26,7 @@ from .engine import (
     generate,
     propensity_sweep,
     score,
+    score_choices,
 )
 from .evaluation import (
     BehaviourData,
@@ -183,6 +184,7 @@ __all__ = [
     "verdicts",
     "random_like",
     "score",
+    "score_choices",
     "stack_label",
     "steered",
     "to_steering_vectors",

@@ -13,11 +13,14 @@ Accuracy is reported unsteered vs steered per set, each with a Wilson 95 % inter
 bootstrap 95 % interval of the per-item difference (the same items are answered twice, so pairing removes
 the item difficulty from the noise). A set "costs capability" when that difference interval lies entirely
 below 0. Every candidate of every item, unsteered and steered, is scored in one batched
-:func:`steerwidgets.engine.score` call.
+:func:`steerwidgets.engine.score_choices` call, which runs each prompt once for all its candidates. A caller
+that varies only the steering (the Playground, ``compare``) passes ``baseline=`` an earlier result to skip
+the unsteered pass.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -28,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from .data import DatasetError, _dataset_dir
-from .engine.scoring import score
+from .engine.scoring import score_choices
 from .interventions import Steering, SteeringError, as_list
+from .prompts import use_chat
 
 CAPABILITY_SETS = ("arithmetic", "factual", "instructions", "commonsense")
 METRICS = ("mean", "sum")
@@ -152,6 +156,11 @@ class CapabilityResult:
     steering: str | None
     seconds: float
     cpu_seconds: float = float("nan")  # process CPU time, all threads: honest on a shared machine
+    # What a later call needs to reuse this result's unsteered pass (``capability_check(baseline=...)``):
+    # the model, whether the chat template was used, and a digest of each set's items.
+    model_name: str | None = None
+    chat: bool | None = None
+    item_digests: tuple[tuple[str, str], ...] = ()
 
     def __getitem__(self, name: str) -> CapabilitySetResult:
         for result in self.sets:
@@ -235,37 +244,83 @@ def choice_scores(
     chat: bool | None = None,
     batch_size: int = 32,
 ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-    """Each item's candidate scores, unsteered and (if given) steered, from one batched ``score`` call.
-
-    Rows are sorted by length before scoring so each batch pads little, then put back in order.
+    """Each item's candidate scores, unsteered and (if given) steered, from one batched
+    :func:`~steerwidgets.engine.score_choices` call (each prompt run once for all its candidates).
     """
+    base, steered = _choice_scores(model, items, steering, metric, chat, batch_size, unsteered=True)
+    return base, steered
+
+
+def _choice_scores(
+    model: Any,
+    items: Sequence[CapabilityItem],
+    steering: Steering | Sequence[Steering] | None,
+    metric: str,
+    chat: bool | None,
+    batch_size: int,
+    unsteered: bool,
+) -> tuple[list[np.ndarray] | None, list[np.ndarray] | None]:
     if metric not in METRICS:
         raise SteeringError(f"metric must be one of {METRICS}, got {metric!r}")
     steerings = as_list(steering)
-    runs: list[list[Steering] | None] = [None] + ([steerings] if steerings else [])
-    prompts, completions, row_steerings, keys = [], [], [], []
+    runs: list[list[Steering] | None] = ([None] if unsteered else []) + ([steerings] if steerings else [])
+    prompts, choice_lists, row_steerings, keys = [], [], [], []
     for run, row_steering in enumerate(runs):
         for i, item in enumerate(items):
-            for c, choice in enumerate(item.choices):
-                p, comp = _pair(model, item, choice, chat)
-                prompts.append(p)
-                completions.append(comp)
-                row_steerings.append(row_steering)
-                keys.append((run, i, c))
-    order = sorted(range(len(prompts)), key=lambda r: len(prompts[r]) + len(completions[r]))
-    logps = score(
-        model,
-        [prompts[r] for r in order],
-        [completions[r] for r in order],
-        row_steerings=[row_steerings[r] for r in order],
-        chat=chat,
-        batch_size=batch_size,
+            pairs = [_pair(model, item, choice, chat) for choice in item.choices]
+            prompts.append(pairs[0][0])
+            choice_lists.append([comp for _, comp in pairs])
+            row_steerings.append(row_steering)
+            keys.append((run, i))
+    logps = (
+        score_choices(
+            model, prompts, choice_lists, row_steerings=row_steerings, chat=chat, batch_size=batch_size
+        )
+        if prompts
+        else []
     )
     out = [[np.zeros(len(item.choices)) for item in items] for _ in runs]
-    for r, lp in zip(order, logps):
-        run, i, c = keys[r]
-        out[run][i][c] = float(lp.mean() if metric == "mean" else lp.sum())
-    return out[0], (out[1] if steerings else None)
+    for (run, i), per_choice in zip(keys, logps):
+        for c, lp in enumerate(per_choice):
+            out[run][i][c] = float(lp.mean() if metric == "mean" else lp.sum())
+    base = out[0] if unsteered else None
+    steered = out[-1] if steerings else None
+    return base, steered
+
+
+def _digest(items: Sequence[CapabilityItem]) -> str:
+    """A short fingerprint of a set's items (prompts, candidates, answers), to match a baseline."""
+    text = json.dumps([[it.prompt, list(it.choices), it.answer] for it in items], ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _check_baseline(
+    baseline: Any, model: Any, digests: tuple[tuple[str, str], ...], metric: str, chat: bool
+) -> None:
+    """Refuse a baseline that was not computed on these items, metric, chat setting and model."""
+    if not isinstance(baseline, CapabilityResult):
+        raise TypeError(
+            "baseline must be an earlier CapabilityResult from capability_check, "
+            f"got {type(baseline).__name__}"
+        )
+    rerun = "; compute it again with the same arguments, or drop baseline= to score the unsteered pass"
+    if baseline.model_name is not None and baseline.model_name != model.name:
+        raise SteeringError(f"the baseline was computed on {baseline.model_name}, not {model.name}{rerun}")
+    if baseline.metric != metric:
+        raise SteeringError(
+            f"the baseline used metric={baseline.metric!r}; pass metric={baseline.metric!r}{rerun}"
+        )
+    if baseline.chat is None or baseline.chat != chat:
+        raise SteeringError(
+            f"the baseline used chat={baseline.chat!r} but this call uses chat={chat!r}; "
+            f"pass chat={baseline.chat!r}{rerun}"
+        )
+    if baseline.item_digests != digests:
+        names = [name for name, _ in baseline.item_digests]
+        raise SteeringError(
+            f"the baseline was computed on other items (sets {names}, n {[r.n for r in baseline.sets]}); "
+            f"pass the same sets and n{rerun}"
+        )
 
 
 def capability_check(
@@ -279,29 +334,70 @@ def capability_check(
     n_boot: int = 2000,
     seed: int = 0,
     batch_size: int = 32,
+    baseline: CapabilityResult | None = None,
 ) -> CapabilityResult:
     """Accuracy on the capability sets unsteered vs under ``steering`` (all sets in one scoring call).
 
-    ``sets`` names built-in sets or maps names to your own items; ``n`` keeps the first n items of each.
+    ``sets`` names built-in sets (or one name) or maps names to your own items; ``n`` keeps the first n
+    items of each. ``baseline`` is an earlier result on the same items, metric and chat setting: its
+    unsteered correctness is reused, so a caller varying only the steering scores the steered pass alone.
+    Arguments are checked before any model work.
     """
     start, cpu_start = time.perf_counter(), time.process_time()
-    named = {name: builtin_capability(name) for name in sets} if not isinstance(sets, dict) else dict(sets)
+    if isinstance(sets, str):
+        sets = [sets]
+    if isinstance(sets, dict):
+        named = dict(sets)
+    elif isinstance(sets, Sequence):
+        unknown = [name for name in sets if name not in CAPABILITY_SETS]
+        if unknown:
+            raise SteeringError(
+                f"no built-in capability set {unknown[0]!r}; use some of {list(CAPABILITY_SETS)} "
+                "or pass a dict of your own items"
+            )
+        named = {name: builtin_capability(name) for name in sets}
+    else:
+        raise TypeError(
+            f"sets must be a list of set names or a dict of name -> items, got {type(sets).__name__}"
+        )
     if not named:
-        raise SteeringError("no capability sets given")
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise SteeringError(f"n must be a positive int or None, got {n!r}")
-        named = {name: list(items)[:n] for name, items in named.items()}
+        raise SteeringError(f"no capability sets given; use e.g. sets={list(CAPABILITY_SETS)}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise SteeringError(f"n must be a positive int or None (all items), got {n!r}")
+    if metric not in METRICS:
+        raise SteeringError(f"metric must be one of {METRICS}, got {metric!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SteeringError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise SteeringError(f"n_boot must be a positive int, got {n_boot!r}")
+    for item in as_list(steering):
+        if not isinstance(item, Steering):
+            raise TypeError(f"steering must be a Steering or a list of them, got {type(item).__name__}")
+        item.validate(model)
+    named = {name: list(items) if n is None else list(items)[:n] for name, items in named.items()}
+    for name, items in named.items():
+        if not items:
+            raise SteeringError(f"the capability set {name!r} is empty; give it at least one item")
+        bad = [it for it in items if not isinstance(it, CapabilityItem)]
+        if bad:
+            raise TypeError(f"set {name!r} holds a {type(bad[0]).__name__}; give CapabilityItem objects")
     flat = [item for items in named.values() for item in items]
-    if not flat:
-        raise SteeringError("the capability sets are empty")
-    base, steered = choice_scores(model, flat, steering, metric=metric, chat=chat, batch_size=batch_size)
+    chat_used = use_chat(model, chat)
+    digests = tuple((name, _digest(items)) for name, items in named.items())
+    if baseline is not None:
+        _check_baseline(baseline, model, digests, metric, chat_used)
+    base, steered = _choice_scores(
+        model, flat, steering, metric, chat, batch_size, unsteered=baseline is None
+    )
     results = []
     offset = 0
     for name, items in named.items():
         idx = range(offset, offset + len(items))
         offset += len(items)
-        correct_b = tuple(bool(np.argmax(base[i]) == flat[i].answer) for i in idx)
+        if baseline is None:
+            correct_b = tuple(bool(np.argmax(base[i]) == flat[i].answer) for i in idx)
+        else:
+            correct_b = baseline[name].correct_base
         k = sum(correct_b)
         chance = float(np.mean([1 / len(flat[i].choices) for i in idx]))
         if steered is None:
@@ -333,4 +429,7 @@ def capability_check(
         steering=_describe(as_list(steering)),
         seconds=time.perf_counter() - start,
         cpu_seconds=time.process_time() - cpu_start,
+        model_name=model.name,
+        chat=chat_used,
+        item_digests=digests,
     )

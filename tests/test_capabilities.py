@@ -176,6 +176,88 @@ def test_without_chat_template(tiny_gpt2):
     assert result["mine"].n == 3
 
 
+def _counting_scorer(monkeypatch) -> list[int]:
+    """Count the prompts capability_check sends to score_choices."""
+    seen: list[int] = []
+    real = C.score_choices
+
+    def counting(model, prompts, *args, **kwargs):
+        seen.append(len(prompts))
+        return real(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(C, "score_choices", counting)
+    return seen
+
+
+def test_baseline_reuse_equals_a_full_run(tiny_llama, monkeypatch):
+    steering = sw.Steering(random_vector(tiny_llama), layer=1, strength=2.0)
+    sets = {"mine": ITEMS, "twice": ITEMS[:2]}
+    full = C.capability_check(tiny_llama, steering, sets=sets, n=None)
+    base = C.capability_check(tiny_llama, None, sets=sets, n=None)
+    seen = _counting_scorer(monkeypatch)
+    reused = C.capability_check(tiny_llama, steering, sets=sets, n=None, baseline=base)
+    assert seen == [len(ITEMS) + 2]  # the steered pass only: one prompt per item
+    assert reused.summary()["sets"] == full.summary()["sets"]
+    assert [r.correct_steered for r in reused.sets] == [r.correct_steered for r in full.sets]
+    # A steered result serves as a baseline too (its unsteered correctness is what is reused).
+    again = C.capability_check(tiny_llama, steering, sets=sets, n=None, baseline=full)
+    assert again.summary()["sets"] == full.summary()["sets"]
+
+
+def test_mismatched_baseline_is_refused(tiny_llama, tiny_gpt2, monkeypatch):
+    steering = sw.Steering(random_vector(tiny_llama), layer=1, strength=2.0)
+    base = C.capability_check(tiny_llama, None, sets={"mine": ITEMS}, n=None, chat=False)
+    seen = _counting_scorer(monkeypatch)
+    with pytest.raises(sw.SteeringError, match="metric='mean'"):
+        C.capability_check(
+            tiny_llama, steering, sets={"mine": ITEMS}, n=None, chat=False, metric="sum", baseline=base
+        )
+    with pytest.raises(sw.SteeringError, match="chat=False"):
+        C.capability_check(tiny_llama, steering, sets={"mine": ITEMS}, n=None, chat=True, baseline=base)
+    with pytest.raises(sw.SteeringError, match="same sets and n"):
+        C.capability_check(tiny_llama, steering, sets={"mine": ITEMS}, n=2, chat=False, baseline=base)
+    with pytest.raises(sw.SteeringError, match="same sets and n"):
+        C.capability_check(tiny_llama, steering, sets={"other": ITEMS}, n=None, chat=False, baseline=base)
+    with pytest.raises(sw.SteeringError, match="computed on"):
+        C.capability_check(tiny_gpt2, None, sets={"mine": ITEMS}, n=None, chat=False, baseline=base)
+    with pytest.raises(TypeError, match="CapabilityResult"):
+        C.capability_check(
+            tiny_llama, steering, sets={"mine": ITEMS}, n=None, chat=False, baseline=base.summary()
+        )
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"sets": ["arithmetic", "chess"]}, sw.SteeringError, "no built-in capability set 'chess'"),
+        ({"sets": []}, sw.SteeringError, "no capability sets"),
+        ({"sets": 3}, TypeError, "list of set names"),
+        ({"sets": {"mine": []}}, sw.SteeringError, "'mine' is empty"),
+        ({"n": 0}, sw.SteeringError, "n must be"),
+        ({"n": 2.5}, sw.SteeringError, "n must be"),
+        ({"metric": "median"}, sw.SteeringError, "metric"),
+        ({"batch_size": 0}, sw.SteeringError, "batch_size"),
+        ({"steering": "layer 99"}, ValueError, "out of range"),
+        ({"steering": "add"}, sw.SteeringError, "expected Steering objects"),
+    ],
+)
+def test_bad_arguments_raise_before_model_work(tiny_llama, monkeypatch, kwargs, error, match):
+    seen = _counting_scorer(monkeypatch)
+    kwargs = dict(kwargs)
+    vector = random_vector(tiny_llama)
+    steerings = {"layer 99": sw.Steering(vector, layer=99), "add": "add"}
+    steering = steerings.get(kwargs.pop("steering", None), sw.Steering(vector, layer=1))
+    with pytest.raises(error, match=match):
+        C.capability_check(tiny_llama, steering, **kwargs)
+    assert seen == []
+
+
+def test_one_set_name_is_accepted(tiny_llama):
+    result = C.capability_check(tiny_llama, None, sets="factual", n=2)
+    assert [r.name for r in result.sets] == ["factual"] and result["factual"].n == 2
+
+
 # ----------------------------------------------------------------------------------------------
 # The default model
 # ----------------------------------------------------------------------------------------------
@@ -194,6 +276,28 @@ def test_default_model_is_above_chance(smol_big_random):
     above = [r.name for r in smol_big_random.sets if r.ci_base[0] > r.chance]
     # Measured at n=50 (README): every set's Wilson lower bound is above chance; factual 0.68 vs 0.33.
     assert "factual" in above or "arithmetic" in above, smol_big_random.summary()
+
+
+@pytest.mark.model
+def test_packed_choices_equal_separate_rows_on_the_default_model(smol, monkeypatch):
+    """On SmolLM2 (chat template on) each prompt runs once for all candidates, with the numbers of one
+    row per candidate."""
+    from steerwidgets.engine import scoring
+
+    items = [it for name in C.CAPABILITY_SETS for it in C.builtin_capability(name)[:2]]
+    vector = sw.random_like(sw.mean_difference(smol, sw.builtin_pairs("sentiment")[:4], layers=[10]), seed=3)
+    steering = sw.Steering(vector, layer=10, strength=4.0)
+    calls: list[int] = []
+    real = scoring._score_packed
+    monkeypatch.setattr(
+        scoring, "_score_packed", lambda m, rows, s: calls.append(len(rows)) or real(m, rows, s)
+    )
+    got = sw.score_choices(smol, [it.prompt for it in items], [list(it.choices) for it in items], steering)
+    assert sum(calls) == len(items)
+    for item, per_choice in zip(items, got):
+        want = sw.score(smol, [item.prompt] * len(item.choices), list(item.choices), steering)
+        for g, w in zip(per_choice, want):
+            assert torch.allclose(g, w, atol=1e-4), (item.prompt, g, w)
 
 
 @pytest.mark.model

@@ -296,3 +296,107 @@ def test_traces_from_two_threads_take_turns(tiny_llama):
         t.join(60)
     assert not errors, errors
     assert len(results) == 15 and all(torch.allclose(r, expected, atol=1e-5) for r in results)
+
+
+# ----------------------------------------------------------------------------------------------
+# score_choices: each prompt once, its candidates packed in one row
+# ----------------------------------------------------------------------------------------------
+CHOICE_PROMPTS = [PROMPT, "Capital of France?", "Pick the longer one."]
+CHOICES = [[" sunny", " very cold indeed", " x"], [" Paris", " Madrid"], [" a pen", " in the machine", " it"]]
+
+
+def _packed_calls(monkeypatch) -> list[int]:
+    """Count the packed forward passes (rows per call) score_choices makes."""
+    from steerwidgets.engine import scoring
+
+    calls: list[int] = []
+    real = scoring._score_packed
+
+    def counting(model, rows, steerings):
+        calls.append(len(rows))
+        return real(model, rows, steerings)
+
+    monkeypatch.setattr(scoring, "_score_packed", counting)
+    return calls
+
+
+def _assert_choices_equal_score(model, steering, chat=False, row_steerings=None):
+    got = sw.score_choices(model, CHOICE_PROMPTS, CHOICES, steering, row_steerings=row_steerings, chat=chat)
+    assert [len(g) for g in got] == [len(c) for c in CHOICES]
+    for i, (prompt, cands) in enumerate(zip(CHOICE_PROMPTS, CHOICES)):
+        rows = None if row_steerings is None else [row_steerings[i]] * len(cands)
+        want = sw.score(model, [prompt] * len(cands), cands, steering, row_steerings=rows, chat=chat)
+        for g, w in zip(got[i], want):
+            assert g.shape == w.shape and torch.allclose(g, w, atol=1e-4), (prompt, g, w)
+
+
+@pytest.mark.parametrize(
+    "positions, relative",
+    [
+        (None, False),
+        ("all", False),
+        ("last", False),
+        ("generated", False),
+        ("generated", True),
+        ("0:4", False),
+    ],
+)
+def test_score_choices_packed_equals_score(tiny, positions, relative, monkeypatch):
+    """Packed rows (Llama, GPT-2) give the per-token log-probs of one row per candidate."""
+    calls = _packed_calls(monkeypatch)
+    vec = random_vector(tiny)
+    steering = (
+        None
+        if positions is None
+        else sw.Steering(vec, 1, 0.5 if relative else 2.0, positions, relative=relative)
+    )
+    _assert_choices_equal_score(tiny, steering)
+    assert calls == [len(CHOICE_PROMPTS)]  # one packed pass, no prompt fell back
+
+
+def test_score_choices_with_chat_template_and_row_steerings(tiny_llama, monkeypatch):
+    calls = _packed_calls(monkeypatch)
+    vec = random_vector(tiny_llama)
+    rows = [
+        sw.Steering(vec, 1, 2.0),
+        None,
+        [sw.Steering(vec, 0, 1.0, "generated"), sw.Steering(vec, 2, -1.0)],
+    ]
+    _assert_choices_equal_score(tiny_llama, sw.Steering(vec, 3, 1.0), chat=True, row_steerings=rows)
+    assert calls == [len(CHOICE_PROMPTS)]
+
+
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_relative_steering_of_prompt_positions_falls_back(tiny_llama, positions, monkeypatch):
+    """Its mean‖h‖ includes each candidate's own tokens, so the steered prompt differs per candidate: those
+    prompts go through separate rows (and still equal score); other prompts in the call stay packed."""
+    calls = _packed_calls(monkeypatch)
+    vec = random_vector(tiny_llama)
+    relative = sw.Steering(vec, 1, 0.5, positions, relative=True)
+    _assert_choices_equal_score(tiny_llama, relative)
+    assert calls == []
+    _assert_choices_equal_score(tiny_llama, None, row_steerings=[relative, None, None])
+    assert calls == [len(CHOICE_PROMPTS) - 1]
+
+
+def test_unchecked_architecture_falls_back_to_score(tiny_neox, monkeypatch):
+    """GPT-NeoX is not in PACKED_MODEL_TYPES: every prompt takes the plain path, same numbers."""
+    from steerwidgets.engine import PACKED_MODEL_TYPES
+
+    assert tiny_neox.hf.config.model_type not in PACKED_MODEL_TYPES
+    calls = _packed_calls(monkeypatch)
+    _assert_choices_equal_score(tiny_neox, sw.Steering(random_vector(tiny_neox), 1, 2.0))
+    assert calls == []
+
+
+def test_score_choices_refuses_bad_input(tiny_llama):
+    with pytest.raises(sw.SteeringError, match="one list per prompt"):
+        sw.score_choices(tiny_llama, CHOICE_PROMPTS, CHOICES[:2])
+    with pytest.raises(sw.SteeringError, match="one entry"):
+        sw.score_choices(tiny_llama, CHOICE_PROMPTS, CHOICES, row_steerings=[None])
+    with pytest.raises(sw.SteeringError, match="empty"):
+        sw.score_choices(tiny_llama, [PROMPT], [[" a", ""]])
+    with pytest.raises(TypeError, match="list of lists"):
+        sw.score_choices(tiny_llama, [PROMPT], " a")
+    with pytest.raises(sw.SteeringError, match="batch_size"):
+        sw.score_choices(tiny_llama, [PROMPT], [[" a"]], batch_size=0)

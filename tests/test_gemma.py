@@ -64,6 +64,24 @@ def test_caa_vector_from_a_builtin_set_steers_generation(gemma, caa):
     assert 0.3 < result.steered.norm_ratio < 0.7  # relative strength: ‖λv‖ / mean‖h‖ ≈ 0.5
 
 
+def test_packed_candidate_scoring_equals_separate_rows(gemma):
+    """score_choices packs each prompt with its candidates (4-D mask) on Gemma 3 too, same numbers."""
+    from steerwidgets.engine import PACKED_MODEL_TYPES
+
+    assert gemma.hf.config.model_type in PACKED_MODEL_TYPES
+    prompts, choices = (
+        ["The capital of France is", "2 + 2 ="],
+        [[" Paris", " Rome", " Buenos Aires"], [" 4", " 5"]],
+    )
+    direction = torch.randn(gemma.d_model, generator=torch.Generator().manual_seed(0))
+    steering = sw.Steering(direction, LAYER, 4.0)
+    got = sw.score_choices(gemma, prompts, choices, steering, chat=False)
+    for prompt, cands, per_choice in zip(prompts, choices, got):
+        want = sw.score(gemma, [prompt] * len(cands), cands, steering, chat=False)
+        for g, w in zip(per_choice, want):
+            assert torch.allclose(g, w, atol=1e-4), (prompt, g, w)
+
+
 def test_propensity_sweep_gives_verdicts(gemma, caa):
     test = sw.builtin_ab("sentiment")[30:34]
     for protocol in ("letter", "answer_text"):

@@ -1,7 +1,8 @@
 """The steering engine: every forward pass goes through an nnsight trace.
 
 Entry points: :func:`generate` (unsteered and steered continuations, streamed), :func:`score`
-(per-token log-probabilities of given completions), :func:`next_token_logprobs` (the next-token
+(per-token log-probabilities of given completions), :func:`score_choices` (the same for several candidates
+per prompt, each prompt run once), :func:`next_token_logprobs` (the next-token
 distribution after token sequences), :func:`propensity_sweep` (the A/B propensity matrix over strengths
 and layers) and :func:`read_activations` (block outputs, for building vectors). Work is never repeated:
 strengths share one pass, the layers below the steered one run once, and what lies before the first
@@ -11,7 +12,7 @@ One module per concern:
 
 - :mod:`.generation` — :func:`generate`, :class:`Continuation`, :class:`GenerationResult`,
   :class:`GenerationCancelled`;
-- :mod:`.scoring` — :func:`score`, :func:`next_token_logprobs`;
+- :mod:`.scoring` — :func:`score`, :func:`score_choices`, :func:`next_token_logprobs`;
 - :mod:`.activations` — :func:`read_activations`, attention heads' outputs and patching (function vectors);
 - :mod:`.sweep` — :func:`propensity_sweep`, :class:`PropensityResult`, the random-direction null;
 - :mod:`._trace` — steering inside a trace (shared plumbing).
@@ -36,7 +37,7 @@ from ..prompts import (
 )
 from .activations import attention_out_proj, head_means, patched_answer_probs, read_activations
 from .generation import Continuation, GenerationCancelled, GenerationResult, generate
-from .scoring import next_token_logprobs, score
+from .scoring import PACKED_MODEL_TYPES, next_token_logprobs, score, score_choices
 from .sweep import (
     DEFAULT_POSITIONS,
     DEFAULT_STRENGTHS,
@@ -56,6 +57,7 @@ __all__ = [
     "DEFAULT_POSITIONS",
     "DEFAULT_STRENGTHS",
     "NULL_METHODS",
+    "PACKED_MODEL_TYPES",
     "PROPENSITY_DEFINITIONS",
     "PROTOCOLS",
     "Continuation",
@@ -81,6 +83,7 @@ __all__ = [
     "propensity_sweep",
     "read_activations",
     "score",
+    "score_choices",
     "tokenize_prompt",
     "use_chat",
 ]

@@ -31,8 +31,13 @@ class _Plan:
     vec: torch.Tensor
     masks: torch.Tensor  # bool [B, total]
     front: torch.Tensor | None = None  # for per-position vectors: [B, total, d] additions
-    scale: torch.Tensor | None = None  # [B, 1, 1], filled at the first step if relative
+    scale: torch.Tensor | None = None  # [B, 1, 1] ([B, total, 1] with segments), filled at the first step
     mean_norm: torch.Tensor | None = None  # [B]
+    # Packed rows (several sequences sharing a prompt in one row): float [B, S, total] weights of the
+    # positions each sequence's mean‖h‖ is taken over, and long [B, total] the sequence of each position,
+    # so a relative strength is scaled per sequence exactly as if it had its own row.
+    segments: torch.Tensor | None = None
+    segment_of: torch.Tensor | None = None
 
 
 @dataclass
@@ -82,6 +87,18 @@ def _mean_norm(hidden: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
     return (norms * keep_f).sum(1) / keep_f.sum(1).clamp_min(1.0)
 
 
+def _segment_scale(plan: _Plan, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position scales ``[B, total, 1]`` of a relative plan over packed rows: each position gets its
+    own sequence's mean‖h‖ (over that sequence's positions in ``plan.segments``); and the rows' means."""
+    norms = hidden.float().norm(dim=-1)  # [B, total]
+    weights = plan.segments
+    seg_mean = (weights * norms[:, None, :]).sum(-1) / weights.sum(-1).clamp_min(1.0)  # [B, S]
+    per_position = seg_mean.gather(1, plan.segment_of)  # [B, total]
+    vnorm = plan.vec.norm(dim=-1).mean().clamp_min(1e-12)
+    scale = (plan.steering.strength * per_position / vnorm)[..., None]
+    return scale, seg_mean.mean(1)
+
+
 def _steer_in_trace(model: Any, plans: list[_Plan], start: int, attention: torch.Tensor) -> None:
     """Edit block outputs for one forward step covering positions ``start .. start+width``.
 
@@ -98,6 +115,8 @@ def _steer_in_trace(model: Any, plans: list[_Plan], start: int, attention: torch
         width = hidden.shape[1]
         changed = False
         for plan in by_layer[layer]:
+            if plan.mean_norm is None and plan.segments is not None:
+                plan.scale, plan.mean_norm = _segment_scale(plan, original)
             if plan.mean_norm is None:
                 plan.mean_norm = _mean_norm(original, attention[:, start : start + width])
                 vnorm = plan.vec.norm(dim=-1).mean().clamp_min(1e-12)
