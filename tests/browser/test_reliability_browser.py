@@ -155,6 +155,24 @@ def test_anti_steerable_item_opens_in_the_playground(
     assert layer in ("6", "9") and float(strength) in (-1.0, 0.0, 1.0)
     save_screenshot(page, "layer-sweep-playground")
 
+    # The realistic-contexts block: a small real context check (2 items, 2 null directions) written to the
+    # report's trait is drawn as one table per protocol: bare, dialogue, tool-use.
+    code = (
+        "from steerwidgets.contexts import context_effect_ab\n"
+        "from steerwidgets.widgets.reliability import _jsonable\n"
+        "ctx = context_effect_ab(model, items[40:42], report.vector, 9, [-1, 0, 1], null_directions=2)\n"
+        "report.context_effects = {'letter': _jsonable(ctx.summary())}\n"
+        "print(ctx.summary()['contexts']['dialogue']['verdict'])"
+    )
+    change = kernel_execute(page, code, timeout_s=240).strip()
+    table = report.locator(".sw-rl-contexts table[aria-label='Effect in context, letter protocol']")
+    table.wait_for(state="visible", timeout=patience(60_000))
+    rows = [r.inner_text() for r in table.locator("tr").all()]
+    assert [r.split("\t")[0] for r in rows[1:]] == ["bare", "dialogue", "tool-use"], rows
+    assert change in rows[2]
+    report.locator(".sw-rl-contexts").scroll_into_view_if_needed()
+    save_screenshot(page, "reliability-report-contexts")
+
     # Report, sweep and two opened Playgrounds: the shared bundle was imported once, every `_esm` is a
     # small loader (see steerwidgets/widgets/_frontend.py).
     sizes = page.evaluate("() => window.__swBlobSizes")
