@@ -230,9 +230,12 @@ class ContextEffect:
         }
 
 
-def _effect(
-    measure: str, per_kind: dict[str, np.ndarray], settings: dict[str, Any], seed: int
+def paired_context_effect(
+    measure: str, per_kind: dict[str, np.ndarray], settings: dict[str, Any], seed: int = 0
 ) -> ContextEffect:
+    """A :class:`ContextEffect` from per-item effects (``per_kind["bare"]`` and one array per context kind,
+    item i the same question in each): callers that measured the items themselves (``compare``) get the
+    same intervals, ratio rule and verdicts."""
     bare = per_kind["bare"]
     cis = {}
     for kind, values in per_kind.items():
@@ -264,7 +267,7 @@ def context_effect_ab(
         for kind, its in embedded.items()
     }
     settings = {"layer": layer, "positions": positions, "strengths": [float(x) for x in strengths]}
-    return _effect("steerability (propensity slope per unit strength)", slopes, settings, seed)
+    return paired_context_effect("steerability (propensity slope per unit strength)", slopes, settings, seed)
 
 
 def context_effect_open_ended(
@@ -288,4 +291,4 @@ def context_effect_open_ended(
     settings = {
         "steering": [f"layer {s.layer}, strength {s.strength}, positions {s.positions}" for s in steerings]
     }
-    return _effect("likelihood shift Δ+ + Δ− (per-token mean log-prob)", shifts, settings, seed)
+    return paired_context_effect("likelihood shift Δ+ + Δ− (per-token mean log-prob)", shifts, settings, seed)
