@@ -123,6 +123,10 @@ def test_compare_rows_in_context_and_capability(tiny_long, small_data):
     assert [s["set"] for s in sets] == list(CAPABILITY_SETS) and all(s["n"] == 2 for s in sets)
     assert row["capability_change"] == pytest.approx(np.mean([s["difference"] for s in sets]))
     assert result.settings["capability"]["n"] == 2
+    from steerwidgets.widgets.compare import CAPABILITY_COLUMNS, CONTEXT_COLUMNS
+
+    for column in CONTEXT_COLUMNS + CAPABILITY_COLUMNS:  # the widget's optional columns all appear
+        assert column["key"] in row, column["key"]
 
 
 def test_compare_without_the_new_options_is_unchanged(tiny_long, small_data):
