@@ -1041,7 +1041,10 @@ def compare(
     strengths) on the held-out items asked as the last turn of the built-in dialogues and tool-use contexts
     (:func:`~steerwidgets.contexts.embed_all`), paired by item with the bare numbers the row already has:
     ``context_<kind>_effect``, ``_ratio`` (None when the bare effect < ``MIN_BARE_EFFECT``), ``_difference``,
-    ``_difference_ci`` and ``_verdict`` for ``kind`` in ``dialogue``, ``tool_use``. ``capability=n`` runs
+    ``_difference_ci`` and ``_verdict`` for ``kind`` in ``dialogue``, ``tool_use``, beside
+    ``context_bare_effect`` (the row's steerability) and ``context_caveat`` ("too small to compare" when the
+    bare effect is below ``MIN_BARE_EFFECT``, else None); contexts a model's chat template cannot hold are
+    refused before any forward pass. ``capability=n`` runs
     :func:`~steerwidgets.capabilities.capability_check` on the first ``n`` items of each capability set
     with the row's steering at its matched ``open_strength``: ``capability`` (one line),
     ``capability_change`` (mean accuracy change over the sets) and ``capability_verdict``; the full summary
