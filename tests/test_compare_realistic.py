@@ -129,6 +129,24 @@ def test_compare_rows_in_context_and_capability(tiny_long, small_data):
         assert column["key"] in row, column["key"]
 
 
+def test_a_skipped_row_still_ticks_its_context_and_capability_steps(tiny_long, small_data):
+    seen = []
+    result = E.compare(
+        ["icv"],  # built from contrast pairs, which this behaviour has none of
+        ["sentiment"],
+        model=tiny_long,
+        layer=1,
+        strengths=[-1, 1],
+        seeds=(0,),
+        fluency=False,
+        contexts=True,
+        capability=2,
+        progress=lambda done, total, label: seen.append((done, total)),
+    )
+    assert "contrast pairs" in result.rows[0]["error"]
+    assert seen[-1] == (8, 8) and [d for d, _ in seen] == list(range(1, 9))
+
+
 def test_compare_without_the_new_options_is_unchanged(tiny_long, small_data):
     result = E.compare(
         ["caa"], ["sentiment"], model=tiny_long, layer=1, strengths=[-1, 1], seeds=(0,), fluency=False
@@ -211,6 +229,8 @@ def test_real_model_context_and_capability_fields_agree(smol):
         model=smol,
         layer=10,
         n_items=4,
+        strengths=(-1.0, 0.0, 1.0),
+        target_ratio=0.5,  # a push big enough that the bare effect can reach the ratio rule's 0.25
         seeds=(0,),
         n_passages=1,
         fluency=False,
