@@ -233,9 +233,12 @@ class ContextEffect:
         }
 
 
-def _effect(
-    measure: str, per_kind: dict[str, np.ndarray], settings: dict[str, Any], seed: int
+def paired_context_effect(
+    measure: str, per_kind: dict[str, np.ndarray], settings: dict[str, Any], seed: int = 0
 ) -> ContextEffect:
+    """A :class:`ContextEffect` from per-item effects (``per_kind["bare"]`` and one array per context kind,
+    item i the same question in each): callers that measured the items themselves (``compare``) get the
+    same intervals, ratio rule and verdicts."""
     bare = per_kind["bare"]
     cis = {}
     for kind, values in per_kind.items():
@@ -320,8 +323,8 @@ def context_effect_ab(
                 "null_band": [verdict.null_q025, verdict.null_q975],
                 "n_directions": verdict.n_directions,
             }
-    effect = _effect("steerability (propensity slope per unit strength)", slopes, settings, seed)
-    return replace(effect, judged=judged)
+    measure = "steerability (propensity slope per unit strength)"
+    return replace(paired_context_effect(measure, slopes, settings, seed), judged=judged)
 
 
 def _slopes_by_item(result: PropensityResult, layer: int, n: int) -> dict[int, float]:
@@ -351,4 +354,4 @@ def context_effect_open_ended(
     settings = {
         "steering": [f"layer {s.layer}, strength {s.strength}, positions {s.positions}" for s in steerings]
     }
-    return _effect("likelihood shift Δ+ + Δ− (per-token mean log-prob)", shifts, settings, seed)
+    return paired_context_effect("likelihood shift Δ+ + Δ− (per-token mean log-prob)", shifts, settings, seed)

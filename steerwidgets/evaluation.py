@@ -409,6 +409,7 @@ def evaluate_steerer(ctx: EvalContext, steer: SteerFn, *, full: bool = True) -> 
     result: dict[str, Any] = {
         "strengths": [float(x) for x in lam],
         "steerability": float(slopes.mean()),
+        "item_slopes": [float(x) for x in slopes],  # per held-out item, paired with compare's contexts
         **(ab_verdicts(ctx, steer, lam) if full else {}),
         "anti_steerable_fraction": metrics.anti_steerable_fraction(slopes),
         "mean_propensity": [float(x) for x in m.mean(0)],
@@ -1002,6 +1003,8 @@ def compare(
     fluency_queries: int = FLUENCY_QUERIES,
     fluency_tokens: int = FLUENCY_TOKENS,
     fluency_thresholds: dict[str, Any] | None = None,
+    contexts: bool = False,
+    capability: int | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> CompareResult:
@@ -1033,7 +1036,21 @@ def compare(
     also judges greedy continuations of the first
     ``fluency_queries`` open-ended queries (``fluency_tokens`` tokens) at ``open_strength`` with
     :func:`~steerwidgets.fluency.fluency_verdict` (``fluency_thresholds`` are its keywords).
+
+    Realistic use: ``contexts=True`` also measures each row's A/B steerability (same steerer, matched
+    strengths) on the held-out items asked as the last turn of the built-in dialogues and tool-use contexts
+    (:func:`~steerwidgets.contexts.embed_all`), paired by item with the bare numbers the row already has:
+    ``context_<kind>_effect``, ``_ratio`` (None when the bare effect < ``MIN_BARE_EFFECT``), ``_difference``,
+    ``_difference_ci`` and ``_verdict`` for ``kind`` in ``dialogue``, ``tool_use``, beside
+    ``context_bare_effect`` (the row's steerability) and ``context_caveat`` ("too small to compare" when the
+    bare effect is below ``MIN_BARE_EFFECT``, else None); contexts a model's chat template cannot hold are
+    refused before any forward pass. ``capability=n`` runs
+    :func:`~steerwidgets.capabilities.capability_check` on the first ``n`` items of each capability set
+    with the row's steering at its matched ``open_strength``: ``capability`` (one line),
+    ``capability_change`` (mean accuracy change over the sets) and ``capability_verdict``; the full summary
+    goes to ``details``.
     """
+    _check_realistic_args(contexts, capability)
     if match not in MATCH_MODES:
         raise SteeringError(f"match must be 'norm', 'kl' or None, got {match!r}")
     if model is None:
@@ -1069,8 +1086,15 @@ def compare(
             )
     instr = dict(DEFAULT_INSTRUCTIONS)
     instr.update(instructions or {})
+    datas = [b if isinstance(b, BehaviourData) else behaviour_data(b, n_items, n_train) for b in behaviours]
+    for data in datas:
+        data.check()
+    # the chat template is checked here, before any forward pass: a template that cannot hold fails first
+    in_context = {data.name: _context_items(model, data.test_items) for data in datas} if contexts else {}
+    kinds = sorted({kind for by_kind in in_context.values() for kind in by_kind})
     passages = _passages(n_passages)
-    total = len(behaviours) * (1 + len(resolved) * (3 + len(seeds)))
+    per_row = 3 + len(seeds) + len(kinds) + (1 if capability else 0)
+    total = len(behaviours) * (1 + len(resolved) * per_row)
     done = 0
 
     def tick(label: str) -> None:
@@ -1085,9 +1109,9 @@ def compare(
     used_instructions: dict[str, str | None] = {}
     norms: dict[int, float] = {}  # mean‖h‖ per layer on the neutral prompts, filled as needed
     targets: dict[str, dict[str, Any]] = {}
-    for spec in behaviours:
-        data = spec if isinstance(spec, BehaviourData) else behaviour_data(spec, n_items, n_train)
-        data.check()
+    # TODO: compute capability_check(model, None, n=capability) once here and pass it as baseline= per row
+    capability_base = None
+    for data in datas:
         behaviour = data.name
         ctx = EvalContext(model, data.test_items, data.open_items, passages, lam, open_at, cancel=cancel)
         instruction = data.instruction or instr.get(behaviour)
@@ -1111,7 +1135,7 @@ def compare(
             except SteeringError as exc:  # e.g. no contrast pairs for this behaviour: say so, go on
                 row.update(error=str(exc), note=f"not built: {exc}")
                 rows.append(row)
-                for _ in range(3 + len(seeds)):
+                for _ in range(per_row):
                     tick(f"{behaviour}: {name} skipped")
                 continue
             tick(f"{behaviour}: {name} built")
@@ -1142,6 +1166,19 @@ def compare(
                 row["fluency"] = check["summary"]
                 row["fluency_degraded_fraction"] = check["degraded_fraction"]
                 row["fluency_reason"] = check["reason"]
+            if contexts:
+                effect = _context_effect(
+                    ctx, steer, in_context[behaviour], result["method"]["item_slopes"],
+                    tick=lambda kind, n=name, b=behaviour: tick(f"{b}: {n} in {kind}"),
+                )  # fmt: skip
+                per_item = {kind: list(values) for kind, values in effect.effect.items()}
+                result["contexts"] = {**effect.summary(), "items": per_item}
+                row.update(_context_fields(effect))
+            if capability:
+                checked = _row_capability(model, steer(open_at), capability, baseline=capability_base)
+                result["capability"] = checked.summary()
+                row.update(_capability_fields(checked))
+                tick(f"{behaviour}: {name} capability")
             row["note"] = built.note
             row["seconds"] = round(time.perf_counter() - started, 2)
             rows.append(row)
@@ -1165,6 +1202,8 @@ def compare(
         "norm_ratio": "Σ over steered layers of ‖λv‖ / mean‖h‖ (neutral prompts, first token left out)",
         "norm_ratio_parts": "each steering's own ‖λv‖ / mean‖h‖, in the row's order (their sum: norm_ratio)",
         "fluency": _fluency_settings(fluency, fluency_queries, fluency_tokens, fluency_thresholds),
+        "contexts": _contexts_settings(in_context),
+        "capability": _capability_settings(capability),
     }
     return CompareResult(rows, details, settings)
 
@@ -1254,4 +1293,141 @@ def _fluency_settings(
         "decoding": "greedy",
         "at": "open_strength (matched)",
         **values,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Realistic use in compare: the effect in dialogue / tool-use contexts, and the capability cost
+# ----------------------------------------------------------------------------------------------
+CONTEXT_MEASURE = (
+    "A/B steerability: per-item OLS slope of m_i(λ) over the row's strengths (matched), held-out items"
+)
+
+
+def _check_realistic_args(contexts: Any, capability: Any) -> None:
+    """compare's ``contexts`` and ``capability`` arguments, checked before any model work."""
+    if not isinstance(contexts, bool):
+        raise SteeringError(
+            f"contexts must be True or False, got {contexts!r}; pass contexts=True to measure each row in "
+            "the built-in dialogue and tool-use contexts"
+        )
+    positive = isinstance(capability, int) and not isinstance(capability, bool) and capability >= 1
+    if capability is not None and not positive:
+        raise SteeringError(
+            f"capability must be a positive int (items per capability set) or None, got {capability!r}; "
+            "e.g. capability=20, or leave it out to skip the capability check"
+        )
+
+
+def _context_items(model: Any, items: Sequence[ABItem]) -> dict[str, list[ABItem]]:
+    """The held-out items asked as the last turn of each built-in context kind (chat template only, no
+    forward pass), so a template that cannot hold the conversations fails before compare runs anything."""
+    from .contexts import embed_all
+
+    try:
+        embedded = embed_all(model, items)
+    except SteeringError as exc:
+        raise SteeringError(
+            f"contexts=True cannot put the items into multi-turn conversations on "
+            f"{getattr(model, 'name', 'this model')}: {exc}. Run compare with contexts=False, or use a chat "
+            "model whose template renders several user/assistant turns"
+        ) from exc
+    embedded.pop("bare")
+    return embedded
+
+
+def _context_effect(
+    ctx: EvalContext,
+    steer: SteerFn,
+    items_by_kind: dict[str, list[ABItem]],
+    bare_slopes: Sequence[float],
+    tick: Callable[[str], None],
+) -> Any:
+    """The row's per-item steerability in each context kind beside its bare slopes (already measured by
+    :func:`evaluate_steerer` with the same steerer and strengths), as a paired ``ContextEffect``."""
+    from .contexts import paired_context_effect
+
+    per_kind = {"bare": np.asarray(bare_slopes, dtype=float)}
+    for kind, items in items_by_kind.items():
+        ctx.check()
+        m = propensity_matrix(ctx.model, items, steer, ctx.strengths, ctx.cancel)
+        per_kind[kind] = metrics.slopes(m, ctx.strengths)
+        tick(kind)
+    settings = {"strengths": [float(x) for x in ctx.strengths], "positions": "as the row's steering"}
+    return paired_context_effect(CONTEXT_MEASURE, per_kind, settings)
+
+
+def _context_fields(effect: Any) -> dict[str, Any]:
+    """Flat row fields ``context_<kind>_…`` from a ``ContextEffect`` (plus the bare effect and a caveat)."""
+    from .contexts import MIN_BARE_EFFECT, context_verdict
+
+    bare = effect.mean("bare")
+    row: dict[str, Any] = {"context_bare_effect": bare}
+    for kind in effect.kinds:
+        ci = effect.difference_ci[kind]
+        row[f"context_{kind}_effect"] = effect.mean(kind)
+        row[f"context_{kind}_ratio"] = effect.ratio(kind)
+        row[f"context_{kind}_difference"] = effect.mean(kind) - bare
+        row[f"context_{kind}_difference_ci"] = [float(ci[0]), float(ci[1])]
+        row[f"context_{kind}_verdict"] = context_verdict(ci)
+    small = abs(bare) < MIN_BARE_EFFECT
+    caveat = f"bare effect {bare:.3g} < {MIN_BARE_EFFECT}: too small to compare"
+    row["context_caveat"] = caveat if small else None
+    return row
+
+
+def _row_capability(model: Any, steerings: list[Steering], n: int, baseline: Any = None) -> Any:
+    """``capability_check`` of one row's steering (at its matched strength), first ``n`` items per set."""
+    from .capabilities import capability_check
+
+    # TODO: capability_check(model, steerings, n=n, baseline=baseline) once it accepts the unsteered pass
+    return capability_check(model, steerings, n=n)
+
+
+def _capability_fields(result: Any) -> dict[str, Any]:
+    """Row fields: the one-line side effect, the mean accuracy change over sets, and one verdict."""
+    changes = [r.difference for r in result.sets]
+    costly = any(r.verdict == "costs capability" for r in result.sets)
+    return {
+        "capability": result.side_effect_line(),
+        "capability_change": float(np.mean(changes)),
+        "capability_verdict": "costs capability" if costly else "no detectable cost",
+    }
+
+
+def _contexts_settings(in_context: dict[str, dict[str, list[ABItem]]]) -> dict[str, Any]:
+    if not in_context:
+        return {"on": False}
+    from .contexts import MIN_BARE_EFFECT, builtin_contexts
+
+    kinds = sorted({kind for by_kind in in_context.values() for kind in by_kind})
+    return {
+        "on": True,
+        "measure": CONTEXT_MEASURE,
+        "kinds": kinds,
+        "contexts": {kind: [c.name for c in builtin_contexts(kind)] for kind in kinds},
+        "pairing": "item i is the same held-out question bare and in each kind (contexts cycled over items)",
+        "bare": "the row's own per-item slopes (steerability), not recomputed",
+        "ratio_rule": f"ratio = mean effect in context / mean bare effect, None where the bare effect < "
+        f"{MIN_BARE_EFFECT}",
+        "verdict_rule": "'weaker in context' / 'stronger in context' when the paired bootstrap 95 % interval "
+        "of mean(context − bare) excludes 0, else 'no detectable change'",
+        "positions": "the row's steering as built (compare's vectors: all positions, earlier turns too)",
+    }
+
+
+def _capability_settings(n: int | None) -> dict[str, Any]:
+    if not n:
+        return {"on": False}
+    from .capabilities import CAPABILITY_SETS
+
+    return {
+        "on": True,
+        "n": n,
+        "sets": list(CAPABILITY_SETS),
+        "at": "open_strength (matched)",
+        "scoring": "candidate with the highest per-token mean log-probability",
+        "change": "capability_change = mean over sets of (steered − unsteered accuracy)",
+        "verdict_rule": "'costs capability' when any set's paired bootstrap 95 % CI of the change is below 0",
+        "unsteered": "scored again in every row's check (the same numbers each time)",
     }

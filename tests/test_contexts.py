@@ -150,12 +150,14 @@ def test_context_verdicts_by_hand():
     assert X.context_verdict((-0.5, -0.1)) == "weaker in context"
     assert X.context_verdict((0.1, 0.4)) == "stronger in context"
     assert X.context_verdict((-0.1, 0.2)) == "no detectable change"
-    effect = X._effect(
+    effect = X.paired_context_effect(
         "m", {"bare": np.array([1.0, 1.0, 1.0, 1.0]), "dialogue": np.array([0.5, 0.4, 0.5, 0.6])}, {}, 0
     )
     assert effect.ratio("dialogue") == pytest.approx(0.5)
     assert effect.verdicts() == {"dialogue": "weaker in context"}
-    small = X._effect("m", {"bare": np.array([0.1, 0.1]), "tool_use": np.array([0.1, 0.1])}, {}, 0)
+    small = X.paired_context_effect(
+        "m", {"bare": np.array([0.1, 0.1]), "tool_use": np.array([0.1, 0.1])}, {}, 0
+    )
     assert small.ratio("tool_use") is None and small.verdicts() == {"tool_use": "no detectable change"}
     assert "too small to compare" in small.verdict and "too small" not in effect.verdict
 

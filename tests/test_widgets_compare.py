@@ -162,6 +162,9 @@ def test_columns_exist_in_real_rows(tiny_llama, monkeypatch):
     assert "degraded" in row["fluency"] and isinstance(row["fluency_reason"], str)
     assert row["norm_ratio"] > 0 and abs(row["matched_strength"] - row["strength_scale"]) < 1e-9  # λ = 1
     for column in widget.columns:
+        if column.get("optional"):  # compare(contexts=True) / capability=n only
+            assert column["key"] not in row, column["key"]
+            continue
         assert column["key"] in row, column["key"]
         for key in column.get("band", []):
             assert key in row
@@ -172,7 +175,7 @@ def test_bundle_is_built():
 
 
 NODE_CHECK = """
-import { sortRows, formatValue } from "./js/src/compare.js";
+import { sortRows, formatValue, visibleColumns } from "./js/src/compare.js";
 const rows = [{m: "b", v: 2}, {m: "a", v: null}, {m: "c", v: -1}, {m: "d", v: 10}];
 const out = {
   asc: sortRows(rows, "v", 1).map((r) => r.m),
@@ -180,6 +183,9 @@ const out = {
   text: sortRows(rows, "m", -1).map((r) => r.m),
   fmt: [formatValue(null), formatValue(0.12345), formatValue(3), formatValue([-0.5, 1.5]),
         formatValue(0.00001), formatValue("<b>x</b>")],
+  visible: visibleColumns(
+    [{key: "m"}, {key: "v", optional: true}, {key: "capability", optional: true}], rows
+  ).map((c) => c.key),
 };
 console.log(JSON.stringify(out));
 """
@@ -192,3 +198,4 @@ def test_front_end_sorting_and_formatting():
     assert out["desc"] == ["d", "b", "c", "a"]  # missing stays last
     assert out["text"] == ["d", "c", "b", "a"]
     assert out["fmt"] == ["–", "0.123", "3", "[-0.500, 1.500]", "1.00e-5", "<b>x</b>"]
+    assert out["visible"] == ["m", "v"]  # an optional column no row has is left out

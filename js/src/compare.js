@@ -9,6 +9,7 @@ import { destroyChart, renderChart } from "./chart.js";
  * @property {string} label
  * @property {string} [title]
  * @property {[string, string]} [band]  keys of the min and max shown beside the value
+ * @property {boolean} [optional]  shown only when some row has the key (compare's contexts / capability)
  */
 
 /**
@@ -80,6 +81,18 @@ export function sortRows(rows, key, direction) {
   return copy.map((entry) => entry.row);
 }
 
+/**
+ * The columns to draw: every column, except optional ones that no row has.
+ * @param {Column[]} columns
+ * @param {Record<string, any>[]} rows
+ */
+export function visibleColumns(columns, rows) {
+  return columns.filter((column) => !column.optional || rows.some((row) => column.key in row));
+}
+
+/** Verdicts that call for attention, drawn in the warning colour (the text says it too). */
+const WARNING_VERDICTS = new Set(["costs capability", "weaker in context"]);
+
 /** @type {import("@anywidget/types").Render<CompareModel>} */
 function render({ model, el }) {
   const root = document.createElement("div");
@@ -148,8 +161,9 @@ function render({ model, el }) {
   };
 
   const drawTable = () => {
-    const columns = model.get("columns") ?? [];
-    const rows = sortRows(model.get("rows") ?? [], sortKey, sortDir);
+    const allRows = model.get("rows") ?? [];
+    const columns = visibleColumns(model.get("columns") ?? [], allRows);
+    const rows = sortRows(allRows, sortKey, sortDir);
     thead.replaceChildren();
     tbody.replaceChildren();
     const head = document.createElement("tr");
@@ -163,6 +177,7 @@ function render({ model, el }) {
       th.tabIndex = 0;
       const arrow = sortKey === column.key ? (sortDir > 0 ? " ▲" : " ▼") : "";
       th.textContent = `${column.label}${arrow}`;
+      th.setAttribute("aria-label", `${column.label}: sort by this column`);
       th.setAttribute(
         "aria-sort",
         sortKey === column.key ? (sortDir > 0 ? "ascending" : "descending") : "none",
@@ -198,6 +213,9 @@ function render({ model, el }) {
         let text = formatValue(row[column.key]);
         if (column.band && row[column.band[0]] !== undefined && row[column.key] !== null) {
           text += ` [${formatValue(row[column.band[0]])}, ${formatValue(row[column.band[1]])}]`;
+        }
+        if (WARNING_VERDICTS.has(row[column.key])) {
+          td.style.color = "var(--jp-warn-color1, #b45309)";
         }
         // textContent, never innerHTML: method names and notes are user-provided.
         td.textContent = text;

@@ -21,6 +21,7 @@ import anywidget
 import traitlets
 
 from ..charts import compare_chart
+from ..contexts import MIN_BARE_EFFECT
 from ..engine.generation import GenerationCancelled
 from ..engine.sweep import DEFAULT_STRENGTHS
 from ..evaluation import CompareResult, compare
@@ -30,6 +31,68 @@ from ._runner import Runner
 
 log = logging.getLogger(__name__)
 
+# compare(contexts=True) / compare(capability=n) columns; "optional": shown only when the rows have them
+CONTEXT_COLUMNS: list[dict[str, Any]] = [
+    col
+    for kind, name in (("dialogue", "dialogue"), ("tool_use", "tool use"))
+    for col in (
+        {
+            "key": f"context_{kind}_effect",
+            "label": f"{name}: steerability",
+            "title": f"mean per-item slope of m_i(λ) on the same held-out items asked as the last turn of a "
+            f"built-in {name} context (same steering and strengths as the row)",
+            "optional": True,
+        },
+        {
+            "key": f"context_{kind}_ratio",
+            "label": f"{name} ÷ bare",
+            "title": f"{name} steerability / bare steerability; empty when the bare effect is below "
+            f"{MIN_BARE_EFFECT} (too small to compare)",
+            "optional": True,
+        },
+        {
+            "key": f"context_{kind}_difference_ci",
+            "label": f"{name} − bare [95 %]",
+            "title": "paired bootstrap 95 % interval of mean(in context − bare) over the items",
+            "optional": True,
+        },
+        {
+            "key": f"context_{kind}_verdict",
+            "label": f"{name} verdict",
+            "title": "weaker / stronger in context when the paired 95 % interval excludes 0, "
+            "else no detectable change",
+            "optional": True,
+        },
+    )
+] + [
+    {
+        "key": "context_caveat",
+        "label": "contexts: caveat",
+        "title": f"set when the bare steerability is below {MIN_BARE_EFFECT}: the context verdicts then "
+        "say little",
+        "optional": True,
+    }
+]
+CAPABILITY_COLUMNS: list[dict[str, Any]] = [
+    {
+        "key": "capability_verdict",
+        "label": "capability",
+        "title": "costs capability when any set's paired 95 % interval of the accuracy change is below 0",
+        "optional": True,
+    },
+    {
+        "key": "capability_change",
+        "label": "capability Δ",
+        "title": "mean over the capability sets of (steered − unsteered accuracy), at the compared strength",
+        "optional": True,
+    },
+    {
+        "key": "capability",
+        "label": "capability: per set",
+        "title": "accuracy unsteered→steered per set, Δ and its paired 95 % interval",
+        "optional": True,
+    },
+]
 # key, label, tooltip; "band" names the random baseline's min/max keys shown beside its mean
 COLUMNS: list[dict[str, Any]] = [
     {"key": "method", "label": "method", "title": "how the steering was built"},
@@ -97,6 +160,8 @@ COLUMNS: list[dict[str, Any]] = [
         f"log-prob under the unsteered model more than {MAX_LOGPROB_DROP:g} nats/token below the unsteered "
         f"text's, or distinct-{DISTINCT_N} below {MIN_DISTINCT:g}",
     },
+    *CONTEXT_COLUMNS,
+    *CAPABILITY_COLUMNS,
     {"key": "pne", "label": "PNE", "title": "(effect(λ) − effect(0)) / ppl ratio, effect = mean propensity"},
     {
         "key": "random_steerability_mean",

@@ -28,7 +28,9 @@ rows = [
     {"method": "caa", "behaviour": "sentiment", "steerability": 0.9, "delta_pos_50": 0.4,
      "random_delta_pos_50_mean": 0.01, "random_delta_pos_50_min": -0.02, "random_delta_pos_50_max": 0.03,
      "negated_delta_pos_50": -0.4, "zero_delta_pos_50": 0.0, "prompting_delta_pos_50": 0.3,
-     "ppl_ratio": 1.3, "kl": 0.2},
+     "ppl_ratio": 1.3, "kl": 0.2, "context_dialogue_ratio": 0.5,
+     "context_dialogue_verdict": "weaker in context", "capability_verdict": "no detectable cost",
+     "capability": "capability: <i>factual</i> 0.68→0.66 (Δ -0.02 [-0.10, +0.06])"},
     {"method": "pca", "behaviour": "sentiment", "steerability": -0.3, "delta_pos_50": None,
      "ppl_ratio": 1.0, "kl": 0.01},
 ]
@@ -71,6 +73,12 @@ def test_compare_widget_sorts_charts_runs_and_cancels(
     fluency = page.eval_on_selector_all(".sw-compare-table tbody td[data-key=fluency_reason]", _METHODS)
     assert fluency[0].startswith("<b>repeats</b>")  # the verdict's sentence, as text
     assert page.eval_on_selector_all(".sw-compare-table th[data-key=norm_ratio]", _METHODS)
+    # compare(contexts=True, capability=n) columns appear because a row has them; others stay hidden
+    verdicts = page.eval_on_selector_all("td[data-key=context_dialogue_verdict]", _METHODS)
+    assert "weaker in context" in verdicts
+    capability = page.eval_on_selector_all("td[data-key=capability]", _METHODS)
+    assert any(text.startswith("capability: <i>factual</i>") for text in capability)  # text, not HTML
+    assert not page.eval_on_selector_all("th[data-key=context_tool_use_verdict]", _METHODS)
 
     page.click(".sw-compare-table th[data-key=steerability]")
     assert page.eval_on_selector_all(_METHOD_CELLS, _METHODS)[::2] == ["pca", "caa"]  # ascending
