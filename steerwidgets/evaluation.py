@@ -1109,8 +1109,7 @@ def compare(
     used_instructions: dict[str, str | None] = {}
     norms: dict[int, float] = {}  # mean‖h‖ per layer on the neutral prompts, filled as needed
     targets: dict[str, dict[str, Any]] = {}
-    # TODO: compute capability_check(model, None, n=capability) once here and pass it as baseline= per row
-    capability_base = None
+    capability_base: list[Any] = []  # the unsteered capability result, scored once, at the first row
     for data in datas:
         behaviour = data.name
         ctx = EvalContext(model, data.test_items, data.open_items, passages, lam, open_at, cancel=cancel)
@@ -1175,7 +1174,7 @@ def compare(
                 result["contexts"] = {**effect.summary(), "items": per_item}
                 row.update(_context_fields(effect))
             if capability:
-                checked = _row_capability(model, steer(open_at), capability, baseline=capability_base)
+                checked = _row_capability(model, steer(open_at), capability, capability_base)
                 result["capability"] = checked.summary()
                 row.update(_capability_fields(checked))
                 tick(f"{behaviour}: {name} capability")
@@ -1376,12 +1375,14 @@ def _context_fields(effect: Any) -> dict[str, Any]:
     return row
 
 
-def _row_capability(model: Any, steerings: list[Steering], n: int, baseline: Any = None) -> Any:
-    """``capability_check`` of one row's steering (at its matched strength), first ``n`` items per set."""
+def _row_capability(model: Any, steerings: list[Steering], n: int, base: list[Any]) -> Any:
+    """``capability_check`` of one row's steering (at its matched strength), first ``n`` items per set;
+    the unsteered pass is scored once per comparison (kept in ``base``) and reused by every row."""
     from .capabilities import capability_check
 
-    # TODO: capability_check(model, steerings, n=n, baseline=baseline) once it accepts the unsteered pass
-    return capability_check(model, steerings, n=n)
+    if not base:
+        base.append(capability_check(model, None, n=n))
+    return capability_check(model, steerings, n=n, baseline=base[0])
 
 
 def _capability_fields(result: Any) -> dict[str, Any]:

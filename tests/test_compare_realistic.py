@@ -129,6 +129,26 @@ def test_compare_rows_in_context_and_capability(tiny_long, small_data):
         assert column["key"] in row, column["key"]
 
 
+def test_the_unsteered_capability_pass_is_scored_once_per_comparison(tiny_long, small_data, monkeypatch):
+    from steerwidgets import capabilities as C
+
+    calls = []
+    real = C.capability_check
+    monkeypatch.setattr(
+        C, "capability_check", lambda m, s=None, **k: calls.append((s, k.get("baseline"))) or real(m, s, **k)
+    )
+    vectors = [random_vector(tiny_long, seed=k, scale=4.0) for k in (1, 2)]
+    result = E.compare(
+        [("one", _fixed(vectors[0])), ("two", _fixed(vectors[1]))], ["sentiment"], model=tiny_long, layer=1,
+        strengths=[-1.0, 0.0, 1.0], seeds=(0,), match=None, fluency=False, capability=2,
+    )  # fmt: skip
+    unsteered = [c for c in calls if c[0] is None]
+    assert len(unsteered) == 1 and len(calls) == 3
+    assert calls[1][1] is calls[2][1] is not None  # both rows reuse the one unsteered result
+    base = [s["accuracy_unsteered"] for s in result.details["one/sentiment"]["capability"]["sets"]]
+    assert base == [s["accuracy_unsteered"] for s in result.details["two/sentiment"]["capability"]["sets"]]
+
+
 def test_a_skipped_row_still_ticks_its_context_and_capability_steps(tiny_long, small_data):
     seen = []
     result = E.compare(
