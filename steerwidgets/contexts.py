@@ -163,8 +163,12 @@ def embed_all(
 MIN_BARE_EFFECT = 0.25  # below this bare effect a ratio is not reported (as relative steerability)
 
 
-def context_verdict(difference_ci: tuple[float, float]) -> str:
-    """Weaker / stronger in context only when the paired 95 % interval excludes 0."""
+def context_verdict(difference_ci: tuple[float, float], bare_effect: float | None = None) -> str:
+    """Weaker / stronger in context only when the paired 95 % interval excludes 0, and only where there is
+    a bare effect to lose: below :data:`MIN_BARE_EFFECT` a "weaker" or "stronger" verdict would report a
+    difference between two non-effects, so it reads "too small to compare"."""
+    if bare_effect is not None and bare_effect < MIN_BARE_EFFECT:
+        return "too small to compare"
     if difference_ci[1] < 0:
         return "weaker in context"
     if difference_ci[0] > 0:
@@ -199,17 +203,19 @@ class ContextEffect:
         return [k for k in self.effect if k != "bare"]
 
     def verdicts(self) -> dict[str, str]:
-        return {k: context_verdict(self.difference_ci[k]) for k in self.kinds}
+        return {k: context_verdict(self.difference_ci[k], self.mean("bare")) for k in self.kinds}
 
     @property
     def verdict(self) -> str:
+        bare = self.mean("bare")
+        if bare < MIN_BARE_EFFECT:
+            return (
+                f"Steering effect in realistic contexts vs the bare format: too small to compare (the bare "
+                f"effect {bare:.3g} is below {MIN_BARE_EFFECT}, so a change in context would compare two "
+                "non-effects; use a larger strength or a behaviour the vector moves)."
+            )
         parts = [f"{k.replace('_', '-')}: {v}" for k, v in self.verdicts().items()]
-        caveat = (
-            f" (the bare effect {self.mean('bare'):.3g} is below {MIN_BARE_EFFECT}: too small to compare)"
-            if abs(self.mean("bare")) < MIN_BARE_EFFECT
-            else ""
-        )
-        return f"Steering effect in realistic contexts vs the bare format — {'; '.join(parts)}{caveat}."
+        return f"Steering effect in realistic contexts vs the bare format — {'; '.join(parts)}."
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -223,7 +229,7 @@ class ContextEffect:
                     "ratio_to_bare": self.ratio(k),
                     "difference": self.mean(k) - self.mean("bare"),
                     "difference_ci": list(self.difference_ci[k]),
-                    "verdict": context_verdict(self.difference_ci[k]),
+                    "verdict": context_verdict(self.difference_ci[k], self.mean("bare")),
                 }
                 for k in self.kinds
             },

@@ -1368,8 +1368,8 @@ def _context_fields(effect: Any) -> dict[str, Any]:
         row[f"context_{kind}_ratio"] = effect.ratio(kind)
         row[f"context_{kind}_difference"] = effect.mean(kind) - bare
         row[f"context_{kind}_difference_ci"] = [float(ci[0]), float(ci[1])]
-        row[f"context_{kind}_verdict"] = context_verdict(ci)
-    small = abs(bare) < MIN_BARE_EFFECT
+        row[f"context_{kind}_verdict"] = context_verdict(ci, bare)
+    small = bare < MIN_BARE_EFFECT
     caveat = f"bare effect {bare:.3g} < {MIN_BARE_EFFECT}: too small to compare"
     row["context_caveat"] = caveat if small else None
     return row

@@ -31,7 +31,12 @@ OPEN = [
     sw.OpenEndedItem("What do you think of the cafe?", "I love it.", "I hate it, honestly."),
 ]
 PASSAGES = ["The Moon is the only natural satellite of the Earth."]
-CONTEXT_VERDICTS = {"weaker in context", "stronger in context", "no detectable change"}
+CONTEXT_VERDICTS = {
+    "weaker in context",
+    "stronger in context",
+    "no detectable change",
+    "too small to compare",
+}
 CAPABILITY_VERDICTS = {"costs capability", "no detectable cost"}
 KINDS = ("dialogue", "tool_use")
 
@@ -113,7 +118,9 @@ def test_compare_rows_in_context_and_capability(tiny_long, small_data):
             assert row[f"context_{kind}_ratio"] is None
         else:
             assert row[f"context_{kind}_ratio"] == pytest.approx(row[f"context_{kind}_effect"] / bare)
-    assert (row["context_caveat"] is None) == (abs(row["context_bare_effect"]) >= X.MIN_BARE_EFFECT)
+    assert (row["context_caveat"] is None) == (row["context_bare_effect"] >= X.MIN_BARE_EFFECT)
+    if row["context_caveat"] is not None:
+        assert all(row[f"context_{kind}_verdict"] == "too small to compare" for kind in KINDS)
     settings = result.settings["contexts"]
     assert settings["on"] and settings["kinds"] == list(KINDS) and "0.25" in settings["ratio_rule"]
 

@@ -158,7 +158,9 @@ def test_context_verdicts_by_hand():
     small = X.paired_context_effect(
         "m", {"bare": np.array([0.1, 0.1]), "tool_use": np.array([0.1, 0.1])}, {}, 0
     )
-    assert small.ratio("tool_use") is None and small.verdicts() == {"tool_use": "no detectable change"}
+    assert small.ratio("tool_use") is None and small.verdicts() == {"tool_use": "too small to compare"}
+    assert X.context_verdict((-0.5, -0.1), bare_effect=0.1) == "too small to compare"
+    assert X.context_verdict((-0.5, -0.1), bare_effect=-0.6) == "too small to compare"  # a backfiring bare
     assert "too small to compare" in small.verdict and "too small" not in effect.verdict
 
 

@@ -200,7 +200,7 @@ def test_context_block_judges_each_format_and_compares_it_with_bare(smol, ab_ite
         for kind, c in summary["contexts"].items():
             low, high = c["difference_ci"]
             assert low <= c["difference"] <= high
-            assert c["verdict"] == sw.contexts.context_verdict((low, high))
+            assert c["verdict"] == sw.contexts.context_verdict((low, high), summary["bare"])
             ratio = None if summary["bare"] < sw.contexts.MIN_BARE_EFFECT else c["effect"] / summary["bare"]
             assert c["ratio_to_bare"] == (None if ratio is None else pytest.approx(ratio))
             assert summary["judged"][kind]["verdict"] in sw.verdicts.VERDICTS

@@ -59,8 +59,8 @@ CONTEXT_COLUMNS: list[dict[str, Any]] = [
         {
             "key": f"context_{kind}_verdict",
             "label": f"{name} verdict",
-            "title": "weaker / stronger in context when the paired 95 % interval excludes 0, "
-            "else no detectable change",
+            "title": "weaker / stronger in context when the paired 95 % interval excludes 0, else no "
+            f"detectable change; too small to compare when the bare steerability is below {MIN_BARE_EFFECT}",
             "optional": True,
         },
     )
@@ -68,8 +68,8 @@ CONTEXT_COLUMNS: list[dict[str, Any]] = [
     {
         "key": "context_caveat",
         "label": "contexts: caveat",
-        "title": f"set when the bare steerability is below {MIN_BARE_EFFECT}: the context verdicts then "
-        "say little",
+        "title": f"set when the bare steerability is below {MIN_BARE_EFFECT}: there is no effect to lose, "
+        "so the context verdicts read 'too small to compare'",
         "optional": True,
     }
 ]
