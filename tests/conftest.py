@@ -65,6 +65,24 @@ def tiny_llama(tokenizer) -> sw.SteerableModel:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_long(tokenizer) -> sw.SteerableModel:
+    """A tiny random Llama that reads 1024 positions: the built-in contexts are longer than 128 tokens."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    )
+    return sw.load_model(LlamaForCausalLM(config).eval(), tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_bf16(tokenizer) -> sw.SteerableModel:
     """A bfloat16 model, as many hub checkpoints load."""
     return _tiny("llama", tokenizer, torch.bfloat16)

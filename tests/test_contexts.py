@@ -30,22 +30,8 @@ OPEN = [
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tokenizer) -> sw.SteerableModel:
-    """A tiny random Llama that reads 1024 positions: the built-in contexts are longer than 128 tokens."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-    )
-    return sw.load_model(LlamaForCausalLM(config).eval(), tokenizer=tokenizer)
+def tiny_llama(tiny_llama_long) -> sw.SteerableModel:
+    return tiny_llama_long  # 1024 positions: the built-in contexts are longer than 128 tokens
 
 
 def test_builtin_contexts():

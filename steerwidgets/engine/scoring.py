@@ -44,11 +44,7 @@ def score(
         raise SteeringError(
             f"got {len(prompts)} prompts but {len(completions)} completions; pass one of each per pair"
         )
-    per_row = [[] for _ in prompts] if row_steerings is None else [as_list(x) for x in row_steerings]
-    if len(per_row) != len(prompts):
-        raise SteeringError(
-            f"got {len(per_row)} row_steerings for {len(prompts)} pairs; give one entry (or None) per pair"
-        )
+    per_row = _per_row(row_steerings, len(prompts), "pair")
     steerings = active_steerings(model) + as_list(steering)
     for item in [*steerings, *(x for row in per_row for x in row)]:
         item.validate(model)
@@ -137,12 +133,7 @@ def score_choices(
         raise SteeringError(
             f"got {len(prompts)} prompts but {len(choices)} candidate lists; pass one list per prompt"
         )
-    per_row = [[] for _ in prompts] if row_steerings is None else [as_list(x) for x in row_steerings]
-    if len(per_row) != len(prompts):
-        raise SteeringError(
-            f"got {len(per_row)} row_steerings for {len(prompts)} prompts; "
-            "give one entry (or None) per prompt"
-        )
+    per_row = _per_row(row_steerings, len(prompts), "prompt")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise SteeringError(f"batch_size must be a positive int, got {batch_size!r}")
     given = as_list(steering)
@@ -365,6 +356,16 @@ def next_token_logprobs(
                 logits = model.nn.lm_head.output[:, -1].save()
         out.append(logits.float().log_softmax(-1))
     return torch.cat(out)
+
+
+def _per_row(row_steerings: Sequence[Any] | None, n: int, unit: str) -> list[list[Steering]]:
+    """One list of extra steerings per ``unit`` (pair or prompt); the count must match."""
+    per_row = [[] for _ in range(n)] if row_steerings is None else [as_list(x) for x in row_steerings]
+    if len(per_row) != n:
+        raise SteeringError(
+            f"got {len(per_row)} row_steerings for {n} {unit}s; give one entry (or None) per {unit}"
+        )
+    return per_row
 
 
 def _check_sequences(sequences: Any) -> None:
