@@ -19,7 +19,9 @@ def tokenizer(smol):
     return smol.tokenizer
 
 
-def _tiny(kind: str, tokenizer, dtype: torch.dtype = torch.float32) -> sw.SteerableModel:
+def _tiny(
+    kind: str, tokenizer, dtype: torch.dtype = torch.float32, positions: int = 128
+) -> sw.SteerableModel:
     from transformers import (
         GPT2Config,
         GPT2LMHeadModel,
@@ -39,7 +41,7 @@ def _tiny(kind: str, tokenizer, dtype: torch.dtype = torch.float32) -> sw.Steera
             num_hidden_layers=4,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=128,
+            max_position_embeddings=positions,
         )
         hf = LlamaForCausalLM(config)
     elif kind == "gpt2":
@@ -67,19 +69,7 @@ def tiny_llama(tokenizer) -> sw.SteerableModel:
 @pytest.fixture(scope="session")
 def tiny_llama_long(tokenizer) -> sw.SteerableModel:
     """A tiny random Llama that reads 1024 positions: the built-in contexts are longer than 128 tokens."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-    )
-    return sw.load_model(LlamaForCausalLM(config).eval(), tokenizer=tokenizer)
+    return _tiny("llama", tokenizer, positions=1024)
 
 
 @pytest.fixture(scope="session")
