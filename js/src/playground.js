@@ -42,6 +42,7 @@ import { destroyChart, renderChart } from "./chart.js";
  * @property {string} actadd_positive
  * @property {string} actadd_negative
  * @property {StackRow[]} stack
+ * @property {number} capability   items per capability set for the side-effect line; 0: off
  * @property {number} n_layers
  * @property {string} model_name
  * @property {string[]} vector_names
@@ -66,6 +67,7 @@ import { destroyChart, renderChart } from "./chart.js";
  */
 
 const PRESETS = ["all", "prompt", "last", "generated"];
+const CAPABILITY_N = 10; // items per capability set when the check is switched on from the page
 const LIST_RE = /^\s*-?\d+(\s*,\s*-?\d+)*\s*$/;
 const PROMPT_DEBOUNCE_MS = 500;
 
@@ -658,6 +660,22 @@ function render({ model, el }) {
 
   const warningsBox = h("div", "sw-pg-warnings", { "aria-live": "polite" });
 
+  // The capability side-effect line: accuracy on the built-in capability sets, unsteered vs steered
+  const capabilityBox = h("input", "sw-pg-capability", {
+    type: "checkbox",
+    id: `${uid}-capability`,
+    "aria-label": "Capability check: accuracy on the built-in capability sets, unsteered vs steered",
+  });
+  let lastCapability = CAPABILITY_N;
+  on(capabilityBox, "change", () => {
+    const n = Number(model.get("capability")) || 0;
+    if (n > 0) lastCapability = n;
+    commit({ capability: capabilityBox.checked ? lastCapability : 0 });
+  });
+  const capabilityLabel = label("", capabilityBox.id);
+  const capabilityRow = h("div", "sw-row sw-pg-capability-row");
+  capabilityRow.append(capabilityBox, capabilityLabel);
+
   const codeRow = h("div", "sw-row");
   const codeBtn = h("button", "sw-button sw-pg-copy", { type: "button", "aria-label": "Copy as code" });
   codeBtn.textContent = "Copy as code";
@@ -688,7 +706,7 @@ function render({ model, el }) {
     }
   });
 
-  root.append(controls, errorBox, statusLine, outputs, lower, warningsBox, codeRow, codeBox);
+  root.append(controls, errorBox, statusLine, outputs, lower, warningsBox, capabilityRow, codeRow, codeBox);
   el.appendChild(root);
 
   // ---------------------------------------------------------------------------------------
@@ -906,6 +924,7 @@ function render({ model, el }) {
       if (t.first_token_ms !== undefined) parts.push(`first token ${fmtMs(t.first_token_ms)}`);
       if (t.steered_ms !== undefined) parts.push(`text ${fmtMs(t.steered_ms)}`);
       if (t.charts_ms !== undefined) parts.push(`charts ${fmtMs(t.charts_ms)}`);
+      if (t.capability_ms !== undefined) parts.push(`capability ${fmtMs(t.capability_ms)}`);
       if (t.total_ms !== undefined) parts.push(`total ${fmtMs(t.total_ms)}`);
       if (t.base_cached) parts.push("unsteered text cached");
     }
@@ -917,6 +936,12 @@ function render({ model, el }) {
     "prompt layer strength relative positions max_new_tokens seed actadd_positive actadd_negative n_layers vector_norms",
     drawControls,
   );
+  const drawCapability = () => {
+    const n = Number(model.get("capability")) || 0;
+    capabilityBox.checked = n > 0;
+    capabilityLabel.textContent = `capability check (${n > 0 ? n : lastCapability} items per set)`;
+  };
+  watch("capability", drawCapability);
   watch("vector_names vector_name", drawVectorNames);
   watch("prompt_tokens", drawChips);
   watch("steer_mask steer_generated", drawMask);
@@ -945,6 +970,7 @@ function render({ model, el }) {
   drawWarnings();
   drawError();
   drawStatus();
+  drawCapability();
 
   return () => {
     for (const fn of cleanups) fn();

@@ -4,9 +4,10 @@ and keyboard, not synthetic DOM events.
 A strength slider dragged with the mouse; a strength typed into the number box and committed with
 Enter (inside JupyterLab, Enter in a number input fires no `change`: JupyterLab's keyboard handling
 prevents the key's default action, so the widget needs its own keydown handler); a seed and a
-max-new-tokens value committed by Tab; a token chip clicked. Each must reach the kernel and run a
-new update. Every wait is on a state the reaction produces (the widget's commit marker and its
-finished update, the kernel's trait), never on time."""
+max-new-tokens value committed by Tab; a token chip clicked; the capability check switched on with a
+click and off with Space. Each must reach the kernel and run a new update. Every wait is on a state the
+reaction produces (the widget's commit marker and its finished update, the kernel's trait), never on
+time."""
 
 from __future__ import annotations
 
@@ -141,6 +142,25 @@ def test_playground_reacts_to_real_mouse_and_keyboard(
     assert _kernel(kernel_execute, page, "playground.positions") == index
     assert _kernel(kernel_execute, page, "sum(playground.steer_mask)") == "1"
     save_screenshot(page, "playground-real-input")
+
+    # --- the capability check, switched on with a click: its side-effect line appears ----------------
+    capability = root.get_by_label(
+        "Capability check: accuracy on the built-in capability sets, unsteered vs steered"
+    )
+    assert not capability.is_checked() and _kernel(kernel_execute, page, "playground.capability") == "0"
+    before = page.evaluate(PLAYGROUND_COMMIT_AT)
+    capability.click()
+    wait_playground_reaction(page, before)
+    assert _kernel(kernel_execute, page, "playground.capability") == "10"
+    line = root.locator(".sw-pg-warnings div", has_text="capability: arithmetic")
+    line.wait_for(state="visible", timeout=patience(120_000))
+    assert "(first 10 items per set;" in line.text_content()
+    assert "capability" in root.locator(".sw-pg-status").text_content()
+    before = page.evaluate(PLAYGROUND_COMMIT_AT)
+    page.keyboard.press("Space")  # the focused checkbox, now with the keyboard: off again
+    wait_playground_reaction(page, before)
+    assert _kernel(kernel_execute, page, "playground.capability") == "0"
+    assert root.locator(".sw-pg-warnings div", has_text="capability: arithmetic").count() == 0
 
     assert page_log.external_requests == [], page_log.external_requests
     assert page_log.page_errors == [], page_log.page_errors
