@@ -155,6 +155,45 @@ def require_built(*names: str) -> None:
             pytest.skip(reason)
 
 
+# The Playground most browser tests drive: the default model, short generations.
+PLAYGROUND_CELL = """
+import steerwidgets as sw
+from steerwidgets.widgets.playground import Playground
+playground = Playground(sw.load_model(), 'sentiment', prompt='Tell me about your day.', layer=10,
+                        strength=4.0, max_new_tokens=6)
+playground
+"""
+
+
+def open_playground(
+    page: Any,
+    lab_server: Any,
+    run_notebook: Any,
+    path: Path,
+    cell: str = PLAYGROUND_CELL,
+    *,
+    run_s: float = 300,
+    first_update_ms: float = 180_000,
+    polling: int = 100,
+) -> Any:
+    """Write ``cell`` as a one-cell notebook at ``path``, run it in JupyterLab and wait for the Playground's
+    first update to finish (done or error); returns the Playground's root locator."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(cell.strip())]
+    nbformat.write(nb, path)
+    run_notebook(page, lab_server, path, timeout_s=run_s)
+    root = page.locator(PLAYGROUND).first
+    root.wait_for(state="attached", timeout=patience(120_000))
+    page.wait_for_function(
+        f"() => ['done', 'error'].includes(document.querySelector('{PLAYGROUND}').dataset.status)",
+        timeout=patience(first_update_ms),
+        polling=polling,
+    )
+    return root
+
+
 def wait_playground_reaction(page: Any, before: str, timeout_ms: float = 180_000) -> None:
     """Wait until the Playground committed something after `before` and Python finished updating; the
     update must have succeeded."""

@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 
-from helpers import PLAYGROUND_COMMIT_AT, patience, require_built, wait_playground_reaction
+from helpers import PLAYGROUND_COMMIT_AT, open_playground, require_built, wait_playground_reaction
 
 pytestmark = pytest.mark.browser
 
@@ -74,18 +73,10 @@ def _drag(page: Any, slider: Any, to: float) -> None:
 def test_slider_drag_to_ab_check_done_on_the_page_clock(
     tmp_path, page, page_log, lab_server, run_notebook, kernel_execute
 ):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(CELL.strip())]
-    path = tmp_path / "playground_latency.ipynb"
-    nbformat.write(nb, path)
-    run_notebook(page, lab_server, path, timeout_s=600)
-    root = page.locator(ROOT).first
-    root.wait_for(state="attached", timeout=patience(120_000))
-    page.wait_for_function(
-        f"() => ['done', 'error'].includes(document.querySelector('{ROOT}').dataset.status)",
-        timeout=patience(600_000),
-        polling=200,
-    )
+    root = open_playground(
+        page, lab_server, run_notebook, tmp_path / "playground_latency.ipynb", CELL,
+        run_s=600, first_update_ms=600_000, polling=200,
+    )  # fmt: skip
     slider = root.locator(".sw-pg-strength")
     slider.scroll_into_view_if_needed()
     drags = []

@@ -6,22 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from helpers import PLAYGROUND_COMMIT_AT, patience, require_built, wait_playground_reaction
+from helpers import PLAYGROUND_COMMIT_AT, open_playground, require_built, wait_playground_reaction
 
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = ".sw-playground"
-CELL = """
-import steerwidgets as sw
-from steerwidgets.widgets.playground import Playground
-playground = Playground(sw.load_model(), 'sentiment', prompt='Tell me about your day.', layer=10,
-                        strength=4.0, max_new_tokens=6)
-playground
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -32,18 +24,7 @@ def _built():
 def test_a_stack_row_added_and_typed_into_steers_and_shows_its_norm_ratio(
     tmp_path, page, page_log, lab_server, run_notebook, kernel_execute, save_screenshot
 ):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(CELL.strip())]
-    path = tmp_path / "playground_stack.ipynb"
-    nbformat.write(nb, path)
-    run_notebook(page, lab_server, path, timeout_s=300)
-    root = page.locator(ROOT).first
-    root.wait_for(state="attached", timeout=120_000)
-    page.wait_for_function(
-        f"() => ['done', 'error'].includes(document.querySelector('{ROOT}').dataset.status)",
-        timeout=patience(180_000),
-        polling=100,
-    )
+    root = open_playground(page, lab_server, run_notebook, tmp_path / "playground_stack.ipynb")
     steered_before = root.locator(".sw-pg-steered-text").text_content()
 
     # --- add a row with the mouse: it starts at strength 0, so the text stays ---------------------
