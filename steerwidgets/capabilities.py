@@ -169,10 +169,15 @@ class CapabilityResult:
         raise KeyError(name)
 
     @property
+    def costly_sets(self) -> list[str]:
+        """The sets whose paired interval of the accuracy change lies below 0 (empty when unsteered)."""
+        return [r.name for r in self.sets if r.verdict == "costs capability"]
+
+    @property
     def verdict(self) -> str:
         if self.steering is None:
             return "Unsteered capability only (no steering given)."
-        costly = [r.name for r in self.sets if r.verdict == "costs capability"]
+        costly = self.costly_sets
         if costly:
             return (
                 f"The steering costs capability on {', '.join(costly)} "

@@ -1388,7 +1388,7 @@ def _row_capability(model: Any, steerings: list[Steering], n: int, base: list[An
 def _capability_fields(result: Any) -> dict[str, Any]:
     """Row fields: the one-line side effect, the mean accuracy change over sets, and one verdict."""
     changes = [r.difference for r in result.sets]
-    costly = any(r.verdict == "costs capability" for r in result.sets)
+    costly = bool(result.costly_sets)
     return {
         "capability": result.side_effect_line(),
         "capability_change": float(np.mean(changes)),

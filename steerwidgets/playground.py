@@ -772,9 +772,9 @@ class Pipeline:
             message = base.side_effect_line() + " — nothing steered, so no change to measure"
             return {"level": "notice", "message": message, "capability": base.summary()}
         result = capability_check(self.model, steerings, n=n, baseline=base)
-        costly = result.verdict.startswith("The steering costs")
         line = f"{result.side_effect_line()} (first {n} items per set; Δ: the paired 95 % CI of the change)"
-        return {"level": "warning" if costly else "notice", "message": line, "capability": result.summary()}
+        level = "warning" if result.costly_sets else "notice"
+        return {"level": level, "message": line, "capability": result.summary()}
 
     def _ab_check(
         self,
