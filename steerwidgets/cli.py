@@ -216,16 +216,38 @@ def _stack_json(background: list[Any], swept: dict[str, Any] | None = None) -> l
     return ([{**swept, "swept": True}] if swept else []) + fixed
 
 
-def _load(model_name: str) -> Any:
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    """--model, --device, --dtype: where and how the model loads (as sw.load_model's arguments)."""
+    parser.add_argument("--model", default="default", help="model name, HF id or folder")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1 or mps (default: CUDA when available, else the CPU)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=_DTYPES,
+        help="weights' dtype (default: float32 on the CPU, bfloat16 on a GPU)",
+    )
+
+
+def _load(args: argparse.Namespace) -> Any:
+    import torch
+
     from .models import load_model
 
-    return load_model(None if model_name == "default" else model_name)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    return load_model(None if args.model == "default" else args.model, device=args.device, dtype=dtype)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", required=True, help="A/B items to build the CAA vector from")
     parser.add_argument("--test", required=True, help="A/B items to measure propensity on")
-    parser.add_argument("--model", default="default", help="model name, HF id or folder")
+    _model_args(parser)
     parser.add_argument(
         "--strengths",
         default=",".join(f"{s:g}" for s in DEFAULT_STRENGTHS),
@@ -278,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     _stack_args(sweep, own_layer=False)
     gen = sub.add_parser("generate", help="unsteered and steered continuations of a prompt under a stack")
     gen.add_argument("--prompt", required=True, help="the user prompt")
-    gen.add_argument("--model", default="default", help="model name, HF id or folder")
+    _model_args(gen)
     gen.add_argument("--max-new-tokens", type=int, default=32)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument(
@@ -312,7 +334,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise CliError("--layer is required: the layer to evaluate (put it before any --vector)")
     entries = _stack_entries(args)
     train, test = _load_items(args.train, "--train"), _load_items(args.test, "--test")
-    model = _load(args.model)
+    model = _load(args)
     check_item_lengths(model, train, args.train, "--train")
     check_item_lengths(model, test, args.test, "--test")
     if not 0 <= args.layer < model.n_layers:
@@ -459,7 +481,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     check_output(getattr(args, "html", None), "--html")
     entries = _stack_entries(args)
     train, test = _load_items(args.train, "--train"), _load_items(args.test, "--test")
-    model = _load(args.model)
+    model = _load(args)
     check_item_lengths(model, train, args.train, "--train")
     check_item_lengths(model, test, args.test, "--test")
     k = _null_count(args.null_directions)
@@ -532,7 +554,7 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
         raise CliError(
             "nothing to steer with: give --vector FILE --layer L --strength S (repeatable) or --steering"
         )
-    model = _load(args.model)
+    model = _load(args)
     stack = _load_stack(model, entries)
     result = generate(model, args.prompt, stack, max_new_tokens=args.max_new_tokens, seed=args.seed)
     return {

@@ -58,15 +58,34 @@ class AffineMap:
             )
         if not all(torch.isfinite(t).all() for t in (self.weight, self.mu_src, self.mu_tgt)):
             raise VectorError("the affine map contains NaN or inf")
+        object.__setattr__(self, "_placed", {})
+
+    def __getstate__(self) -> dict:
+        # The device copies are a cache: they neither pickle (remote runs ship the map) nor compare.
+        return {k: v for k, v in self.__dict__.items() if k != "_placed"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        object.__setattr__(self, "_placed", {})
+
+    def on(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(W, μ_src, μ_tgt) on ``like``'s device and in its dtype, copied once per (device, dtype): a
+        d×d map moved at every generated token would cost more than the step it edits."""
+        key = (like.device, like.dtype)
+        placed = self._placed.get(key)
+        if placed is None:
+            placed = tuple(to_like(t, like) for t in (self.weight, self.mu_src, self.mu_tgt))
+            self._placed[key] = placed
+        return placed
 
     @property
     def shift(self) -> torch.Tensor:
         return self.mu_tgt - self.mu_src
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The full map W(h − μ_src) + μ_tgt on the last dimension."""
-        w = self.weight.to(hidden.dtype)
-        return (hidden - self.mu_src.to(hidden.dtype)) @ w.T + self.mu_tgt.to(hidden.dtype)
+        """The full map W(h − μ_src) + μ_tgt on the last dimension (on ``hidden``'s device and dtype)."""
+        w, mu_src, mu_tgt = self.on(hidden)
+        return (hidden - mu_src) @ w.T + mu_tgt
 
 
 @dataclass(frozen=True)
@@ -133,6 +152,16 @@ class Steering:
         if self.operator in ("ablate", "clamp") and float(vec.norm()) == 0.0:
             raise SteeringError(f"operator {self.operator!r} needs a non-zero vector")
         check_position_spec(self.positions)
+
+
+def to_like(value: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``value`` on ``like``'s device, in ``dtype`` (default: ``like``'s dtype); no copy when already there.
+
+    Steering meets the model at the point of use: vectors, masks and scales are made on the CPU (seeded,
+    reproducible on any machine) and moved to whatever device the hidden state they edit lives on, so a
+    model split over several GPUs (``device_map="auto"``) is edited layer by layer on each layer's device.
+    """
+    return value.to(device=like.device, dtype=like.dtype if dtype is None else dtype)
 
 
 def check_position_spec(spec: PositionSpec) -> None:
@@ -333,8 +362,11 @@ def apply_operator(
 
     ``scale`` broadcasts against ``hidden[..., :1]`` (one multiplier per row, per position, or both).
     The edit is computed in float32 and returned in ``hidden``'s dtype, so bf16/fp16 models work and
-    a float32 model's numbers are unchanged. ``operator`` is looked up in :data:`OPERATORS`.
+    a float32 model's numbers are unchanged; ``vec`` and ``scale`` are moved to ``hidden``'s device.
+    ``operator`` is looked up in :data:`OPERATORS`.
     """
+    if isinstance(scale, torch.Tensor):
+        scale = scale.to(hidden.device)
     if hidden.dtype == torch.float32:
         return _apply_operator(hidden, vec, scale, operator)
     return _apply_operator(hidden.float(), vec, scale, operator).to(hidden.dtype)
@@ -347,7 +379,7 @@ def _apply_operator(
         if not isinstance(vec, AffineMap) or operator != "affine":
             raise SteeringError("operator 'affine' needs an AffineMap (and an AffineMap needs 'affine')")
     else:
-        vec = vec.to(hidden.dtype)
+        vec = to_like(vec, hidden)
     fn = OPERATORS.get(operator)
     if fn is None:
         raise SteeringError(f"unknown operator {operator!r}; use one of {tuple(OPERATORS)}")

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import warnings
@@ -88,6 +89,34 @@ class SteerableModel:
         return self.nn._module
 
     @property
+    def device(self) -> torch.device:
+        """Where the model's inputs go: the device of its input embeddings (the first GPU of a model split
+        with ``device_map="auto"``). A remote (NDIF) model takes CPU inputs; nnsight sends them."""
+        if self.remote:
+            return torch.device("cpu")
+        embed = self.hf.get_input_embeddings()
+        weight = getattr(embed, "weight", None)
+        if weight is not None:
+            return weight.device
+        return next(self.hf.parameters()).device
+
+    @property
+    def devices(self) -> list[str]:
+        """Every device holding a parameter, e.g. ``['cuda:0', 'cuda:1']`` under ``device_map="auto"``."""
+        if self.remote:
+            return ["remote (NDIF)"]
+        return sorted({str(p.device) for p in self.hf.parameters()})
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's weights (steering edits are computed in float32 and cast to it)."""
+        return next(self.hf.parameters()).dtype
+
+    def place(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` (ids, masks, positions) on the model's input device; unchanged for a remote model."""
+        return tensor if self.remote else tensor.to(self.device)
+
+    @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
@@ -121,10 +150,11 @@ class SteerableModel:
         )
 
     def __repr__(self) -> str:
-        where = "remote (NDIF)" if self.remote else "local"
+        where = "remote (NDIF)" if self.remote else f"on {', '.join(self.devices)}"
+        dtype = "" if self.remote else f", {str(self.dtype).replace('torch.', '')}"
         return (
             f"SteerableModel({self.name!r}, layers={self.n_layers}, d_model={self.d_model}, "
-            f"blocks={self.layers_path!r}, {where})"
+            f"blocks={self.layers_path!r}, {where}{dtype})"
         )
 
 
@@ -293,7 +323,8 @@ def load_model(
     *,
     tokenizer: Any = None,
     remote: bool = False,
-    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
     layers_path: str | None = None,
     **from_pretrained_kwargs: Any,
 ) -> SteerableModel:
@@ -302,12 +333,54 @@ def load_model(
     ``model`` may be ``None`` (the default SmolLM2-135M-Instruct, offline), ``"gemma-3-270m"``, a Hugging Face
     id or local folder (the online path), or an already loaded ``transformers`` model. ``remote=True`` runs
     every trace on NDIF through nnsight (the weights are then not downloaded).
+
+    ``device`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``, ``"mps"``): where the weights go. Left out, a model that
+    is loaded here goes to CUDA when it is available (said on stderr) and to the CPU otherwise; an already
+    loaded model stays where it is. ``dtype``: left out, float32 on the CPU and bfloat16 on a GPU (float16
+    where bfloat16 is not supported); an already loaded model keeps its dtype. A model too big for one GPU
+    goes through ``device_map="auto"`` (a ``from_pretrained`` argument, exclusive with ``device``).
     """
     import nnsight
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.bfloat16, got {dtype!r}")
+    if isinstance(model, SteerableModel):
+        return model  # already loaded: a no-op, so load_model(model) is safe to call twice
+    device_map = from_pretrained_kwargs.get("device_map")
+    if device is not None and device_map is not None:
+        raise ValueError(
+            "pass either device= (one device) or device_map= (a model split over devices), not both"
+        )
+    if remote and (device is not None or device_map is not None):
+        raise ValueError(
+            "a remote (NDIF) model runs on NDIF's GPUs; drop device=/device_map= with remote=True"
+        )
+    packaged = model is None or (
+        isinstance(model, str) and model.lower() in ("default", DEFAULT_MODEL, _GEMMA)
+    )
+    if packaged and device_map is not None:
+        raise ValueError(
+            f"the packaged models are small enough for one device; use device='cuda' instead of "
+            f"device_map={device_map!r}"
+        )
+    preloaded = isinstance(model, PreTrainedModel)
+    if device is not None:
+        device = check_device(device)
+    elif not remote and device_map is None and not preloaded:
+        device = default_device()
+        if device.type != "cpu":
+            label = DEFAULT_MODEL if model is None else str(model)
+            print(
+                f"steerwidgets: {device.type.upper()} is available, so {label} loads on {device} in "
+                f"{str(dtype or gpu_dtype(device)).replace('torch.', '')}; pass device='cpu' to stay on "
+                "the CPU",
+                file=sys.stderr,
+            )
+    if dtype is None and not preloaded:
+        dtype = torch.float32 if device is None or device.type == "cpu" else gpu_dtype(device)
+        if device_map is not None and torch.cuda.is_available():
+            dtype = gpu_dtype(torch.device("cuda"))
 
     if model is None or (isinstance(model, str) and model.lower() in ("default", DEFAULT_MODEL)):
         if remote:
@@ -319,7 +392,7 @@ def load_model(
         gguf = _gemma_gguf()
         hf, tok = _load_gguf(gguf, dtype)
         name, source = _GEMMA, f"gguf:{gguf}"
-    elif isinstance(model, PreTrainedModel):
+    elif preloaded:
         hf = model
         tok = tokenizer
         name = getattr(model.config, "_name_or_path", "") or type(model).__name__
@@ -328,6 +401,8 @@ def load_model(
                 raise ValueError("pass tokenizer= with an already loaded model")
             tok = AutoTokenizer.from_pretrained(name)
         source = "object"
+        if dtype is not None:
+            hf.to(dtype)
     elif isinstance(model, (str, Path)):
         name, source = str(model), "hub-or-folder"
         offline_kwargs = _check_hub_or_folder(model)
@@ -341,25 +416,90 @@ def load_model(
         if remote:
             wrapped = nnsight.TransformersModel(str(model), tokenizer=tok, task="text-generation")
             return _finish(wrapped, tok, name, source, remote, layers_path)
+        placement = {} if device is None else {"device_map": str(device)}  # straight onto the device
         try:
             hf = AutoModelForCausalLM.from_pretrained(
-                str(model), dtype=dtype, **{**offline_kwargs, **from_pretrained_kwargs}
+                str(model), dtype=dtype, **{**offline_kwargs, **placement, **from_pretrained_kwargs}
             )
         except (OSError, ValueError) as exc:
             raise ModelLoadError(
                 f"Could not load {name!r} as a Hugging Face id or local folder ({_short(exc)}). "
                 f"{_OFFLINE_FIX}"
             ) from exc
-    elif isinstance(model, SteerableModel):
-        return model  # already loaded: a no-op, so load_model(model) is safe to call twice
     else:
         raise TypeError(
             f"load_model() takes None, a model name, a folder or a transformers model, not "
             f"{type(model).__name__}"
         )
+    if device is not None:
+        hf.to(device)
     hf.eval()
-    wrapped = nnsight.TransformersModel(hf, tokenizer=tok, task="text-generation")
-    return _finish(wrapped, tok, name, source, remote, layers_path)
+    return _finish(_wrap(hf, tok), tok, name, source, remote, layers_path)
+
+
+def _wrap(hf: torch.nn.Module, tok: Any) -> Any:
+    """The nnsight wrapper of a loaded model, left where it is.
+
+    nnsight builds a transformers pipeline around a loaded model, and a pipeline given no device moves the
+    model to ``cuda:0`` (to the CPU on a machine without CUDA): a model the user put on ``cuda:1`` (or on
+    the CPU beside a GPU) would silently move. Passing its own device keeps it (a model split with a
+    ``device_map`` is never moved).
+    """
+    import nnsight
+
+    kwargs: dict[str, Any] = {}
+    if getattr(hf, "hf_device_map", None) is None:
+        kwargs["device"] = next(hf.parameters()).device
+    return nnsight.TransformersModel(hf, tokenizer=tok, task="text-generation", **kwargs)
+
+
+def default_device() -> torch.device:
+    """CUDA (its current device) when available, else Apple's MPS when available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def gpu_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the accelerator supports it (the dtype 1–9B checkpoints are trained in), else
+    float16; float32 on the CPU (bfloat16 matmuls are slow there)."""
+    if device.type == "cpu":
+        return torch.float32
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def check_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine; raise with the fix before any loading."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"cannot read device={device!r}; use 'cpu', 'cuda', 'cuda:1' or 'mps' ({_short(exc)})"
+        ) from exc
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"device={device!r} asks for CUDA but torch sees no CUDA device here "
+                f"(torch {torch.__version__}, torch.cuda.is_available() is False); use device='cpu', or "
+                "install a CUDA build of torch on a machine with an NVIDIA GPU"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ModelLoadError(
+                f"device={device!r} but this machine has {count} CUDA device(s): use cuda:0..cuda:{count - 1}"
+            )
+    elif parsed.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ModelLoadError(f"device={device!r} but MPS is not available here; use device='cpu'")
+    elif parsed.type != "cpu":
+        raise ValueError(f"device={device!r} is not supported; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    return parsed
 
 
 _OFFLINE_FIX = (

@@ -197,9 +197,9 @@ def kl_side_effects(
         ids, _ = tokenize_prompt(model, prompt)
         mask = position_mask(positions, len(ids), len(ids))
         first = int(mask.float().argmax())
-        out = _sweep_item(model, ids, mask, first, vector, layers, with_zero, "add", False, 64)
+        out = _sweep_item(model, ids, mask, first, vector, layers, with_zero, "add", False, None)
         for row, layer in enumerate(layers):
-            logp = out[layer][0][: len(with_zero), -1].log_softmax(-1).double().numpy()
+            logp = out[layer][0][: len(with_zero), -1].log_softmax(-1).double().cpu().numpy()
             kl = metrics.kl_divergence(logp, logp[zero][None])
             total[row] += np.array([kl[int(np.flatnonzero(with_zero == s)[0])] for s in lam])
     return total / len(prompts)

@@ -20,8 +20,9 @@ def tokenizer(smol):
 
 
 def _tiny(
-    kind: str, tokenizer, dtype: torch.dtype = torch.float32, positions: int = 128
+    kind: str, tokenizer, dtype: torch.dtype = torch.float32, positions: int = 128, place=None
 ) -> sw.SteerableModel:
+    """A tiny random model (seeded: two calls give the same weights); ``place(hf)`` moves it first."""
     from transformers import (
         GPT2Config,
         GPT2LMHeadModel,
@@ -58,6 +59,8 @@ def _tiny(
         )
         hf = GPTNeoXForCausalLM(config)
     hf.to(dtype).eval()
+    if place is not None:
+        hf = place(hf)
     return sw.load_model(hf, tokenizer=tokenizer)
 
 

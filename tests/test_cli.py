@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import steerwidgets as sw
 from steerwidgets import cli
@@ -167,6 +168,7 @@ def test_sweep_json_and_progress(files, tmp_path):
         (["--strengths", "a,b"], "comma-separated"),
         (["--positions", "middle"], "unknown position spec"),
         (["--null-directions", "1"], "at least 2"),
+        (["--device", "gpu"], "cannot read device='gpu'"),
     ],
 )
 def test_bad_input_exits_2(files, capsys, args, message):
@@ -177,6 +179,17 @@ def test_bad_input_exits_2(files, capsys, args, message):
     argv = ["evaluate"] + [x for pair in base.items() for x in pair]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine --device cuda is valid")
+def test_asking_for_cuda_without_one_exits_2_before_loading(files, capsys, monkeypatch):
+    from steerwidgets import models
+
+    monkeypatch.setattr(models, "_load_gguf", lambda *a: pytest.fail("loaded a model before the device check"))
+    train, test = files
+    argv = ["evaluate", "--train", str(train), "--test", str(test), "--layer", "3", "--device", "cuda"]
+    assert cli.main(argv) == 2
+    assert "use device='cpu'" in capsys.readouterr().err
 
 
 def test_malformed_file_exits_2(tmp_path, files, capsys):

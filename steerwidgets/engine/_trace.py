@@ -7,7 +7,7 @@ Private to the engine: :mod:`~steerwidgets.engine.generation`, :mod:`~steerwidge
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,6 +38,19 @@ class _Plan:
     # so a relative strength is scaled per sequence exactly as if it had its own row.
     segments: torch.Tensor | None = None
     segment_of: torch.Tensor | None = None
+    # Device copies of the CPU-built tensors above, made once per (name, device) at the first forward step
+    # that meets them (per layer under device_map="auto"); generation reuses them at every token.
+    placed: dict = field(default_factory=dict, repr=False)
+
+    def on(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """Tensor ``name`` (masks, front, vec, segments, segment_of) on ``like``'s device, kept dtype."""
+        key = (name, like.device)
+        value = self.placed.get(key)
+        if value is None:
+            value = getattr(self, name)
+            value = value.to(like.device)
+            self.placed[key] = value
+        return value
 
 
 @dataclass
@@ -80,9 +93,9 @@ def _plans(
 def _mean_norm(hidden: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
     """Mean residual norm per row over real tokens, skipping each row's first token (attention sink)."""
     norms = hidden.float().norm(dim=-1)
-    keep = attention.bool().clone()
+    keep = attention.to(hidden.device).bool().clone()
     first = keep.float().argmax(dim=1)
-    keep[torch.arange(keep.shape[0]), first] = False
+    keep[torch.arange(keep.shape[0], device=keep.device), first] = False
     keep_f = keep.float()
     return (norms * keep_f).sum(1) / keep_f.sum(1).clamp_min(1.0)
 
@@ -91,10 +104,10 @@ def _segment_scale(plan: _Plan, hidden: torch.Tensor) -> tuple[torch.Tensor, tor
     """Per-position scales ``[B, total, 1]`` of a relative plan over packed rows: each position gets its
     own sequence's mean‖h‖ (over that sequence's positions in ``plan.segments``); and the rows' means."""
     norms = hidden.float().norm(dim=-1)  # [B, total]
-    weights = plan.segments
+    weights = plan.on("segments", hidden)
     seg_mean = (weights * norms[:, None, :]).sum(-1) / weights.sum(-1).clamp_min(1.0)  # [B, S]
-    per_position = seg_mean.gather(1, plan.segment_of)  # [B, total]
-    vnorm = plan.vec.norm(dim=-1).mean().clamp_min(1e-12)
+    per_position = seg_mean.gather(1, plan.on("segment_of", hidden))  # [B, total]
+    vnorm = float(plan.vec.norm(dim=-1).mean().clamp_min(1e-12))
     scale = (plan.steering.strength * per_position / vnorm)[..., None]
     return scale, seg_mean.mean(1)
 
@@ -119,16 +132,18 @@ def _steer_in_trace(model: Any, plans: list[_Plan], start: int, attention: torch
                 plan.scale, plan.mean_norm = _segment_scale(plan, original)
             if plan.mean_norm is None:
                 plan.mean_norm = _mean_norm(original, attention[:, start : start + width])
-                vnorm = plan.vec.norm(dim=-1).mean().clamp_min(1e-12)
+                vnorm = float(plan.vec.norm(dim=-1).mean().clamp_min(1e-12))
                 factor = plan.mean_norm / vnorm if plan.steering.relative else torch.ones_like(plan.mean_norm)
                 plan.scale = (plan.steering.strength * factor).reshape(-1, 1, 1)
-            mask = plan.masks[:, start : start + width]
-            if not bool(mask.any()):
+            if not bool(plan.masks[:, start : start + width].any()):  # checked on the CPU copy: no sync
                 continue
+            mask = plan.on("masks", hidden)[:, start : start + width]
             if plan.front is not None:
-                edited = (hidden.float() + plan.scale * plan.front[:, start : start + width]).to(hidden.dtype)
+                front = plan.on("front", hidden)[:, start : start + width]
+                edited = (hidden.float() + plan.scale * front).to(hidden.dtype)
             else:
-                operand = plan.steering.operand() if plan.steering.operator == "affine" else plan.vec
+                affine = plan.steering.operator == "affine"
+                operand = plan.steering.operand() if affine else plan.on("vec", hidden)
                 edited = apply_operator(hidden, operand, plan.scale, plan.steering.operator)
             hidden = torch.where(mask[..., None], edited, hidden)
             changed = True
@@ -141,7 +156,8 @@ def _norm_ratio(plan: _Plan) -> float:
     if plan.mean_norm is None or plan.scale is None:
         return float("nan")
     vnorm = plan.vec.norm(dim=-1).mean()
-    ratio = plan.scale.reshape(-1).abs() * vnorm / plan.mean_norm.clamp_min(1e-12)
+    scale, mean_norm = plan.scale.detach().float().cpu(), plan.mean_norm.detach().float().cpu()
+    ratio = scale.reshape(-1).abs() * vnorm / mean_norm.clamp_min(1e-12)
     return float(ratio.mean())
 
 

@@ -39,17 +39,18 @@ def read_activations(
             input_ids[i, : len(seq)] = torch.tensor(seq)
             attention[i, : len(seq)] = 1
         saved = {}
+        placed = model.place(input_ids), model.place(attention)
         with torch.no_grad():
             with (
                 model.lock,
-                model.nn.trace(input_ids, attention_mask=attention, logits_to_keep=1, remote=model.remote),
+                model.nn.trace(placed[0], attention_mask=placed[1], logits_to_keep=1, remote=model.remote),
             ):
                 for layer in sorted(layers):
                     saved[layer] = _hidden(model.block(layer).output).save()
                 saved = _save(saved)  # a remote run returns only saved values
         lengths = torch.tensor([len(s) for s in chunk])
         for layer in layers:
-            h = saved[layer].float()
+            h = saved[layer].float().cpu()
             if position == "all":
                 full = torch.zeros((len(chunk), max_len, h.shape[-1]))
                 full[:, :width] = h * attention[..., None]
@@ -79,7 +80,7 @@ def attention_out_proj(model: Any, layer: int) -> tuple[Any, torch.Tensor, int]:
         attn = getattr(hf_block, attn_name, None)
         proj = getattr(attn, proj_name, None) if attn is not None else None
         if proj is not None and hasattr(proj, "weight"):
-            weight = proj.weight.detach().float()
+            weight = proj.weight.detach().float().cpu()
             weight = weight.T if transpose else weight
             envoy = getattr(getattr(block, attn_name), proj_name)
             return envoy, weight, heads
@@ -95,13 +96,14 @@ def head_means(model: Any, prompts: Sequence[list[int]], layers: Sequence[int]) 
     with torch.no_grad():
         for ids in prompts:
             saved = {}
-            with model.lock, model.nn.trace(torch.tensor([ids]), logits_to_keep=1, remote=model.remote):
+            ids_in = model.place(torch.tensor([ids]))
+            with model.lock, model.nn.trace(ids_in, logits_to_keep=1, remote=model.remote):
                 for layer in sorted(layers):
                     envoy, _, _ = attention_out_proj(model, layer)
                     saved[layer] = envoy.input[0, -1].save()
                 saved = _save(saved)  # a remote run returns only saved values
             for layer, value in saved.items():
-                sums[layer] = sums.get(layer, 0) + value.float()
+                sums[layer] = sums.get(layer, 0) + value.float().cpu()
     return {layer: total / len(prompts) for layer, total in sums.items()}
 
 
@@ -121,16 +123,17 @@ def patched_answer_probs(
         if patch is not None:
             by_layer.setdefault(patch[0], []).append((r, patch[1]))
     with torch.no_grad(), model.lock:
-        with model.nn.trace(torch.tensor([ids]).expand(rows, -1), logits_to_keep=1, remote=model.remote):
+        ids_in = model.place(torch.tensor([ids]).expand(rows, -1))
+        with model.nn.trace(ids_in, logits_to_keep=1, remote=model.remote):
             for layer in sorted(by_layer):
                 envoy, _, _ = attention_out_proj(model, layer)
                 x = envoy.input
                 last = x[:, -1].clone()
                 for r, head in by_layer[layer]:
                     cols = slice(head * head_dim, (head + 1) * head_dim)
-                    last[r, cols] = means[layer][cols].to(last.dtype)
+                    last[r, cols] = means[layer][cols].to(device=last.device, dtype=last.dtype)
                 patched = x.clone()
                 patched[:, -1] = last
                 envoy.input = patched
             logits = model.nn.lm_head.output[:, -1].save()
-    return logits.float().softmax(-1)[:, answer]
+    return logits.float().softmax(-1)[:, answer].cpu()

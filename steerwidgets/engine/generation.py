@@ -68,8 +68,8 @@ class _Streamer:
         step = len(self.tokens)
         self.tokens.append(ids)
         if len(self.step_logprobs) > step:
-            logp = self.step_logprobs[step]
-            self.chosen.append(logp.gather(1, ids[:, None])[:, 0])
+            logp = self.step_logprobs[step]  # on the model's (last) device
+            self.chosen.append(logp.gather(1, ids[:, None].to(logp.device))[:, 0].cpu())
             if step > 0:
                 self.step_logprobs[step] = None  # keep only the first full distribution
         if self.on_token is not None:
@@ -101,13 +101,13 @@ def _run_generation(
     plans = _plans(model, [(item, None) for item in steerings], rows, total)
     streamer = _Streamer(run, on_token, cancel)
     offset = [0]
-    attention_full = torch.cat(
-        [enc.attention_mask, torch.ones((len(enc.lengths), max_new_tokens), dtype=torch.long)], 1
+    attention_full = model.place(
+        torch.cat([enc.attention_mask, torch.ones((len(enc.lengths), max_new_tokens), dtype=torch.long)], 1)
     )
     kwargs: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
-        attention_mask=enc.attention_mask,
+        attention_mask=model.place(enc.attention_mask),
         pad_token_id=model.tokenizer.pad_token_id,
         streamer=streamer,
     )
@@ -118,7 +118,7 @@ def _run_generation(
         warnings.filterwarnings("ignore", message=".*was never reached.*")
         warnings.filterwarnings("ignore", message=".*generation flags.*")
         with model.lock:
-            with model.nn.generate(enc.input_ids, remote=model.remote, **kwargs) as tracer:
+            with model.nn.generate(model.place(enc.input_ids), remote=model.remote, **kwargs) as tracer:
                 for _ in tracer.all():
                     start = offset[0]
                     _steer_in_trace(model, plans, start, attention_full)
@@ -155,7 +155,7 @@ def _finish_continuation(model: Any, streamer: _Streamer, plans: list[_Plan]) ->
         texts=texts,
         token_ids=all_ids,
         token_logprobs=all_lp,
-        first_logprobs=streamer.step_logprobs[0],
+        first_logprobs=streamer.step_logprobs[0].float().cpu(),
         norm_ratio=_norm_ratio(plans[0]) if plans else None,
     )
 

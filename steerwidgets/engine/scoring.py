@@ -82,11 +82,12 @@ def _score_batch(
     plans = _plans(model, steerings, layout, width)
     first_read = min(len(p) for p, _, _ in rows) - 1
     keep = width - first_read
+    input_ids, attention = model.place(input_ids), model.place(attention)
     with torch.no_grad(), model.lock:
         with model.nn.trace(input_ids, attention_mask=attention, logits_to_keep=keep, remote=model.remote):
             _steer_in_trace(model, plans, 0, attention)
             logits = model.nn.lm_head.output.save()
-    logp = logits.float().log_softmax(-1)
+    logp = logits.float().log_softmax(-1).cpu()
     out = []
     for r, (p, c, _) in enumerate(rows):
         pos = torch.arange(len(p) - 1, len(p) + len(c) - 1) - first_read
@@ -268,7 +269,7 @@ def _score_packed(
         same = (seg[:, None] == seg[None, :]) | (seg[None, :] == 0)
         allowed[r, : row.length, : row.length] = same & causal[: row.length, : row.length]
         allowed[r, row.length :, row.length :] = torch.eye(width - row.length, dtype=torch.bool)
-    dtype = next(model.hf.parameters()).dtype
+    dtype = model.dtype
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
     plans = []
     for item, only in sorted(steerings, key=lambda pair: pair[0].layer):
@@ -295,6 +296,8 @@ def _score_packed(
         plans.append(plan)
     first_read = min(len(row.prompt) for row in rows) - 1
     keep = width - first_read
+    input_ids, mask, positions = model.place(input_ids), model.place(mask), model.place(positions)
+    attention = model.place(attention)
     with torch.no_grad(), model.lock:
         with model.nn.trace(
             input_ids,
@@ -305,7 +308,7 @@ def _score_packed(
         ):
             _steer_in_trace(model, plans, 0, attention)
             logits = model.nn.lm_head.output.save()
-    logp = logits.float().log_softmax(-1)
+    logp = logits.float().log_softmax(-1).cpu()
     out = []
     for r, row in enumerate(rows):
         n = len(row.prompt)
@@ -344,6 +347,8 @@ def next_token_logprobs(
         positions = (attention.cumsum(1) - 1).clamp_min(0)
         rows = [_Row(width - len(seq), len(seq), len(seq), 0) for seq in chunk]
         plans = _plans(model, [(item, None) for item in steerings], rows, width)
+        input_ids, attention = model.place(input_ids), model.place(attention)
+        positions = model.place(positions)
         with torch.no_grad(), model.lock:
             with model.nn.trace(
                 input_ids,
@@ -354,7 +359,7 @@ def next_token_logprobs(
             ):
                 _steer_in_trace(model, plans, 0, attention)
                 logits = model.nn.lm_head.output[:, -1].save()
-        out.append(logits.float().log_softmax(-1))
+        out.append(logits.float().log_softmax(-1).cpu())
     return torch.cat(out)
 
 

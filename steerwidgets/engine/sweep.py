@@ -34,6 +34,7 @@ from ..remote import remote_null_method
 from ..vectors import SteeringVector
 from ._trace import _cache_from, _hidden, _set_hidden
 from .generation import GenerationCancelled
+from .memory import max_rows_for
 from .scoring import next_token_logprobs
 
 DEFAULT_STRENGTHS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
@@ -74,7 +75,7 @@ def _edit_fixed(hidden: torch.Tensor, edits: list, start: int) -> torch.Tensor:
             continue
         operand = item.operand() if item.operator == "affine" else vec
         edited = apply_operator(hidden, operand, torch.tensor(float(item.strength)), item.operator)
-        hidden = torch.where(where[None, :, None], edited, hidden)
+        hidden = torch.where(where.to(hidden.device)[None, :, None], edited, hidden)
     return hidden
 
 @dataclass
@@ -258,7 +259,7 @@ def propensity_sweep(
     null_method: str = "gradient",
     null_seed: int = 0,
     option_swap: bool | None = None,
-    max_rows: int = 64,
+    max_rows: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
     cache: MutableMapping | None = None,
@@ -346,6 +347,11 @@ def propensity_sweep(
         raise SteeringError(
             f"the gradient null measures added directions; with operator={operator!r} use "
             "null_method='sampled'"
+        )
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+        raise SteeringError(
+            f"max_rows must be a positive int (rows per forward pass), or None for the device's budget; "
+            f"got {max_rows!r}"
         )
     items = list(items)
     if not items:
@@ -475,7 +481,7 @@ def _sweep_protocol_item(
     null_lam: np.ndarray,
     operator: str,
     relative: bool,
-    max_rows: int,
+    max_rows: int | None,
     cache: MutableMapping | None = None,
     background: Sequence[Steering] = (),
 ) -> dict[int, tuple[np.ndarray, np.ndarray | None, float, np.ndarray]]:
@@ -522,15 +528,18 @@ def _sweep_protocol_item(
             unsteered_row=zero_row < 0,
         )  # fmt: skip
         for layer, (logits, layer_ratios) in per_layer.items():
-            value = objective(logits).double().numpy()
+            value = objective(logits).double().cpu().numpy()  # logits stay on the device
             values[layer] = sign * value + values.get(layer, 0.0)
             ratios.setdefault(layer, layer_ratios)
         if directions is not None and null_method == "gradient":
-            for layer, (grad, factor) in _grad_pass(
-                model, seq, mask, first, prefix, layer_list, vector, relative, keep, objective, fixed[c]
-            ).items():
-                prev = grads.get(layer, (0.0, factor))[0]
-                grads[layer] = (prev + sign * grad, factor)
+            budget = max_rows or max_rows_for(model, first, len(seq) - first, keep, grad=True)
+            for at in range(0, len(layer_list), budget):  # one row per layer
+                for layer, (grad, factor) in _grad_pass(
+                    model, seq, mask, first, prefix, layer_list[at : at + budget], vector, relative, keep,
+                    objective, fixed[c],
+                ).items():  # fmt: skip
+                    prev = grads.get(layer, (0.0, factor))[0]
+                    grads[layer] = (prev + sign * grad, factor)
     k = 0 if directions is None else next(iter(directions.values())).shape[0]
     result = {}
     for layer, value in values.items():
@@ -571,7 +580,7 @@ def _prefix(
         if hit is not None:
             return hit
         layer_list = list(range(model.n_layers))
-    input_ids = torch.tensor([ids[:first]])
+    input_ids = model.place(torch.tensor([ids[:first]]))
     with (
         torch.no_grad(),
         model.lock,
@@ -605,7 +614,7 @@ def _sweep_item(
     lam: np.ndarray,
     operator: str,
     relative: bool,
-    max_rows: int,
+    max_rows: int | None,
     *,
     null: dict | None = None,
     null_lam: np.ndarray | None = None,
@@ -619,9 +628,13 @@ def _sweep_item(
     Rows per layer: the vector at each strength in ``lam``, then (with ``null``) each random direction at
     the two ``null_lam`` strengths, then one unsteered row (left out with ``unsteered_row=False``, when the
     caller reads it from λ = 0 of an additive grid). Ratios are the vector rows' ‖λv‖ / mean‖h‖.
+
+    A pass holds at most ``max_rows`` rows (``None``: the device's budget, :mod:`.memory`): several layers'
+    rows when the suffix is one token, else one layer's rows, split over passes when they are more (e.g.
+    the sampled null's 2K directions), the vector's rows always in the first.
     """
     prefix_kv, prefix_norms = prefix if prefix is not None else _prefix(model, ids, first, layer_list, fixed)
-    input_ids = torch.tensor([ids])
+    input_ids = model.place(torch.tensor([ids]))
     rowsets = {}
     for layer in layer_list:
         sets = [(vector[layer], torch.tensor(lam, dtype=torch.float32))]
@@ -634,34 +647,44 @@ def _sweep_item(
     per_layer_rows = sum(len(s[1]) for s in rowsets[layer_list[0]])
     suffix = input_ids[:, first:]
     suffix_mask = mask[first : len(ids)] if mask.shape[0] >= len(ids) else mask[first:]
-    # With one steered token every layer's rows are cheap: put them all in one pass.
-    if suffix.shape[1] == 1:
+    if max_rows is None:
+        max_rows = max_rows_for(model, first, suffix.shape[1], keep)
+    # With one steered token every layer's rows are cheap: put several layers in one pass.
+    if suffix.shape[1] == 1 and per_layer_rows <= max_rows:
         per_pass = max(1, max_rows // per_layer_rows)
-        groups = [layer_list[i : i + per_pass] for i in range(0, len(layer_list), per_pass)]
+        groups = [
+            {layer: rowsets[layer] for layer in layer_list[i : i + per_pass]}
+            for i in range(0, len(layer_list), per_pass)
+        ]
     else:
-        groups = [[layer] for layer in layer_list]
+        groups = [{layer: part} for layer in layer_list for part in _split_rows(rowsets[layer], max_rows)]
     out: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
     with torch.no_grad():
         for group in groups:
-            out.update(
-                _sweep_pass(
-                    model,
-                    suffix,
-                    suffix_mask,
-                    first,
-                    prefix_kv,
-                    prefix_norms,
-                    vector,
-                    rowsets,
-                    group,
-                    len(lam),
-                    operator,
-                    relative,
-                    keep,
-                    fixed,
-                )
-            )
+            got = _sweep_pass(
+                model, suffix, suffix_mask, first, prefix_kv, prefix_norms, vector, group, list(group),
+                len(lam), operator, relative, keep, fixed,
+            )  # fmt: skip
+            for layer, (logits, ratios) in got.items():
+                if layer in out:  # a later part of this layer's rows: the ratios came with the first
+                    out[layer] = (torch.cat([out[layer][0], logits]), out[layer][1])
+                else:
+                    out[layer] = (logits, ratios)
     return out
+
+
+def _split_rows(sets: list[tuple[torch.Tensor, torch.Tensor]], max_rows: int) -> list[list]:
+    """One layer's (direction, strengths) sets in consecutive parts of at most ``max_rows`` rows each
+    (a set is never split, so a part may exceed the budget by one set's strengths)."""
+    parts: list[list] = [[]]
+    rows = 0
+    for item in sets:
+        if parts[-1] and rows + len(item[1]) > max_rows:
+            parts.append([])
+            rows = 0
+        parts[-1].append(item)
+        rows += len(item[1])
+    return parts
 
 
 def _scale_factor(
@@ -696,8 +719,10 @@ def _grad_pass(
     prefix_kv, prefix_norms = prefix
     ordered = sorted(layer_list)
     rows, split = len(ordered), ordered[0]
-    suffix = torch.tensor([seq])[:, first:]
+    suffix = model.place(torch.tensor([seq])[:, first:])
     pos_mask = mask[first : len(seq)][None, :, None]
+    # δ lives on the CPU (a [layers, d] leaf); each layer's slice is copied to that layer's device, and
+    # autograd brings the gradient back.
     delta = torch.zeros((rows, model.d_model), requires_grad=True)
     kwargs: dict[str, Any] = dict(logits_to_keep=keep, remote=model.remote)
     if prefix_kv is not None:
@@ -726,10 +751,11 @@ def _grad_pass(
                     hidden = hidden.expand(rows, -1, -1)
                 row = torch.zeros((rows, 1, 1))
                 row[g] = 1.0
-                _set_hidden(envoy, out, hidden + (row * delta[g] * pos_mask).to(hidden.dtype))
+                edit = (row * delta[g] * pos_mask).to(device=hidden.device, dtype=hidden.dtype)
+                _set_hidden(envoy, out, hidden + edit)
             logits = model.nn.lm_head.output[:, -keep:].save()
         (grad,) = torch.autograd.grad(objective(logits.float()).sum(), delta)
-    return {layer: (grad[g].detach(), factors[layer]) for g, layer in enumerate(ordered)}
+    return {layer: (grad[g].detach().cpu(), factors[layer]) for g, layer in enumerate(ordered)}
 
 
 def _sweep_pass(
@@ -782,6 +808,7 @@ def _sweep_pass(
                     continue
                 g = ordered.index(layer)
                 start = int(offsets[g])
+                where = pos_mask.to(hidden.device)
                 own = hidden[:1] if hidden.shape[0] == 1 else hidden[start : start + 1]
                 vnorm = float(vector[layer].norm())
                 mean_norm, factor = _scale_factor(own, prefix_norms.get(layer), skip_first, vnorm, relative)
@@ -802,7 +829,7 @@ def _sweep_pass(
                         )
                     else:
                         edited = apply_operator(part, direction, scale, operator)
-                    pieces.append(torch.where(pos_mask, edited, part))
+                    pieces.append(torch.where(where, edited, part))
                     at += len(lam)
                 pieces.append(hidden[at:])
                 _set_hidden(envoy, out, torch.cat(pieces, 0))
