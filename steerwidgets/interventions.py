@@ -110,7 +110,9 @@ class Steering:
         if isinstance(self.vector, AffineMap):
             return self.vector.shift
         vec = self.vector[self.layer] if isinstance(self.vector, SteeringVector) else self.vector
-        return torch.as_tensor(vec, dtype=torch.float32)
+        # On the CPU whatever the tensor's device: the engine moves it to each layer's device when it meets
+        # the hidden state, and norms, masks and ratios are computed beside other CPU values.
+        return torch.as_tensor(vec, dtype=torch.float32).detach().cpu()
 
     def operand(self) -> torch.Tensor | AffineMap:
         """What :func:`apply_operator` needs: the direction, or the map itself for ``"affine"``."""

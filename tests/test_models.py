@@ -68,3 +68,77 @@ def test_warm_load_equals_cold(tmp_path, monkeypatch, smol):
     with torch.no_grad():
         assert torch.equal(cold.hf(ids).logits, warm.hf(ids).logits)
         assert torch.equal(smol.hf(ids).logits, warm.hf(ids).logits)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Devices and dtypes
+# ---------------------------------------------------------------------------------------------------------
+class _Stop(Exception):
+    pass
+
+
+def _no_loading(*args, **kwargs):
+    raise _Stop("a model was loaded")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"device": "gpu"}, "cannot read device='gpu'"),
+        ({"device": "tpu"}, "cannot read device='tpu'"),
+        ({"device": "cuda", "device_map": "auto"}, "either device= .* or device_map="),
+        ({"model": "gemma-3-270m", "device_map": "auto"}, "packaged models are small"),
+        ({"model": "org/model", "remote": True, "device": "cpu"}, "drop device="),
+        ({"dtype": "bfloat16"}, "dtype must be a torch.dtype"),
+    ],
+)
+def test_bad_device_arguments_fail_before_any_loading(monkeypatch, kwargs, message):
+    from steerwidgets import models
+
+    monkeypatch.setattr(models, "_load_gguf", _no_loading)
+    kwargs = dict(kwargs)
+    with pytest.raises((ValueError, TypeError), match=message):
+        sw.load_model(kwargs.pop("model", None), **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine cuda is a valid device")
+def test_cuda_without_one_names_the_fix(monkeypatch):
+    from steerwidgets import models
+
+    monkeypatch.setattr(models, "_load_gguf", _no_loading)
+    with pytest.raises(sw.ModelLoadError, match=r"is_available\(\) is False\); use device='cpu'"):
+        sw.load_model(device="cuda")
+
+
+def test_cuda_is_picked_when_available_and_said(monkeypatch, capsys):
+    from steerwidgets import models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    picked = []
+    monkeypatch.setattr(models, "_load_gguf", lambda gguf, dtype: picked.append(dtype) or _no_loading())
+    assert models.default_device() == torch.device("cuda", 0)
+    with pytest.raises(_Stop):
+        sw.load_model()
+    err = capsys.readouterr().err
+    assert "CUDA is available" in err and "cuda:0 in bfloat16" in err and "device='cpu'" in err
+    assert picked == [torch.bfloat16]  # a GPU gets bfloat16 unless dtype= says otherwise
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert models.gpu_dtype(torch.device("cuda", 0)) == torch.float16
+
+
+def test_the_model_reports_its_device_and_dtype(smol):
+    assert smol.device == torch.device("cpu") and smol.devices == ["cpu"] and smol.dtype == torch.float32
+    assert "on cpu, float32" in repr(smol)
+
+
+def test_a_loaded_model_stays_where_it_is_unless_told(tokenizer):
+    from conftest import _tiny
+
+    kept = _tiny("llama", tokenizer)
+    assert kept.dtype == torch.float32 and kept.device.type == "cpu"
+    cast = sw.load_model(kept.hf, tokenizer=tokenizer, device="cpu", dtype=torch.bfloat16)
+    assert cast.dtype == torch.bfloat16 and cast.device.type == "cpu"
+    out = sw.generate(cast, "Hi", sw.Steering(torch.ones(cast.d_model), 1, 1.0), max_new_tokens=2)
+    assert out.steered.first_logprobs.dtype == torch.float32

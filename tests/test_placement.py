@@ -155,6 +155,9 @@ ENTRY_POINTS = {
     "operator add_norm_preserving": lambda m: sw.score(
         m, "Hi", " there", sw.Steering(_vector(m), 1, 2.0, operator="add_norm_preserving")
     ),
+    "a raw tensor vector on the device": lambda m: sw.generate(
+        m, "Hi there", sw.Steering(_vector(m)[1].to(m.device), 1, 2.0, relative=False), max_new_tokens=3
+    ),
     "operator affine": lambda m: sw.generate(m, "Hi there", _affine(m), max_new_tokens=3),
     "affine from activations": lambda m: methods.affine(m, ITEMS, 1),
     "stack in steered()": _stack,
