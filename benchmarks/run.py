@@ -188,14 +188,37 @@ class FlopModel:
 # ----------------------------------------------------------------------------------------------
 # Plain-torch hook
 # ----------------------------------------------------------------------------------------------
+def device_of(model: Any) -> torch.device:
+    """Where the model's weights are (inputs of the plain-hook baselines go there)."""
+    return next(model.hf.parameters()).device
+
+
+def add_to(hidden: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+    """``hidden + add`` computed in float32 and returned in ``hidden``'s dtype, as the engine edits a
+    bf16/fp16 model (a float32 model's numbers are unchanged)."""
+    if hidden.dtype == torch.float32:
+        return hidden + add
+    return (hidden.float() + add).to(hidden.dtype)
+
+
 class AddHook:
     """A plain forward hook on one block: optionally expands the output to ``expand`` rows, then
-    adds ``add`` (broadcast against [rows, seq, d]). Inactive while ``add`` is None."""
+    adds ``add`` (broadcast against [rows, seq, d]; moved to the block's device when set). Inactive while
+    ``add`` is None."""
 
     def __init__(self, module: torch.nn.Module):
-        self.add: torch.Tensor | None = None
+        self.device = next(module.parameters()).device
+        self._add: torch.Tensor | None = None
         self.expand = 0
         self.handle = module.register_forward_hook(self)
+
+    @property
+    def add(self) -> torch.Tensor | None:
+        return self._add
+
+    @add.setter
+    def add(self, value: torch.Tensor | None) -> None:
+        self._add = None if value is None else value.to(self.device)
 
     def __call__(self, module: torch.nn.Module, args: Any, output: Any) -> Any:
         if self.add is None:
@@ -203,7 +226,7 @@ class AddHook:
         hidden = output[0] if isinstance(output, tuple) else output
         if self.expand:
             hidden = hidden.expand(self.expand, -1, -1)
-        hidden = hidden + self.add
+        hidden = add_to(hidden, self._add)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     def remove(self) -> None:
@@ -223,9 +246,10 @@ def _prompts(model: Any, items: list) -> list[tuple[torch.Tensor, int, int]]:
     from steerwidgets.prompts import ab_prompt
 
     out = []
+    device = device_of(model)
     for item in items:
         ids, y_pos, y_neg = ab_prompt(model, item)
-        out.append((torch.tensor([ids]), y_pos, y_neg))
+        out.append((torch.tensor([ids], device=device), y_pos, y_neg))
     return out
 
 
@@ -246,14 +270,21 @@ def plain_copy(model: Any) -> Any:
 # ----------------------------------------------------------------------------------------------
 # P1 variants: each returns the propensity matrix [n_items, n_strengths]; tokenising is timed too.
 # ----------------------------------------------------------------------------------------------
-def p1_naive(model: Any, items: list, vec: torch.Tensor, positions: str) -> np.ndarray:
-    hook = AddHook(model.hf_block(LAYER))
-    out = np.zeros((len(items), len(STRENGTHS)))
+def p1_naive(
+    model: Any,
+    items: list,
+    vec: torch.Tensor,
+    positions: str,
+    layer: int = LAYER,
+    strengths: tuple = STRENGTHS,
+) -> np.ndarray:
+    hook = AddHook(model.hf_block(layer))
+    out = np.zeros((len(items), len(strengths)))
     try:
         with torch.no_grad():
             for i, (ids, y_pos, y_neg) in enumerate(_prompts(model, items)):
                 mask = _mask(positions, ids.shape[1])[None, :, None]
-                for j, lam in enumerate(STRENGTHS):
+                for j, lam in enumerate(strengths):
                     hook.add = lam * vec * mask
                     logits = model.hf(ids).logits[0, -1]  # all positions' logits, read the last
                     out[i, j] = float(logits[y_pos] - logits[y_neg])
@@ -290,10 +321,17 @@ def _expanded_cache(cache: Any, rows: int, split: int) -> Any:
     return DynamicCache(ddp_cache_data=data)
 
 
-def p1_same_work(model: Any, items: list, vec: torch.Tensor, positions: str) -> np.ndarray:
-    hook = AddHook(model.hf_block(LAYER))
-    n_s = len(STRENGTHS)
-    add = torch.tensor(STRENGTHS)[:, None, None] * vec
+def p1_same_work(
+    model: Any,
+    items: list,
+    vec: torch.Tensor,
+    positions: str,
+    layer: int = LAYER,
+    strengths: tuple = STRENGTHS,
+) -> np.ndarray:
+    hook = AddHook(model.hf_block(layer))
+    n_s = len(strengths)
+    add = torch.tensor(strengths)[:, None, None] * vec
     out = np.zeros((len(items), n_s))
     try:
         with torch.no_grad():
@@ -303,24 +341,26 @@ def p1_same_work(model: Any, items: list, vec: torch.Tensor, positions: str) -> 
                     prefix = model.hf(ids[:, :-1], use_cache=True, logits_to_keep=1)
                     cache = prefix["cache"] if "cache" in prefix else prefix["past_key_values"]
                     hook.add, hook.expand = add, n_s
-                    kv = _expanded_cache(cache, n_s, LAYER)
+                    kv = _expanded_cache(cache, n_s, layer)
                     step = model.hf(ids[:, -1:], cache=kv, use_cache=True, logits_to_keep=1)
                     logits = step.logits
                 else:
                     hook.add, hook.expand = add, n_s
                     logits = model.hf(ids, logits_to_keep=1).logits
-                logits = logits[:, -1]
-                out[i] = (logits[:, y_pos] - logits[:, y_neg]).numpy()
+                logits = logits[:, -1].float()
+                out[i] = (logits[:, y_pos] - logits[:, y_neg]).cpu().numpy()
     finally:
         hook.remove()
     return out
 
 
-def p1_engine(model: Any, items: list, vec: Any, positions: str) -> np.ndarray:
+def p1_engine(
+    model: Any, items: list, vec: Any, positions: str, layer: int = LAYER, strengths: tuple = STRENGTHS
+) -> np.ndarray:
     import steerwidgets as sw
 
-    result = sw.propensity_sweep(model, items, vec, LAYER, STRENGTHS, positions=positions)
-    return result.propensity[LAYER]
+    result = sw.propensity_sweep(model, items, vec, layer, strengths, positions=positions)
+    return result.propensity[layer]
 
 
 def run_p1(
@@ -445,41 +485,64 @@ P2_NEW = 32
 P2_STRENGTH = 4.0
 
 
-def p2_hook(model: Any, vec: torch.Tensor) -> torch.Tensor:
+def p2_hook(
+    model: Any,
+    vec: torch.Tensor,
+    layer: int = LAYER,
+    strength: float = P2_STRENGTH,
+    prompts: list[str] = P2_PROMPTS,
+    new: int = P2_NEW,
+    scores: list | None = None,
+) -> torch.Tensor:
+    """Greedy ids [rows, new] of hf.generate under a plain hook; ``scores`` (a list) gets each step's
+    logits [rows, vocab] too."""
     from steerwidgets.prompts import encode
 
-    enc = encode(model, P2_PROMPTS)
-    real = enc.attention_mask[..., None].to(vec.dtype)
-    add = P2_STRENGTH * vec
+    enc = encode(model, prompts)
+    device = device_of(model)
+    real = enc.attention_mask[..., None].to(device=device, dtype=vec.dtype)
+    add = strength * vec.to(device)
     state = {"prefill": True}
 
     def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output
         if state["prefill"]:  # the prompt pass: steer real tokens only, not the left padding
             state["prefill"] = False
-            hidden = hidden + add * real
+            hidden = add_to(hidden, add * real)
         else:
-            hidden = hidden + add
+            hidden = add_to(hidden, add)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-    handle = model.hf_block(LAYER).register_forward_hook(hook)
+    handle = model.hf_block(layer).register_forward_hook(hook)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = model.hf.generate(
-                enc.input_ids,
-                attention_mask=enc.attention_mask,
-                max_new_tokens=P2_NEW,
-                min_new_tokens=P2_NEW,
+                enc.input_ids.to(device),
+                attention_mask=enc.attention_mask.to(device),
+                max_new_tokens=new,
+                min_new_tokens=new,
                 do_sample=False,
                 pad_token_id=model.tokenizer.pad_token_id,
+                output_scores=scores is not None,
+                return_dict_in_generate=scores is not None,
             )
     finally:
         handle.remove()
+    if scores is not None:
+        scores.extend(out.scores)
+        out = out.sequences
     return out[:, enc.width :]
 
 
-def p2_engine(model: Any, vector: Any) -> tuple[Any, int]:
+def p2_engine(
+    model: Any,
+    vector: Any,
+    layer: int = LAYER,
+    strength: float = P2_STRENGTH,
+    prompts: list[str] = P2_PROMPTS,
+    new: int = P2_NEW,
+) -> tuple[Any, int]:
     import steerwidgets as sw
 
     steps = [0]
@@ -487,8 +550,8 @@ def p2_engine(model: Any, vector: Any) -> tuple[Any, int]:
     def count(run: str, step: int, ids: list[int]) -> None:
         steps[0] = step + 1
 
-    steering = sw.Steering(vector, LAYER, P2_STRENGTH, "all")
-    res = sw.generate(model, P2_PROMPTS, steering, max_new_tokens=P2_NEW, baseline=False, on_token=count)
+    steering = sw.Steering(vector, layer, strength, "all")
+    res = sw.generate(model, prompts, steering, max_new_tokens=new, baseline=False, on_token=count)
     return res.steered, steps[0]
 
 
@@ -592,10 +655,13 @@ class _Seconds(Timings):
         return float("nan")
 
 
-def _plain_generate(hf: Any, ids: torch.Tensor) -> Callable[[], Any]:
+def plain_generate(hf: Any, ids: torch.Tensor, new: int = 32) -> Callable[[], Any]:
+    """The Playground's floor: ``new`` greedy tokens of plain ``hf.generate``, no steering, no nnsight."""
+    ids = ids.to(next(hf.parameters()).device)
+
     def plain() -> Any:
         with torch.no_grad():
-            return hf.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
+            return hf.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
 
     return plain
 
@@ -619,7 +685,7 @@ def run_p3(quick: bool, report: dict, repeats: int | None = None) -> None:
         )  # fmt: skip
         checked.wait(600)
 
-        plain = _plain_generate(model.hf, ids)
+        plain = plain_generate(model.hf, ids)
         plain()  # warm-up
         times = {"plain_generate": Timings(), "first_token": _Seconds()}
         times.update({"complete_on_grid": _Seconds(), "complete_off_grid": _Seconds()})
