@@ -1,0 +1,775 @@
+"""A prepared device check of steerwidgets: correctness, cleanliness and speed on one GPU, in one command.
+
+    python benchmarks/gpu_check.py                                  # cuda, bfloat16, configs smollm2-135m + llama-3.2-1b
+    python benchmarks/gpu_check.py --device cpu --config tiny       # the CI-sized run (< 1 min on 2 cores)
+    python benchmarks/gpu_check.py --json out.json --inject-error   # prove that a broken check fails loudly
+
+No weights and no internet are needed: every model is randomly initialised (seeded) from a config written
+below (SmolLM2-135M's and Llama-3.2-1B's shapes, and a tiny one), and the tokenizer is a byte-level BPE
+trained here on the package's built-in data. Only torch, transformers, accelerate, tokenizers, nnsight and
+steerwidgets have to be installed. Per config it checks
+
+(a) correctness: steered next-token log-probs, ``sw.generate`` (greedy tokens and their log-probs),
+    ``sw.score`` and ``sw.propensity_sweep`` equal a plain ``register_forward_hook`` reference that adds
+    strength * v at the block output at the same positions, to a tolerance set by the dtype (``TOLERANCE``);
+(b) the model is exactly the unsteered model after every call (plain forward logits bitwise equal, no hook
+    left, no gradient left, still in eval mode), also after an error raised mid-call;
+(c) results come back on the CPU as float32 (vectors, log-probs, scores) or as numpy arrays (sweeps);
+(d) parameters and buffers stay on the device and in the dtype they were put in;
+
+and measures, round-robin interleaved with medians as ``benchmarks/run.py`` does, P1 (propensity sweep:
+engine vs naive hooked forwards and vs a same-work hook), P2 (steered greedy generation: engine vs hook +
+``hf.generate``) and P3 (a Playground update vs plain ``hf.generate``), plus the peak CUDA memory.
+Correctness checks decide PASS/FAIL (exit code 1 on any failure); speed goals are reported, not gated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import inspect
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+if str(ROOT) not in sys.path:
+    sys.path.insert(1, str(ROOT))
+
+import run as bench  # noqa: E402  (benchmarks/run.py: its timing, hook baselines and goals)
+
+# ----------------------------------------------------------------------------------------------
+# Models: shapes only, weights are random (seeded)
+# ----------------------------------------------------------------------------------------------
+CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=192, vocab_size=2048, max_position_embeddings=2048, rope_theta=10000.0,
+    ),
+    "smollm2-135m": dict(  # HuggingFaceTB/SmolLM2-135M(-Instruct)
+        hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+        intermediate_size=1536, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
+    ),
+    "llama-3.2-1b": dict(  # meta-llama/Llama-3.2-1B (without its llama3 RoPE scaling)
+        hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+        intermediate_size=8192, vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
+        head_dim=64,
+    ),
+}  # fmt: skip
+ALL_CONFIGS = ("smollm2-135m", "llama-3.2-1b")
+SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # pad, turn start, eos: ids 0, 1, 2
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+BPE_VOCAB = 1024  # trained merges; the rest of the model's vocabulary is filled with unused tokens
+
+# Max abs difference allowed between the engine and the hook reference (logits, log-probs, propensities).
+# float32: both paths do the same float32 arithmetic in different batch shapes (a cached prefix, strengths
+# as batch rows, padding), which moves results by ~1e-5; 1e-3 is benchmarks/run.py's bound. bfloat16 keeps
+# 8 significant bits (relative rounding 2^-9 = 0.2 %): every matmul and every residual write rounds again,
+# and different batch shapes pick different kernels and accumulation orders, so two equal computations of
+# one logit differ by up to a few 1e-2 on these models (the "floor" column measures that with plain
+# transformers alone). 0.125 = 32 bf16 ulps of 1.0 is ~4x that floor, still ~10x below the effect of
+# the steering checked (every (a) check also requires the steering to move the output by >= 10x the
+# tolerance, so a steering that does nothing cannot pass).
+TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.125, torch.float16: 0.03}
+EFFECT_FACTOR = 10.0
+PROMPTS = bench.P2_PROMPTS
+COMPLETIONS = [" I love it.", " That sounds risky and exhausting.", " Bread needs flour, water and time.",
+               " It was fine."]  # fmt: skip
+
+
+def layer_for(n_layers: int) -> int:
+    """The steered layer: benchmarks/run.py's 13 of SmolLM2's 30 blocks, at the same relative depth."""
+    return max(1, n_layers * 13 // 30)
+
+
+def build_tokenizer(vocab_size: int) -> Any:
+    """A byte-level BPE trained on the package's built-in texts, padded to ``vocab_size`` entries with
+    unused two/three-byte tokens (so every id a random model emits decodes), plus a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    import steerwidgets as sw
+
+    corpus = [item.question for name in sw.list_builtin()["ab"] for item in sw.builtin_ab(name)]
+    corpus += [s for n in sw.list_builtin()["pairs"] for p in sw.builtin_pairs(n) for s in (p.positive, p.negative)]
+    corpus += PROMPTS + COMPLETIONS
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=min(BPE_VOCAB, vocab_size), special_tokens=list(SPECIALS), initial_alphabet=alphabet,
+        show_progress=False,
+    )  # fmt: skip
+    tk.train_from_iterator(corpus, trainer)
+    spec = json.loads(tk.to_str())
+    vocab = spec["model"]["vocab"]
+    fillers = itertools.chain(itertools.product(alphabet, repeat=2), itertools.product(alphabet, repeat=3))
+    for chars in fillers:
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault("".join(chars), len(vocab))
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)), pad_token=SPECIALS[0], eos_token=SPECIALS[2]
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build_model(name: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, dict[str, Any]]:
+    """Random-init the config on the CPU, move it with ``hf.to(device, dtype)``, wrap it with
+    ``sw.load_model`` (passing ``device=`` where load_model takes it)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    import steerwidgets as sw
+
+    t0 = time.perf_counter()
+    tok = build_tokenizer(CONFIGS[name]["vocab_size"])
+    config = LlamaConfig(
+        **CONFIGS[name], tie_word_embeddings=True, rms_norm_eps=1e-5, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id, bos_token_id=None,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    hf.to(device=device, dtype=dtype)
+    kwargs: dict[str, Any] = {"tokenizer": tok, "dtype": dtype}
+    if "device" in inspect.signature(sw.load_model).parameters:
+        kwargs["device"] = device
+    model = sw.load_model(hf, **kwargs)
+    info = {
+        "params": sum(p.numel() for p in hf.parameters()),
+        "load_kwargs": sorted(kwargs),
+        "build_s": time.perf_counter() - t0,
+        "tokenizer_vocab": len(tok),
+    }
+    return model, info
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Report:
+    """Every check and measurement of the run; ``failed`` decides the exit code."""
+
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    ratios: list[dict[str, Any]] = field(default_factory=list)
+    configs: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, config: str, name: str, ok: bool, value: str, tol: str = "", note: str = "") -> bool:
+        self.checks.append({"config": config, "check": name, "ok": bool(ok), "value": value, "tol": tol,
+                            "note": note})  # fmt: skip
+        print(f"  [{'ok' if ok else 'FAIL'}] {name}: {value}" + (f" ({note})" if note else ""), flush=True)
+        return bool(ok)
+
+    @contextlib.contextmanager
+    def guard(self, config: str, name: str) -> Iterator[None]:
+        """A check whose code raised fails with the error (e.g. tensors on two devices) instead of
+        stopping the run, so one run reports everything that is broken."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - every error is a finding here
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            self.check(config, name, False, f"raised {type(exc).__name__}: {_short(exc)}",
+                       note=f"at {Path(where.filename).name}:{where.lineno}")  # fmt: skip
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [c for c in self.checks if not c["ok"]]
+
+
+def _short(exc: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# (b) the unsteered model
+# ----------------------------------------------------------------------------------------------
+class Baseline:
+    """Plain transformers logits of a fixed probe batch and the model's state, taken before any call, to
+    compare after each call: bitwise equal logits, the same hooks, no gradients, eval mode."""
+
+    def __init__(self, model: Any, report: Report, config: str):
+        self.model, self.report, self.config = model, report, config
+        gen = torch.Generator().manual_seed(1)
+        vocab = min(len(model.tokenizer), model.hf.config.vocab_size)
+        self.probe = torch.randint(3, vocab, (2, 24), generator=gen).to(bench.device_of(model))
+        self.logits = self.forward()
+        again = self.forward()
+        self.floor = float((again - self.logits).abs().max())
+        self.hooks = self.hook_counts()
+        self.requires_grad = [p.requires_grad for p in model.hf.parameters()]
+        report.check(config, "b: plain forward is reproducible (bitwise)", self.floor == 0.0,
+                     f"max diff of two runs {self.floor:.1e}",
+                     note="" if self.floor == 0.0 else "later (b) checks allow this floor")  # fmt: skip
+        self.leak: torch.utils.hooks.RemovableHandle | None = None
+
+    def forward(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.hf(self.probe).logits.float()
+
+    def hook_counts(self) -> int:
+        kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+        return sum(len(getattr(m, k, {})) for m in self.model.hf.modules() for k in kinds)
+
+    def verify(self, after: str) -> None:
+        """One (b) check: the model after ``after`` is the model before it."""
+        name = f"b: unsteered after {after}"
+        with self.report.guard(self.config, name):
+            hf = self.model.hf
+            diff = float((self.forward() - self.logits).abs().max())
+            hooks = self.hook_counts() - self.hooks
+            grads = sum(p.grad is not None for p in hf.parameters())
+            flags = [p.requires_grad for p in hf.parameters()] != self.requires_grad
+            ok = diff <= self.floor and hooks == 0 and grads == 0 and not flags and not hf.training
+            value = f"logits max diff {diff:.1e}, {hooks} new hooks, {grads} grads"
+            if flags or hf.training:
+                value += ", requires_grad changed" if flags else ", left in train mode"
+            self.report.check(self.config, name, ok, value, tol=f"{self.floor:.0e} (bitwise)",
+                              note="injected: a leaked steering hook" if self.leak is not None else "")  # fmt: skip
+        if self.leak is not None:
+            self.leak.remove()
+            self.leak = None
+
+    def inject_leak(self, layer: int) -> None:
+        """--inject-error: leave a small steering hook on one block, as an engine bug that forgot to
+        remove its edit would, so the next (b) check must fail."""
+
+        def leak(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            hidden = output[0] if isinstance(output, tuple) else output
+            hidden = hidden + 1e-2 * hidden.norm(dim=-1, keepdim=True) / hidden.shape[-1] ** 0.5
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        self.leak = self.model.hf_block(layer).register_forward_hook(leak)
+
+
+# ----------------------------------------------------------------------------------------------
+# (a) references: plain forward hooks, batch 1, no padding
+# ----------------------------------------------------------------------------------------------
+def hooked_logprobs(model: Any, ids: list[int], layer: int, add: torch.Tensor | None) -> torch.Tensor:
+    """log-softmax of the logits at every position of one sequence, ``add`` [seq, d] added at the output
+    of block ``layer`` (None: unsteered)."""
+    hook = bench.AddHook(model.hf_block(layer))
+    try:
+        hook.add = None if add is None else add[None]
+        with torch.no_grad():
+            logits = model.hf(torch.tensor([ids], device=bench.device_of(model))).logits[0]
+    finally:
+        hook.remove()
+    return logits.float().log_softmax(-1).cpu()
+
+
+def mask_add(vec: torch.Tensor, positions: str, prompt_len: int, total: int) -> torch.Tensor:
+    """strength * v at the steered positions of one sequence, written out by hand (not position_mask)."""
+    mask = torch.zeros(total, 1)
+    if positions == "all":
+        mask[:] = 1.0
+    elif positions == "last":
+        mask[prompt_len - 1] = 1.0
+    else:
+        raise ValueError(positions)
+    return mask * vec
+
+
+def padded_floor(model: Any, seqs: list[list[int]]) -> float:
+    """The dtype's own noise: max |log p| difference of plain transformers, unsteered, between each
+    sequence alone and the same sequences left-padded into one batch with position ids (the engine's
+    layout)."""
+    device = bench.device_of(model)
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), model.tokenizer.pad_token_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(s)
+        att[i, width - len(s) :] = 1
+    pos = (att.cumsum(1) - 1).clamp_min(0)
+    with torch.no_grad():
+        out = model.hf(ids.to(device), attention_mask=att.to(device), position_ids=pos.to(device))
+    batch = out.logits[:, -1].float().log_softmax(-1).cpu()
+    alone = torch.stack([hooked_logprobs(model, s, 0, None)[-1] for s in seqs])
+    return float((batch - alone).abs().max())
+
+
+def cpu_f32(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.dtype == torch.float32
+
+
+def where(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"{value.device.type} {str(value.dtype).replace('torch.', '')}"
+    if isinstance(value, np.ndarray):
+        return f"numpy {value.dtype}"
+    return type(value).__name__
+
+
+# ----------------------------------------------------------------------------------------------
+# One config: every check, then the measurements
+# ----------------------------------------------------------------------------------------------
+def check_config(name: str, args: argparse.Namespace, report: Report) -> None:
+    import steerwidgets as sw
+    from steerwidgets.engine import next_token_logprobs, tokenize_prompt
+    from steerwidgets.playground import Pipeline, Request
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    tol = TOLERANCE[dtype]
+    tiny = name == "tiny"
+    print(f"\n## {name} on {device}, {args.dtype}", flush=True)
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"config": name, "device": str(device), "dtype": args.dtype}
+    report.configs.append(row)
+    model, info = build_model(name, device, dtype)
+    row.update(info)
+    layer = layer_for(model.n_layers)
+    row["layer"] = layer
+    placed = {n: (t.device, t.dtype) for n, t in itertools.chain(model.hf.named_parameters(),
+                                                                 model.hf.named_buffers())}  # fmt: skip
+
+    def check_placement(after: str) -> None:
+        moved = [n for n, t in itertools.chain(model.hf.named_parameters(), model.hf.named_buffers())
+                 if (t.device, t.dtype) != placed[n]]  # fmt: skip
+        wrong = [n for n, (dev, _) in placed.items() if dev.type != device.type]
+        report.check(name, f"d: parameters and buffers on {device.type} after {after}", not moved and not wrong,
+                     f"{len(placed)} tensors, {len(moved)} moved, {len(wrong)} not on {device.type}"
+                     + (f" (e.g. {(moved or wrong)[0]})" if moved or wrong else ""))  # fmt: skip
+
+    check_placement("load_model")
+    base = Baseline(model, report, name)
+    items = list(sw.builtin_ab("sentiment"))
+    n_items = 4 if tiny else 8
+
+    # the vector: CAA at `layer`, rescaled so that ||v|| = mean ||h|| there (a random model's CAA is tiny)
+    vector = None
+    with report.guard(name, "c: sw.caa returns a CPU float32 SteeringVector"):
+        raw = sw.caa(model, items[40:48], [layer])
+        report.check(name, "c: sw.caa returns a CPU float32 SteeringVector", cpu_f32(raw[layer]), where(raw[layer]))
+        norms: list[float] = []
+        hook = model.hf_block(layer).register_forward_hook(
+            lambda m, a, out: norms.append(float((out[0] if isinstance(out, tuple) else out).float().norm(dim=-1)
+                                                 [:, 1:].mean()))
+        )  # fmt: skip
+        try:
+            base.forward()
+        finally:
+            hook.remove()
+        vector = raw * (norms[0] / float(raw[layer].norm()))
+        row["vector_norm"] = float(vector[layer].norm())
+    base.verify("sw.caa")
+    with report.guard(name, "c: sw.mean_difference returns a CPU float32 SteeringVector"):
+        md = sw.mean_difference(model, sw.builtin_pairs("sentiment")[:8], [layer])
+        report.check(name, "c: sw.mean_difference returns a CPU float32 SteeringVector", cpu_f32(md[layer]),
+                     where(md[layer]))  # fmt: skip
+    base.verify("sw.mean_difference")
+    if vector is None:
+        report.check(name, "a: all correctness checks", False, "skipped: no vector (sw.caa failed)")
+        return
+    vec = vector[layer]
+    seqs = [tokenize_prompt(model, p)[0] for p in PROMPTS[:4]]
+
+    # (a1) next-token distributions
+    floor = float("nan")
+    with report.guard(name, "a: floor"):
+        floor = padded_floor(model, seqs)
+    for positions in ("all", "last"):
+        label = f"a: steered next-token log-probs (positions={positions!r}) == hook"
+        with report.guard(name, label):
+            steering = sw.Steering(vector, layer, 1.0, positions)
+            got = next_token_logprobs(model, seqs, [steering])
+            report.check(name, f"c: next_token_logprobs on CPU float32 (positions={positions!r})", cpu_f32(got),
+                         where(got))  # fmt: skip
+            ref = torch.stack([hooked_logprobs(model, s, layer, mask_add(vec, positions, len(s), len(s)))[-1]
+                               for s in seqs])  # fmt: skip
+            plain = torch.stack([hooked_logprobs(model, s, layer, None)[-1] for s in seqs])
+            diff = float((got.float().cpu() - ref).abs().max())
+            effect = float((ref - plain).abs().max())
+            report.check(name, label, diff <= tol and effect >= EFFECT_FACTOR * tol,
+                         f"max diff {diff:.2e}, floor {floor:.1e}, steering effect {effect:.2f}", f"{tol:g}")  # fmt: skip
+        base.verify(f"next_token_logprobs ({positions})")
+
+    # (a2) generation: greedy tokens vs hook + hf.generate, and the tokens' log-probs teacher-forced
+    new = 8 if tiny else 16
+    with report.guard(name, "a: sw.generate greedy tokens == hook + hf.generate"):
+        result, _ = bench.p2_engine(model, vector, layer, 1.0, PROMPTS[:4], new)
+        scores: list[torch.Tensor] = []
+        ref_ids = bench.p2_hook(model, vec, layer, 1.0, PROMPTS[:4], new, scores=scores).cpu()
+        exact = ties = 0
+        worst = 0.0
+        for r, toks in enumerate(result.token_ids):
+            toks = [t for t in toks if t not in (model.tokenizer.eos_token_id, model.tokenizer.pad_token_id)]
+            ref_row = ref_ids[r, : len(toks)].tolist()
+            if ref_row == toks:
+                exact += 1
+                continue
+            t = next(i for i, (a, b) in enumerate(zip(ref_row, toks)) if a != b)
+            step = scores[t][r].float()
+            margin = float(step[ref_row[t]] - step[toks[t]])
+            worst = max(worst, margin)
+            ties += margin <= tol
+        n = len(result.token_ids)
+        report.check(name, "a: sw.generate greedy tokens == hook + hf.generate", exact + ties == n,
+                     f"{exact}/{n} rows identical, {ties} part at a near-tie (ref margin {worst:.2e})",
+                     f"margin {tol:g}")  # fmt: skip
+        steered = result
+        report.check(name, "c: sw.generate first_logprobs on CPU float32", cpu_f32(steered.first_logprobs),
+                     where(steered.first_logprobs))  # fmt: skip
+        diffs, gaps = [], []
+        for r, toks in enumerate(steered.token_ids):
+            ids = seqs[r] + toks
+            logp = hooked_logprobs(model, ids, layer, mask_add(vec, "all", len(seqs[r]), len(ids)))
+            at = torch.arange(len(seqs[r]) - 1, len(ids) - 1)
+            ref_lp = logp[at, torch.tensor(toks)]
+            diffs.append(float((torch.tensor(steered.token_logprobs[r]) - ref_lp).abs().max()))
+            gaps.append(float((logp[at].max(-1).values - ref_lp).max()))
+        report.check(name, "a: sw.generate token log-probs == hook forward of the same tokens",
+                     max(diffs) <= tol and max(gaps) <= tol,
+                     f"max diff {max(diffs):.2e}; each token the reference's argmax within {max(gaps):.2e}",
+                     f"{tol:g}")  # fmt: skip
+    base.verify("sw.generate")
+
+    # (a3) scoring
+    for positions in ("all", "last"):
+        label = f"a: sw.score log-probs (positions={positions!r}) == hook"
+        with report.guard(name, label):
+            steering = sw.Steering(vector, layer, 1.0, positions)
+            got = sw.score(model, PROMPTS[:4], COMPLETIONS, steering)
+            report.check(name, f"c: sw.score on CPU float32 (positions={positions!r})", all(map(cpu_f32, got)),
+                         where(got[0]))  # fmt: skip
+            diff = effect = 0.0
+            tok = model.tokenizer
+            for s, completion, lp in zip(seqs, COMPLETIONS, got):
+                comp = tok(completion, add_special_tokens=False)["input_ids"]
+                ids = s + comp
+                at = torch.arange(len(s) - 1, len(ids) - 1)
+                ref = hooked_logprobs(model, ids, layer, mask_add(vec, positions, len(s), len(ids)))[at, comp]
+                plain = hooked_logprobs(model, ids, layer, None)[at, comp]
+                diff = max(diff, float((lp.float().cpu() - ref).abs().max()))
+                effect = max(effect, float((ref - plain).abs().max()))
+            report.check(name, label, diff <= tol and effect >= EFFECT_FACTOR * tol,
+                         f"max diff {diff:.2e}, steering effect {effect:.2f}", f"{tol:g}")  # fmt: skip
+        base.verify(f"sw.score ({positions})")
+        if args.inject_error and positions == "all":
+            base.inject_leak(layer)
+            base.verify("sw.score, with a leaked hook injected (--inject-error)")
+
+    # (a4) the propensity sweep vs one hooked forward per (item, strength)
+    for positions in ("last", "all"):
+        label = f"a: sw.propensity_sweep propensities (positions={positions!r}) == hook"
+        with report.guard(name, label):
+            got = bench.p1_engine(model, items[:n_items], vector, positions, layer)
+            ref = bench.p1_naive(model, items[:n_items], vec, positions, layer)
+            diff = float(np.abs(got - ref).max())
+            effect = float(np.abs(ref - ref[:, [3]]).max())  # strength 0 is column 3
+            report.check(name, label, diff <= tol and effect >= EFFECT_FACTOR * tol,
+                         f"max diff {diff:.2e} over {ref.size} cells, steering effect {effect:.2f}", f"{tol:g}")  # fmt: skip
+        base.verify(f"sw.propensity_sweep ({positions}, gradient null and option swap)")
+    with report.guard(name, "c: sweep results are numpy on the CPU"):
+        res = sw.propensity_sweep(model, items[:n_items], vector, layer, null_directions=8, null_method="sampled")
+        parts = {"propensity": res.propensity[layer], "slopes": res.slopes(layer), "null": res.null[layer],
+                 "unsteered": res.unsteered, "norm_ratio": res.norm_ratio[layer]}  # fmt: skip
+        bad = {k: where(v) for k, v in parts.items() if not (isinstance(v, np.ndarray) and v.dtype.kind == "f")}
+        report.check(name, "c: sweep results are numpy on the CPU", not bad,
+                     ", ".join(f"{k}: {v}" for k, v in bad.items()) or ", ".join(parts) + ": numpy float")  # fmt: skip
+    base.verify("sw.propensity_sweep (sampled null)")
+
+    # (b) errors raised in the middle of a call leave the model unsteered too
+    steering = sw.Steering(vector, layer, 1.0, "all")
+
+    class Stop(RuntimeError):
+        pass
+
+    def stop_at(step_no: int) -> Callable[..., None]:
+        def on_token(run: str, step: int, ids: list[int]) -> None:
+            if step >= step_no:
+                raise Stop(f"stop at step {step}")
+
+        return on_token
+
+    def expect_error(label: str, fn: Callable[[], Any], kinds: tuple[type[BaseException], ...]) -> None:
+        with report.guard(name, f"b: {label} raises"):
+            try:
+                fn()
+            except kinds as exc:
+                report.check(name, f"b: {label} raises", True, f"{type(exc).__name__} came back")
+            else:
+                report.check(name, f"b: {label} raises", False, "no error came back")
+        base.verify(f"an error in {label}")
+
+    expect_error("sw.generate whose on_token raises at step 2",
+                 lambda: sw.generate(model, PROMPTS[:2], steering, max_new_tokens=6, on_token=stop_at(2)), (Stop,))  # fmt: skip
+    cancel = threading.Event()
+
+    def cancel_at_1(run: str, step: int, ids: list[int]) -> None:
+        if run == "steered" and step >= 1:
+            cancel.set()
+
+    expect_error("sw.generate cancelled at step 1",
+                 lambda: sw.generate(model, PROMPTS[:2], steering, max_new_tokens=6, on_token=cancel_at_1,
+                                     cancel=cancel), (sw.GenerationCancelled,))  # fmt: skip
+
+    def progress(done: int, total: int) -> None:
+        raise Stop(f"stop after item {done}")
+
+    expect_error("sw.propensity_sweep whose progress callback raises after item 1",
+                 lambda: sw.propensity_sweep(model, items[:3], vector, layer, progress=progress), (Stop,))  # fmt: skip
+    pipe = Pipeline(model)
+    request = Request(prompt=bench.P3_PROMPT, layer=layer, strength=4.0, targets=bench.P3_TARGETS)
+
+    def emit_stop(update: Any) -> None:
+        if type(update).__name__ == "FirstToken":
+            raise Stop("stop at the first steered token")
+
+    expect_error("a Playground update stopped at its first token", lambda: pipe.run(request, emit_stop), (Stop,))
+    with report.guard(name, "b: a complete Playground update"):
+        timings = pipe.run(request, lambda update: None)
+        report.check(name, "b: a complete Playground update", "charts_ms" in timings,
+                     f"{timings.get('charts_ms', float('nan')):.0f} ms")  # fmt: skip
+    base.verify("a Playground update")
+    check_placement("every call")
+
+    if not args.skip_perf:
+        with report.guard(name, "perf: P1/P2/P3 ran"):
+            measure(name, model, vector, layer, device, dtype, tiny, report)
+        base.verify("the measurements")
+    if device.type == "cuda":
+        row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    row["total_s"] = time.perf_counter() - t0
+    del model, base, pipe
+    gc.collect()
+
+
+# ----------------------------------------------------------------------------------------------
+# Performance, in the spirit of benchmarks/run.py (round-robin, medians)
+# ----------------------------------------------------------------------------------------------
+def _ratio(report: Report, config: str, key: str, num: bench.Timings, den: bench.Timings,
+           per_item: float | None = None, note: str = "") -> None:  # fmt: skip
+    goal = bench.GOALS.get(key)
+    value = num.median / den.median
+    met = None if goal is None else (value >= goal[1] if goal[0] == ">=" else value <= goal[1])
+    report.ratios.append({
+        "config": config, "ratio": key, "value": value, "cpu": num.cpu_median / den.cpu_median,
+        "per_item": per_item, "num_s": num.median, "den_s": den.median,
+        "goal": None if goal is None else f"{goal[0]} {goal[1]}", "met": met, "note": note,
+    })  # fmt: skip
+    print(f"  {key}: {value:.2f} ({num.median:.3f} s / {den.median:.3f} s)", flush=True)
+
+
+def measure(name: str, model: Any, vector: Any, layer: int, device: torch.device, dtype: torch.dtype,
+            tiny: bool, report: Report) -> None:  # fmt: skip
+    """P1, P2 and P3 on this config; every variant of one benchmark interleaved, medians reported."""
+    import steerwidgets as sw
+    from steerwidgets.engine import tokenize_prompt
+    from steerwidgets.playground import Pipeline, Request
+
+    vec = vector[layer]
+    items = list(sw.builtin_ab("sentiment"))[: 4 if tiny else 16]
+    repeats = 2 if tiny else 3
+    # P1: per repeat, per item, every variant once (order rotated); a repeat's time is the sum over items
+    fns: dict[str, Callable[[list, str], Any]] = {
+        "a_naive": lambda sub, pos: bench.p1_naive(model, sub, vec, pos, layer),
+        "c_hook_same_work": lambda sub, pos: bench.p1_same_work(model, sub, vec, pos, layer),
+        "d_engine": lambda sub, pos: bench.p1_engine(model, sub, vector, pos, layer),
+    }
+    variants = [(pos, v) for pos in ("last", "all") for v in fns]
+    for pos, v in variants:  # warm-up
+        fns[v](items[:1], pos)
+    wall = {v: np.zeros((repeats, len(items))) for v in variants}
+    cpu = {v: np.zeros((repeats, len(items))) for v in variants}
+    for r in range(repeats):
+        for i, item in enumerate(items):
+            k = (i + r) % len(variants)
+            for v in variants[k:] + variants[:k]:
+                w0, c0 = time.perf_counter(), time.process_time()
+                fns[v[1]]([item], v[0])  # returns numpy: synchronised
+                wall[v][r, i] = time.perf_counter() - w0
+                cpu[v][r, i] = time.process_time() - c0
+    times = {v: bench.Timings() for v in variants}
+    for v, t in times.items():
+        t.wall, t.cpu = [float(x) for x in wall[v].sum(1)], [float(x) for x in cpu[v].sum(1)]
+    for pos in ("last", "all"):
+        for label, num, den in (("(a)/(d)", "a_naive", "d_engine"), ("(d)/(c)", "d_engine", "c_hook_same_work")):
+            per_item = float(np.median(wall[(pos, num)] / wall[(pos, den)]))
+            _ratio(report, name, f"P1 {pos} {label}", times[(pos, num)], times[(pos, den)], per_item,
+                   f"{len(items)} items x {len(bench.STRENGTHS)} strengths, {repeats} repeats")  # fmt: skip
+
+    # P2: steered greedy generation, 8 prompts x 32 tokens
+    def synced(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def call() -> Any:
+            out = fn()
+            sync(device)
+            return out
+
+        return call
+
+    p2 = {
+        "hook_generate": synced(lambda: bench.p2_hook(model, vec, layer, 1.0)),
+        "engine_generate": synced(lambda: bench.p2_engine(model, vector, layer, 1.0)),
+    }
+    for fn in p2.values():
+        fn()
+    t2 = {k: bench.Timings() for k in p2}
+    out: dict[str, Any] = {}
+    for _ in range(3 if tiny else 5):
+        for k, fn in p2.items():
+            out[k] = t2[k].run(fn)
+    hook_steps, engine_steps = int(out["hook_generate"].shape[1]), out["engine_generate"][1]
+    note = f"{len(bench.P2_PROMPTS)} prompts x {bench.P2_NEW} tokens"
+    if engine_steps != hook_steps:  # the engine stopped early (every row hit EOS): compare per step
+        t2["engine_generate"].wall = [w * hook_steps / engine_steps for w in t2["engine_generate"].wall]
+        note += f"; engine ran {engine_steps} steps, scaled per step"
+    _ratio(report, name, "P2 engine/hook", t2["engine_generate"], t2["hook_generate"], note=note)
+
+    # P3: a Playground update (steered text, colouring, top-k, target chart) vs plain hf.generate
+    pipe = Pipeline(model)
+    request = Request(prompt=bench.P3_PROMPT, layer=layer, strength=4.0, targets=bench.P3_TARGETS)
+    pipe.run(request, lambda u: None)  # warm: vector, unsteered text, chart grid
+    ids = torch.tensor([tokenize_prompt(model, bench.P3_PROMPT)[0]])
+    plain = synced(bench.plain_generate(model.hf, ids))
+    plain()
+    t3 = {"plain_generate": bench.Timings(), "on_grid": bench.Timings(), "off_grid": bench.Timings()}
+    first = bench.Timings()
+    for r in range(3 if tiny else 5):
+        t3["plain_generate"].run(plain)
+        for kind, strength in (("on_grid", -4.0 if r % 2 == 0 else 8.0), ("off_grid", 4.0 + 0.5 * (r + 1))):
+            c0 = time.process_time()
+            timings = pipe.run(Request(prompt=bench.P3_PROMPT, layer=layer, strength=strength,
+                                       targets=bench.P3_TARGETS), lambda u: None)  # fmt: skip
+            t3[kind].wall.append(timings["charts_ms"] / 1000)
+            t3[kind].cpu.append(time.process_time() - c0)
+            first.wall.append(timings["first_token_ms"] / 1000)
+            first.cpu.append(float("nan"))
+    dname = str(dtype).replace("torch.", "")
+    for kind, label in (("off_grid", "off grid"), ("on_grid", "on grid")):
+        _ratio(report, name, f"P3 {dname} complete ({label})/plain generate", t3[kind], t3["plain_generate"],
+               note="Pipeline.run to charts done (32 tokens, colouring, top-k, target chart)")  # fmt: skip
+    report.ratios.append({"config": name, "ratio": f"P3 {dname} first token s", "value": first.median,
+                          "cpu": None, "per_item": None, "num_s": first.median, "den_s": None,
+                          "goal": "<= 0.15", "met": first.median <= 0.15, "note": "Pipeline clock"})  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------
+def markdown(report: Report) -> str:
+    lines = ["| config | params | device | dtype | layer | peak CUDA memory | build s | total s |",
+             "|---|---:|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    for c in report.configs:
+        mem = f"{c['peak_mem_gib']:.2f} GiB" if "peak_mem_gib" in c else "—"
+        lines.append(f"| {c['config']} | {c.get('params', 0) / 1e6:.1f} M | {c['device']} | {c['dtype']} | "
+                     f"{c.get('layer', '')} | {mem} | {c.get('build_s', float('nan')):.1f} | "
+                     f"{c.get('total_s', float('nan')):.1f} |")  # fmt: skip
+    lines += ["", "| config | check | value | tolerance | ok |", "|---|---|---|---|---|"]
+    for c in report.checks:
+        note = f" ({c['note']})" if c["note"] else ""
+        lines.append(f"| {c['config']} | {c['check']} | {c['value']}{note} | {c['tol']} | "
+                     f"{'yes' if c['ok'] else '**NO**'} |")  # fmt: skip
+    if report.ratios:
+        lines += ["", "| config | ratio | wall (medians) | CPU | median per-item | goal | met | notes |",
+                  "|---|---|---:|---:|---:|---|---|---|"]  # fmt: skip
+        for r in report.ratios:
+            den = f" ({r['num_s']:.3f} s / {r['den_s']:.3f} s)" if r["den_s"] else " s"
+            cpu = "" if r["cpu"] is None or np.isnan(r["cpu"]) else f"{r['cpu']:.2f}"
+            item = "" if r["per_item"] is None else f"{r['per_item']:.2f}"
+            met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
+            lines.append(f"| {r['config']} | {r['ratio']} | {r['value']:.2f}{den} | {cpu} | {item} | "
+                         f"{r['goal'] or ''} | {met} | {r['note']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--device", default="cuda", help="torch device (default cuda)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--config", default="all",
+                        help=f"all ({', '.join(ALL_CONFIGS)}) or a comma list of {', '.join(CONFIGS)}")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="also write every check and number here")
+    parser.add_argument("--inject-error", action="store_true",
+                        help="leave a steering hook on the model once, so a (b) check must fail")  # fmt: skip
+    parser.add_argument("--skip-perf", action="store_true", help="checks only, no P1/P2/P3 timing")
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads (default 1 with --device cpu: these models are small and a "
+                        "shared machine's cores are busy; torch's default otherwise)")  # fmt: skip
+    args = parser.parse_args(argv)
+    names = list(ALL_CONFIGS) if args.config == "all" else [c.strip() for c in args.config.split(",")]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown config(s) {unknown}; use all or some of {list(CONFIGS)}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("FAIL: --device cuda but torch sees no CUDA device (torch "
+              f"{torch.__version__}); use --device cpu --config tiny on a machine without one")  # fmt: skip
+        return 2
+    if args.threads or device.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
+    import nnsight
+    import transformers
+
+    import steerwidgets as sw
+
+    report = Report()
+    report.meta = {
+        "argv": sys.argv[1:] if argv is None else argv, "python": platform.python_version(),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "nnsight": nnsight.__version__, "steerwidgets": sw.__version__, "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "loadavg_start": bench.loadavg(),
+    }  # fmt: skip
+    print(f"gpu_check: {', '.join(names)} on {device} ({report.meta['cuda'] or platform.machine()}), "
+          f"{args.dtype}, torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"nnsight {nnsight.__version__}", flush=True)  # fmt: skip
+    t0 = time.perf_counter()
+    for name in names:
+        with report.guard(name, "the config ran to the end"):
+            check_config(name, args, report)
+    report.meta["total_s"] = time.perf_counter() - t0
+    report.meta["loadavg_end"] = bench.loadavg()
+    table = markdown(report)
+    print("\n" + table + "\n")
+    failed = report.failed
+    if failed:
+        verdict = f"FAIL: {len(failed)} of {len(report.checks)} checks failed: " + "; ".join(
+            f"[{c['config']}] {c['check']}" for c in failed
+        )
+    else:
+        verdict = f"PASS: all {len(report.checks)} checks passed (speed goals are reported, not gated)"
+    verdict += f" in {report.meta['total_s']:.0f} s"
+    if args.json:
+        payload = {"checks": report.checks, "ratios": report.ratios, "configs": report.configs,
+                   "meta": report.meta, "markdown": table, "verdict": verdict, "passed": not failed}  # fmt: skip
+        args.json.write_text(json.dumps(payload, indent=2, default=str))
+        print(f"wrote {args.json}")
+    print(verdict, flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    raise SystemExit(main())
