@@ -1,8 +1,8 @@
 """A prepared device check of steerwidgets: correctness, cleanliness and speed on one GPU, in one command.
 
-    python benchmarks/gpu_check.py                                  # cuda, bfloat16, configs smollm2-135m + llama-3.2-1b
-    python benchmarks/gpu_check.py --device cpu --config tiny       # the CI-sized run (< 1 min on 2 cores)
-    python benchmarks/gpu_check.py --json out.json --inject-error   # prove that a broken check fails loudly
+    python benchmarks/gpu_check.py                               # cuda, bfloat16, smollm2-135m, llama-3.2-1b
+    python benchmarks/gpu_check.py --device cpu --config tiny    # the CI-sized run (< 1 min on 2 cores)
+    python benchmarks/gpu_check.py --json out.json --inject-error   # a broken check must fail loudly
 
 No weights and no internet are needed: every model is randomly initialised (seeded) from a config written
 below (SmolLM2-135M's and Llama-3.2-1B's shapes, and a tiny one), and the tokenizer is a byte-level BPE
@@ -33,7 +33,6 @@ import itertools
 import json
 import os
 import platform
-import statistics
 import sys
 import threading
 import time
@@ -59,19 +58,37 @@ import run as bench  # noqa: E402  (benchmarks/run.py: its timing, hook baseline
 # ----------------------------------------------------------------------------------------------
 CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=192, vocab_size=2048, max_position_embeddings=2048, rope_theta=10000.0,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=192,
+        vocab_size=2048,
+        max_position_embeddings=2048,
+        rope_theta=10000.0,
     ),
     "smollm2-135m": dict(  # HuggingFaceTB/SmolLM2-135M(-Instruct)
-        hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-        intermediate_size=1536, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
+        hidden_size=576,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        intermediate_size=1536,
+        vocab_size=49152,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
     ),
     "llama-3.2-1b": dict(  # meta-llama/Llama-3.2-1B (without its llama3 RoPE scaling)
-        hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-        intermediate_size=8192, vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
         head_dim=64,
     ),
-}  # fmt: skip
+}
 ALL_CONFIGS = ("smollm2-135m", "llama-3.2-1b")
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # pad, turn start, eos: ids 0, 1, 2
 CHAT_TEMPLATE = (
@@ -80,20 +97,36 @@ CHAT_TEMPLATE = (
 )
 BPE_VOCAB = 1024  # trained merges; the rest of the model's vocabulary is filled with unused tokens
 
-# Max abs difference allowed between the engine and the hook reference (logits, log-probs, propensities).
-# float32: both paths do the same float32 arithmetic in different batch shapes (a cached prefix, strengths
-# as batch rows, padding), which moves results by ~1e-5; 1e-3 is benchmarks/run.py's bound. bfloat16 keeps
-# 8 significant bits (relative rounding 2^-9 = 0.2 %): every matmul and every residual write rounds again,
-# and different batch shapes pick different kernels and accumulation orders, so two equal computations of
-# one logit differ by up to a few 1e-2 on these models (the "floor" column measures that with plain
-# transformers alone). 0.125 = 32 bf16 ulps of 1.0 is ~4x that floor, still ~10x below the effect of
-# the steering checked (every (a) check also requires the steering to move the output by >= 10x the
-# tolerance, so a steering that does nothing cannot pass).
-TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.125, torch.float16: 0.03}
-EFFECT_FACTOR = 10.0
+# How far the engine may be from the hook reference (max abs difference of logits, log-probs and
+# propensities), per dtype: max(ABS_TOL, ULP_TOL ulps at the model's logit scale S = max |logit| of a plain
+# forward). Both paths do the same arithmetic in different batch shapes (a cached prefix, strengths as batch
+# rows, left padding), so matmuls run other kernels and sum in other orders. float32: that moves results by
+# ~1e-5; 1e-3 is benchmarks/run.py's bound. bfloat16 keeps 8 significant bits: each matmul output and each
+# residual write rounds to a spacing of 2^-7 relative, and the rounding differences of ~L layers reach the
+# logits as a few ulps at their own scale; the "floor" column (plain transformers alone, the same
+# sequences alone vs left-padded in one batch) shows that noise: 0.5 ulp on `tiny` and 1.7 ulps on
+# `smollm2-135m` in bfloat16 on a CPU. 8 ulps leaves ~5x headroom over the deeper model for other kernels.
+# A tolerance that a no-op steering could pass proves nothing, so every (a) check also requires the
+# steering to move the reference by >= EFFECT_FACTOR x the tolerance (an engine that dropped the steering
+# would then miss by 2x or more); the vector is scaled to
+# STEER_RATIO x the mean residual norm at the steered layer, so its effect is large on a random model too.
+ABS_TOL = {torch.float32: 1e-3, torch.bfloat16: 0.0, torch.float16: 0.0}
+ULP_TOL = {torch.float32: 0, torch.bfloat16: 8, torch.float16: 8}
+EFFECT_FACTOR = 2.0
+STEER_RATIO = 4.0
 PROMPTS = bench.P2_PROMPTS
-COMPLETIONS = [" I love it.", " That sounds risky and exhausting.", " Bread needs flour, water and time.",
-               " It was fine."]  # fmt: skip
+COMPLETIONS = [
+    " I love it.",
+    " That sounds risky and exhausting.",
+    " Bread needs flour, water and time.",
+    " It was fine.",
+]
+
+
+def tolerance(dtype: torch.dtype, scale: float) -> float:
+    """ABS_TOL, or ULP_TOL ulps of ``dtype`` at ``scale`` (the spacing of numbers of that size)."""
+    ulp = torch.finfo(dtype).eps * 2.0 ** np.floor(np.log2(max(scale, 1e-30)))
+    return max(ABS_TOL[dtype], ULP_TOL[dtype] * float(ulp))
 
 
 def layer_for(n_layers: int) -> int:
@@ -110,16 +143,20 @@ def build_tokenizer(vocab_size: int) -> Any:
     import steerwidgets as sw
 
     corpus = [item.question for name in sw.list_builtin()["ab"] for item in sw.builtin_ab(name)]
-    corpus += [s for n in sw.list_builtin()["pairs"] for p in sw.builtin_pairs(n) for s in (p.positive, p.negative)]
+    corpus += [
+        s for n in sw.list_builtin()["pairs"] for p in sw.builtin_pairs(n) for s in (p.positive, p.negative)
+    ]
     corpus += PROMPTS + COMPLETIONS
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=min(BPE_VOCAB, vocab_size), special_tokens=list(SPECIALS), initial_alphabet=alphabet,
+        vocab_size=min(BPE_VOCAB, vocab_size),
+        special_tokens=list(SPECIALS),
+        initial_alphabet=alphabet,
         show_progress=False,
-    )  # fmt: skip
+    )
     tk.train_from_iterator(corpus, trainer)
     spec = json.loads(tk.to_str())
     vocab = spec["model"]["vocab"]
@@ -137,7 +174,8 @@ def build_tokenizer(vocab_size: int) -> Any:
 
 def build_model(name: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, dict[str, Any]]:
     """Random-init the config on the CPU, move it with ``hf.to(device, dtype)``, wrap it with
-    ``sw.load_model`` (passing ``device=`` where load_model takes it)."""
+    ``sw.load_model`` (passing ``device=`` where load_model takes it). ``info["placed"]`` is where every
+    parameter and buffer was put, before load_model saw the model."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     import steerwidgets as sw
@@ -145,12 +183,17 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype) -> tuple[An
     t0 = time.perf_counter()
     tok = build_tokenizer(CONFIGS[name]["vocab_size"])
     config = LlamaConfig(
-        **CONFIGS[name], tie_word_embeddings=True, rms_norm_eps=1e-5, pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id, bos_token_id=None,
-    )  # fmt: skip
+        **CONFIGS[name],
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
     torch.manual_seed(0)
     hf = AutoModelForCausalLM.from_config(config, dtype=dtype)
     hf.to(device=device, dtype=dtype)
+    placed = {n: (t.device, t.dtype) for n, t in itertools.chain(hf.named_parameters(), hf.named_buffers())}
     kwargs: dict[str, Any] = {"tokenizer": tok, "dtype": dtype}
     if "device" in inspect.signature(sw.load_model).parameters:
         kwargs["device"] = device
@@ -160,6 +203,7 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype) -> tuple[An
         "load_kwargs": sorted(kwargs),
         "build_s": time.perf_counter() - t0,
         "tokenizer_vocab": len(tok),
+        "placed": placed,
     }
     return model, info
 
@@ -177,8 +221,9 @@ class Report:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def check(self, config: str, name: str, ok: bool, value: str, tol: str = "", note: str = "") -> bool:
-        self.checks.append({"config": config, "check": name, "ok": bool(ok), "value": value, "tol": tol,
-                            "note": note})  # fmt: skip
+        self.checks.append(
+            {"config": config, "check": name, "ok": bool(ok), "value": value, "tol": tol, "note": note}
+        )
         print(f"  [{'ok' if ok else 'FAIL'}] {name}: {value}" + (f" ({note})" if note else ""), flush=True)
         return bool(ok)
 
@@ -190,8 +235,13 @@ class Report:
             yield
         except Exception as exc:  # noqa: BLE001 - every error is a finding here
             where = traceback.extract_tb(exc.__traceback__)[-1]
-            self.check(config, name, False, f"raised {type(exc).__name__}: {_short(exc)}",
-                       note=f"at {Path(where.filename).name}:{where.lineno}")  # fmt: skip
+            self.check(
+                config,
+                name,
+                False,
+                f"raised {type(exc).__name__}: {_short(exc)}",
+                note=f"at {Path(where.filename).name}:{where.lineno}",
+            )
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -201,6 +251,19 @@ class Report:
 def _short(exc: BaseException, limit: int = 240) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+class Phases:
+    """Seconds per part of a config's run, kept in its row (to see where a slow run spends its time)."""
+
+    def __init__(self, row: dict[str, Any]):
+        self.row, self.t = row, time.perf_counter()
+        row["phases_s"] = {}
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.row["phases_s"][name] = round(now - self.t, 2)
+        self.t = now
 
 
 def sync(device: torch.device) -> None:
@@ -225,9 +288,13 @@ class Baseline:
         self.floor = float((again - self.logits).abs().max())
         self.hooks = self.hook_counts()
         self.requires_grad = [p.requires_grad for p in model.hf.parameters()]
-        report.check(config, "b: plain forward is reproducible (bitwise)", self.floor == 0.0,
-                     f"max diff of two runs {self.floor:.1e}",
-                     note="" if self.floor == 0.0 else "later (b) checks allow this floor")  # fmt: skip
+        report.check(
+            config,
+            "b: plain forward is reproducible (bitwise)",
+            self.floor == 0.0,
+            f"max diff of two runs {self.floor:.1e}",
+            note="" if self.floor == 0.0 else "later (b) checks allow this floor",
+        )
         self.leak: torch.utils.hooks.RemovableHandle | None = None
 
     def forward(self) -> torch.Tensor:
@@ -251,8 +318,14 @@ class Baseline:
             value = f"logits max diff {diff:.1e}, {hooks} new hooks, {grads} grads"
             if flags or hf.training:
                 value += ", requires_grad changed" if flags else ", left in train mode"
-            self.report.check(self.config, name, ok, value, tol=f"{self.floor:.0e} (bitwise)",
-                              note="injected: a leaked steering hook" if self.leak is not None else "")  # fmt: skip
+            self.report.check(
+                self.config,
+                name,
+                ok,
+                value,
+                tol=f"{self.floor:.0e} (bitwise)",
+                note="injected: a leaked steering hook" if self.leak is not None else "",
+            )
         if self.leak is not None:
             self.leak.remove()
             self.leak = None
@@ -337,7 +410,6 @@ def check_config(name: str, args: argparse.Namespace, report: Report) -> None:
     from steerwidgets.playground import Pipeline, Request
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    tol = TOLERANCE[dtype]
     tiny = name == "tiny"
     print(f"\n## {name} on {device}, {args.dtype}", flush=True)
     if device.type == "cuda":
@@ -348,46 +420,66 @@ def check_config(name: str, args: argparse.Namespace, report: Report) -> None:
     row: dict[str, Any] = {"config": name, "device": str(device), "dtype": args.dtype}
     report.configs.append(row)
     model, info = build_model(name, device, dtype)
+    placed = info.pop("placed")
     row.update(info)
     layer = layer_for(model.n_layers)
     row["layer"] = layer
-    placed = {n: (t.device, t.dtype) for n, t in itertools.chain(model.hf.named_parameters(),
-                                                                 model.hf.named_buffers())}  # fmt: skip
 
     def check_placement(after: str) -> None:
-        moved = [n for n, t in itertools.chain(model.hf.named_parameters(), model.hf.named_buffers())
-                 if (t.device, t.dtype) != placed[n]]  # fmt: skip
+        moved = [
+            n
+            for n, t in itertools.chain(model.hf.named_parameters(), model.hf.named_buffers())
+            if (t.device, t.dtype) != placed[n]
+        ]
         wrong = [n for n, (dev, _) in placed.items() if dev.type != device.type]
-        report.check(name, f"d: parameters and buffers on {device.type} after {after}", not moved and not wrong,
-                     f"{len(placed)} tensors, {len(moved)} moved, {len(wrong)} not on {device.type}"
-                     + (f" (e.g. {(moved or wrong)[0]})" if moved or wrong else ""))  # fmt: skip
+        report.check(
+            name,
+            f"d: parameters and buffers on {device.type} after {after}",
+            not moved and not wrong,
+            f"{len(placed)} tensors, {len(moved)} moved, {len(wrong)} not on {device.type}"
+            + (f" (e.g. {(moved or wrong)[0]})" if moved or wrong else ""),
+        )
 
     check_placement("load_model")
     base = Baseline(model, report, name)
+    scale = float(base.logits.abs().max())
+    tol = tolerance(dtype, scale)
+    row.update(logit_scale=scale, tolerance=tol)
+    print(f"  logit scale {scale:.3f}: tolerance {tol:.2e}", flush=True)
+    phase = Phases(row)
     items = list(sw.builtin_ab("sentiment"))
     n_items = 4 if tiny else 8
 
-    # the vector: CAA at `layer`, rescaled so that ||v|| = mean ||h|| there (a random model's CAA is tiny)
+    # the vector: CAA at `layer`, rescaled to ||v|| = STEER_RATIO x mean ||h|| there (a random model's
+    # CAA is tiny)
     vector = None
     with report.guard(name, "c: sw.caa returns a CPU float32 SteeringVector"):
         raw = sw.caa(model, items[40:48], [layer])
-        report.check(name, "c: sw.caa returns a CPU float32 SteeringVector", cpu_f32(raw[layer]), where(raw[layer]))
+        report.check(
+            name, "c: sw.caa returns a CPU float32 SteeringVector", cpu_f32(raw[layer]), where(raw[layer])
+        )
         norms: list[float] = []
-        hook = model.hf_block(layer).register_forward_hook(
-            lambda m, a, out: norms.append(float((out[0] if isinstance(out, tuple) else out).float().norm(dim=-1)
-                                                 [:, 1:].mean()))
-        )  # fmt: skip
+
+        def read_norm(module: torch.nn.Module, args: Any, out: Any) -> None:
+            hidden = out[0] if isinstance(out, tuple) else out
+            norms.append(float(hidden.float().norm(dim=-1)[:, 1:].mean()))  # skip the first token
+
+        hook = model.hf_block(layer).register_forward_hook(read_norm)
         try:
             base.forward()
         finally:
             hook.remove()
-        vector = raw * (norms[0] / float(raw[layer].norm()))
+        vector = raw * (STEER_RATIO * norms[0] / float(raw[layer].norm()))
         row["vector_norm"] = float(vector[layer].norm())
     base.verify("sw.caa")
     with report.guard(name, "c: sw.mean_difference returns a CPU float32 SteeringVector"):
         md = sw.mean_difference(model, sw.builtin_pairs("sentiment")[:8], [layer])
-        report.check(name, "c: sw.mean_difference returns a CPU float32 SteeringVector", cpu_f32(md[layer]),
-                     where(md[layer]))  # fmt: skip
+        report.check(
+            name,
+            "c: sw.mean_difference returns a CPU float32 SteeringVector",
+            cpu_f32(md[layer]),
+            where(md[layer]),
+        )
     base.verify("sw.mean_difference")
     if vector is None:
         report.check(name, "a: all correctness checks", False, "skipped: no vector (sw.caa failed)")
@@ -395,6 +487,7 @@ def check_config(name: str, args: argparse.Namespace, report: Report) -> None:
     vec = vector[layer]
     seqs = [tokenize_prompt(model, p)[0] for p in PROMPTS[:4]]
 
+    phase("vectors (caa, mean_difference)")
     # (a1) next-token distributions
     floor = float("nan")
     with report.guard(name, "a: floor"):
@@ -404,17 +497,28 @@ def check_config(name: str, args: argparse.Namespace, report: Report) -> None:
         with report.guard(name, label):
             steering = sw.Steering(vector, layer, 1.0, positions)
             got = next_token_logprobs(model, seqs, [steering])
-            report.check(name, f"c: next_token_logprobs on CPU float32 (positions={positions!r})", cpu_f32(got),
-                         where(got))  # fmt: skip
-            ref = torch.stack([hooked_logprobs(model, s, layer, mask_add(vec, positions, len(s), len(s)))[-1]
-                               for s in seqs])  # fmt: skip
+            report.check(
+                name,
+                f"c: next_token_logprobs on CPU float32 (positions={positions!r})",
+                cpu_f32(got),
+                where(got),
+            )
+            ref = torch.stack(
+                [hooked_logprobs(model, s, layer, mask_add(vec, positions, len(s), len(s)))[-1] for s in seqs]
+            )
             plain = torch.stack([hooked_logprobs(model, s, layer, None)[-1] for s in seqs])
             diff = float((got.float().cpu() - ref).abs().max())
             effect = float((ref - plain).abs().max())
-            report.check(name, label, diff <= tol and effect >= EFFECT_FACTOR * tol,
-                         f"max diff {diff:.2e}, floor {floor:.1e}, steering effect {effect:.2f}", f"{tol:g}")  # fmt: skip
+            report.check(
+                name,
+                label,
+                diff <= tol and effect >= EFFECT_FACTOR * tol,
+                f"max diff {diff:.2e}, floor {floor:.1e}, steering effect {effect:.2f}",
+                f"{tol:g}",
+            )
         base.verify(f"next_token_logprobs ({positions})")
 
+    phase("a: next-token log-probs")
     # (a2) generation: greedy tokens vs hook + hf.generate, and the tokens' log-probs teacher-forced
     new = 8 if tiny else 16
     with report.guard(name, "a: sw.generate greedy tokens == hook + hf.generate"):
@@ -435,12 +539,20 @@ def check_config(name: str, args: argparse.Namespace, report: Report) -> None:
             worst = max(worst, margin)
             ties += margin <= tol
         n = len(result.token_ids)
-        report.check(name, "a: sw.generate greedy tokens == hook + hf.generate", exact + ties == n,
-                     f"{exact}/{n} rows identical, {ties} part at a near-tie (ref margin {worst:.2e})",
-                     f"margin {tol:g}")  # fmt: skip
+        report.check(
+            name,
+            "a: sw.generate greedy tokens == hook + hf.generate",
+            exact + ties == n,
+            f"{exact}/{n} rows identical, {ties} part at a near-tie (ref margin {worst:.2e})",
+            f"margin {tol:g}",
+        )
         steered = result
-        report.check(name, "c: sw.generate first_logprobs on CPU float32", cpu_f32(steered.first_logprobs),
-                     where(steered.first_logprobs))  # fmt: skip
+        report.check(
+            name,
+            "c: sw.generate first_logprobs on CPU float32",
+            cpu_f32(steered.first_logprobs),
+            where(steered.first_logprobs),
+        )
         diffs, gaps = [], []
         for r, toks in enumerate(steered.token_ids):
             ids = seqs[r] + toks
@@ -449,20 +561,28 @@ def check_config(name: str, args: argparse.Namespace, report: Report) -> None:
             ref_lp = logp[at, torch.tensor(toks)]
             diffs.append(float((torch.tensor(steered.token_logprobs[r]) - ref_lp).abs().max()))
             gaps.append(float((logp[at].max(-1).values - ref_lp).max()))
-        report.check(name, "a: sw.generate token log-probs == hook forward of the same tokens",
-                     max(diffs) <= tol and max(gaps) <= tol,
-                     f"max diff {max(diffs):.2e}; each token the reference's argmax within {max(gaps):.2e}",
-                     f"{tol:g}")  # fmt: skip
+        report.check(
+            name,
+            "a: sw.generate token log-probs == hook forward of the same tokens",
+            max(diffs) <= tol and max(gaps) <= tol,
+            f"max diff {max(diffs):.2e}; each token the reference's argmax within {max(gaps):.2e}",
+            f"{tol:g}",
+        )
     base.verify("sw.generate")
 
+    phase("a: generate")
     # (a3) scoring
     for positions in ("all", "last"):
         label = f"a: sw.score log-probs (positions={positions!r}) == hook"
         with report.guard(name, label):
             steering = sw.Steering(vector, layer, 1.0, positions)
             got = sw.score(model, PROMPTS[:4], COMPLETIONS, steering)
-            report.check(name, f"c: sw.score on CPU float32 (positions={positions!r})", all(map(cpu_f32, got)),
-                         where(got[0]))  # fmt: skip
+            report.check(
+                name,
+                f"c: sw.score on CPU float32 (positions={positions!r})",
+                all(map(cpu_f32, got)),
+                where(got[0]),
+            )
             diff = effect = 0.0
             tok = model.tokenizer
             for s, completion, lp in zip(seqs, COMPLETIONS, got):
@@ -473,13 +593,19 @@ def check_config(name: str, args: argparse.Namespace, report: Report) -> None:
                 plain = hooked_logprobs(model, ids, layer, None)[at, comp]
                 diff = max(diff, float((lp.float().cpu() - ref).abs().max()))
                 effect = max(effect, float((ref - plain).abs().max()))
-            report.check(name, label, diff <= tol and effect >= EFFECT_FACTOR * tol,
-                         f"max diff {diff:.2e}, steering effect {effect:.2f}", f"{tol:g}")  # fmt: skip
+            report.check(
+                name,
+                label,
+                diff <= tol and effect >= EFFECT_FACTOR * tol,
+                f"max diff {diff:.2e}, steering effect {effect:.2f}",
+                f"{tol:g}",
+            )
         base.verify(f"sw.score ({positions})")
         if args.inject_error and positions == "all":
             base.inject_leak(layer)
             base.verify("sw.score, with a leaked hook injected (--inject-error)")
 
+    phase("a: score")
     # (a4) the propensity sweep vs one hooked forward per (item, strength)
     for positions in ("last", "all"):
         label = f"a: sw.propensity_sweep propensities (positions={positions!r}) == hook"
@@ -488,18 +614,37 @@ def check_config(name: str, args: argparse.Namespace, report: Report) -> None:
             ref = bench.p1_naive(model, items[:n_items], vec, positions, layer)
             diff = float(np.abs(got - ref).max())
             effect = float(np.abs(ref - ref[:, [3]]).max())  # strength 0 is column 3
-            report.check(name, label, diff <= tol and effect >= EFFECT_FACTOR * tol,
-                         f"max diff {diff:.2e} over {ref.size} cells, steering effect {effect:.2f}", f"{tol:g}")  # fmt: skip
+            report.check(
+                name,
+                label,
+                diff <= tol and effect >= EFFECT_FACTOR * tol,
+                f"max diff {diff:.2e} over {ref.size} cells, steering effect {effect:.2f}",
+                f"{tol:g}",
+            )
         base.verify(f"sw.propensity_sweep ({positions}, gradient null and option swap)")
     with report.guard(name, "c: sweep results are numpy on the CPU"):
-        res = sw.propensity_sweep(model, items[:n_items], vector, layer, null_directions=8, null_method="sampled")
-        parts = {"propensity": res.propensity[layer], "slopes": res.slopes(layer), "null": res.null[layer],
-                 "unsteered": res.unsteered, "norm_ratio": res.norm_ratio[layer]}  # fmt: skip
-        bad = {k: where(v) for k, v in parts.items() if not (isinstance(v, np.ndarray) and v.dtype.kind == "f")}
-        report.check(name, "c: sweep results are numpy on the CPU", not bad,
-                     ", ".join(f"{k}: {v}" for k, v in bad.items()) or ", ".join(parts) + ": numpy float")  # fmt: skip
+        res = sw.propensity_sweep(
+            model, items[:n_items], vector, layer, null_directions=8, null_method="sampled"
+        )
+        parts = {
+            "propensity": res.propensity[layer],
+            "slopes": res.slopes(layer),
+            "null": res.null[layer],
+            "unsteered": res.unsteered,
+            "norm_ratio": res.norm_ratio[layer],
+        }
+        bad = {
+            k: where(v) for k, v in parts.items() if not (isinstance(v, np.ndarray) and v.dtype.kind == "f")
+        }
+        report.check(
+            name,
+            "c: sweep results are numpy on the CPU",
+            not bad,
+            ", ".join(f"{k}: {v}" for k, v in bad.items()) or ", ".join(parts) + ": numpy float",
+        )
     base.verify("sw.propensity_sweep (sampled null)")
 
+    phase("a: propensity sweep")
     # (b) errors raised in the middle of a call leave the model unsteered too
     steering = sw.Steering(vector, layer, 1.0, "all")
 
@@ -523,74 +668,116 @@ def check_config(name: str, args: argparse.Namespace, report: Report) -> None:
                 report.check(name, f"b: {label} raises", False, "no error came back")
         base.verify(f"an error in {label}")
 
-    expect_error("sw.generate whose on_token raises at step 2",
-                 lambda: sw.generate(model, PROMPTS[:2], steering, max_new_tokens=6, on_token=stop_at(2)), (Stop,))  # fmt: skip
+    expect_error(
+        "sw.generate whose on_token raises at step 2",
+        lambda: sw.generate(model, PROMPTS[:2], steering, max_new_tokens=6, on_token=stop_at(2)),
+        (Stop,),
+    )
     cancel = threading.Event()
 
     def cancel_at_1(run: str, step: int, ids: list[int]) -> None:
         if run == "steered" and step >= 1:
             cancel.set()
 
-    expect_error("sw.generate cancelled at step 1",
-                 lambda: sw.generate(model, PROMPTS[:2], steering, max_new_tokens=6, on_token=cancel_at_1,
-                                     cancel=cancel), (sw.GenerationCancelled,))  # fmt: skip
+    expect_error(
+        "sw.generate cancelled at step 1",
+        lambda: sw.generate(
+            model, PROMPTS[:2], steering, max_new_tokens=6, on_token=cancel_at_1, cancel=cancel
+        ),
+        (sw.GenerationCancelled,),
+    )
 
     def progress(done: int, total: int) -> None:
         raise Stop(f"stop after item {done}")
 
-    expect_error("sw.propensity_sweep whose progress callback raises after item 1",
-                 lambda: sw.propensity_sweep(model, items[:3], vector, layer, progress=progress), (Stop,))  # fmt: skip
-    pipe = Pipeline(model)
-    request = Request(prompt=bench.P3_PROMPT, layer=layer, strength=4.0, targets=bench.P3_TARGETS)
+    expect_error(
+        "sw.propensity_sweep whose progress callback raises after item 1",
+        lambda: sw.propensity_sweep(model, items[:3], vector, layer, progress=progress),
+        (Stop,),
+    )
+    pipe = Pipeline(model, vectors={"caa": vector})
+    request = Request(
+        prompt=bench.P3_PROMPT, vector_name="caa", layer=layer, strength=1.0, targets=bench.P3_TARGETS
+    )
 
     def emit_stop(update: Any) -> None:
         if type(update).__name__ == "FirstToken":
             raise Stop("stop at the first steered token")
 
-    expect_error("a Playground update stopped at its first token", lambda: pipe.run(request, emit_stop), (Stop,))
+    expect_error(
+        "a Playground update stopped at its first token", lambda: pipe.run(request, emit_stop), (Stop,)
+    )
     with report.guard(name, "b: a complete Playground update"):
         timings = pipe.run(request, lambda update: None)
-        report.check(name, "b: a complete Playground update", "charts_ms" in timings,
-                     f"{timings.get('charts_ms', float('nan')):.0f} ms")  # fmt: skip
+        report.check(
+            name,
+            "b: a complete Playground update",
+            "charts_ms" in timings,
+            f"{timings.get('charts_ms', float('nan')):.0f} ms",
+        )
     base.verify("a Playground update")
     check_placement("every call")
+    phase("b: errors mid-call, Playground")
 
     if not args.skip_perf:
         with report.guard(name, "perf: P1/P2/P3 ran"):
-            measure(name, model, vector, layer, device, dtype, tiny, report)
+            measure(name, model, vector, layer, device, dtype, tiny, report, phase)
         base.verify("the measurements")
     if device.type == "cuda":
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     row["total_s"] = time.perf_counter() - t0
-    del model, base, pipe
-    gc.collect()
 
 
 # ----------------------------------------------------------------------------------------------
 # Performance, in the spirit of benchmarks/run.py (round-robin, medians)
 # ----------------------------------------------------------------------------------------------
-def _ratio(report: Report, config: str, key: str, num: bench.Timings, den: bench.Timings,
-           per_item: float | None = None, note: str = "") -> None:  # fmt: skip
+def _ratio(
+    report: Report,
+    config: str,
+    key: str,
+    num: bench.Timings,
+    den: bench.Timings,
+    per_item: float | None = None,
+    note: str = "",
+) -> None:
     goal = bench.GOALS.get(key)
     value = num.median / den.median
     met = None if goal is None else (value >= goal[1] if goal[0] == ">=" else value <= goal[1])
-    report.ratios.append({
-        "config": config, "ratio": key, "value": value, "cpu": num.cpu_median / den.cpu_median,
-        "per_item": per_item, "num_s": num.median, "den_s": den.median,
-        "goal": None if goal is None else f"{goal[0]} {goal[1]}", "met": met, "note": note,
-    })  # fmt: skip
+    report.ratios.append(
+        {
+            "config": config,
+            "ratio": key,
+            "value": value,
+            "cpu": num.cpu_median / den.cpu_median,
+            "per_item": per_item,
+            "num_s": num.median,
+            "den_s": den.median,
+            "goal": None if goal is None else f"{goal[0]} {goal[1]}",
+            "met": met,
+            "note": note,
+        }
+    )
     print(f"  {key}: {value:.2f} ({num.median:.3f} s / {den.median:.3f} s)", flush=True)
 
 
-def measure(name: str, model: Any, vector: Any, layer: int, device: torch.device, dtype: torch.dtype,
-            tiny: bool, report: Report) -> None:  # fmt: skip
+def measure(
+    name: str,
+    model: Any,
+    vector: Any,
+    layer: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    tiny: bool,
+    report: Report,
+    phase: Callable[[str], None],
+) -> None:
     """P1, P2 and P3 on this config; every variant of one benchmark interleaved, medians reported."""
     import steerwidgets as sw
     from steerwidgets.engine import tokenize_prompt
     from steerwidgets.playground import Pipeline, Request
 
     vec = vector[layer]
-    items = list(sw.builtin_ab("sentiment"))[: 4 if tiny else 16]
+    items = list(sw.builtin_ab("sentiment"))[: 4 if tiny else 8]
     repeats = 2 if tiny else 3
     # P1: per repeat, per item, every variant once (order rotated); a repeat's time is the sum over items
     fns: dict[str, Callable[[list, str], Any]] = {
@@ -615,10 +802,22 @@ def measure(name: str, model: Any, vector: Any, layer: int, device: torch.device
     for v, t in times.items():
         t.wall, t.cpu = [float(x) for x in wall[v].sum(1)], [float(x) for x in cpu[v].sum(1)]
     for pos in ("last", "all"):
-        for label, num, den in (("(a)/(d)", "a_naive", "d_engine"), ("(d)/(c)", "d_engine", "c_hook_same_work")):
+        for label, num, den in (
+            ("(a)/(d)", "a_naive", "d_engine"),
+            ("(d)/(c)", "d_engine", "c_hook_same_work"),
+        ):
             per_item = float(np.median(wall[(pos, num)] / wall[(pos, den)]))
-            _ratio(report, name, f"P1 {pos} {label}", times[(pos, num)], times[(pos, den)], per_item,
-                   f"{len(items)} items x {len(bench.STRENGTHS)} strengths, {repeats} repeats")  # fmt: skip
+            _ratio(
+                report,
+                name,
+                f"P1 {pos} {label}",
+                times[(pos, num)],
+                times[(pos, den)],
+                per_item,
+                f"{len(items)} items x {len(bench.STRENGTHS)} strengths, {repeats} repeats",
+            )
+
+    phase("P1")
 
     # P2: steered greedy generation, 8 prompts x 32 tokens
     def synced(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -647,6 +846,7 @@ def measure(name: str, model: Any, vector: Any, layer: int, device: torch.device
         note += f"; engine ran {engine_steps} steps, scaled per step"
     _ratio(report, name, "P2 engine/hook", t2["engine_generate"], t2["hook_generate"], note=note)
 
+    phase("P2")
     # P3: a Playground update (steered text, colouring, top-k, target chart) vs plain hf.generate
     pipe = Pipeline(model)
     request = Request(prompt=bench.P3_PROMPT, layer=layer, strength=4.0, targets=bench.P3_TARGETS)
@@ -660,47 +860,78 @@ def measure(name: str, model: Any, vector: Any, layer: int, device: torch.device
         t3["plain_generate"].run(plain)
         for kind, strength in (("on_grid", -4.0 if r % 2 == 0 else 8.0), ("off_grid", 4.0 + 0.5 * (r + 1))):
             c0 = time.process_time()
-            timings = pipe.run(Request(prompt=bench.P3_PROMPT, layer=layer, strength=strength,
-                                       targets=bench.P3_TARGETS), lambda u: None)  # fmt: skip
+            timings = pipe.run(
+                Request(prompt=bench.P3_PROMPT, layer=layer, strength=strength, targets=bench.P3_TARGETS),
+                lambda u: None,
+            )
             t3[kind].wall.append(timings["charts_ms"] / 1000)
             t3[kind].cpu.append(time.process_time() - c0)
             first.wall.append(timings["first_token_ms"] / 1000)
             first.cpu.append(float("nan"))
     dname = str(dtype).replace("torch.", "")
     for kind, label in (("off_grid", "off grid"), ("on_grid", "on grid")):
-        _ratio(report, name, f"P3 {dname} complete ({label})/plain generate", t3[kind], t3["plain_generate"],
-               note="Pipeline.run to charts done (32 tokens, colouring, top-k, target chart)")  # fmt: skip
-    report.ratios.append({"config": name, "ratio": f"P3 {dname} first token s", "value": first.median,
-                          "cpu": None, "per_item": None, "num_s": first.median, "den_s": None,
-                          "goal": "<= 0.15", "met": first.median <= 0.15, "note": "Pipeline clock"})  # fmt: skip
+        _ratio(
+            report,
+            name,
+            f"P3 {dname} complete ({label})/plain generate",
+            t3[kind],
+            t3["plain_generate"],
+            note="Pipeline.run to charts done (32 tokens, colouring, top-k, target chart)",
+        )
+    report.ratios.append(
+        {
+            "config": name,
+            "ratio": f"P3 {dname} first token s",
+            "value": first.median,
+            "cpu": None,
+            "per_item": None,
+            "num_s": first.median,
+            "den_s": None,
+            "goal": "<= 0.15",
+            "met": first.median <= 0.15,
+            "note": "Pipeline clock",
+        }
+    )
+    phase("P3")
 
 
 # ----------------------------------------------------------------------------------------------
 # Output
 # ----------------------------------------------------------------------------------------------
 def markdown(report: Report) -> str:
-    lines = ["| config | params | device | dtype | layer | peak CUDA memory | build s | total s |",
-             "|---|---:|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| config | params | device | dtype | layer | peak CUDA memory | build s | total s |",
+        "|---|---:|---|---|---:|---:|---:|---:|",
+    ]
     for c in report.configs:
         mem = f"{c['peak_mem_gib']:.2f} GiB" if "peak_mem_gib" in c else "—"
-        lines.append(f"| {c['config']} | {c.get('params', 0) / 1e6:.1f} M | {c['device']} | {c['dtype']} | "
-                     f"{c.get('layer', '')} | {mem} | {c.get('build_s', float('nan')):.1f} | "
-                     f"{c.get('total_s', float('nan')):.1f} |")  # fmt: skip
+        lines.append(
+            f"| {c['config']} | {c.get('params', 0) / 1e6:.1f} M | {c['device']} | {c['dtype']} | "
+            f"{c.get('layer', '')} | {mem} | {c.get('build_s', float('nan')):.1f} | "
+            f"{c.get('total_s', float('nan')):.1f} |"
+        )
     lines += ["", "| config | check | value | tolerance | ok |", "|---|---|---|---|---|"]
     for c in report.checks:
         note = f" ({c['note']})" if c["note"] else ""
-        lines.append(f"| {c['config']} | {c['check']} | {c['value']}{note} | {c['tol']} | "
-                     f"{'yes' if c['ok'] else '**NO**'} |")  # fmt: skip
+        lines.append(
+            f"| {c['config']} | {c['check']} | {c['value']}{note} | {c['tol']} | "
+            f"{'yes' if c['ok'] else '**NO**'} |"
+        )
     if report.ratios:
-        lines += ["", "| config | ratio | wall (medians) | CPU | median per-item | goal | met | notes |",
-                  "|---|---|---:|---:|---:|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| config | ratio | wall (medians) | CPU | median per-item | goal | met | notes |",
+            "|---|---|---:|---:|---:|---|---|---|",
+        ]
         for r in report.ratios:
             den = f" ({r['num_s']:.3f} s / {r['den_s']:.3f} s)" if r["den_s"] else " s"
             cpu = "" if r["cpu"] is None or np.isnan(r["cpu"]) else f"{r['cpu']:.2f}"
             item = "" if r["per_item"] is None else f"{r['per_item']:.2f}"
             met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
-            lines.append(f"| {r['config']} | {r['ratio']} | {r['value']:.2f}{den} | {cpu} | {item} | "
-                         f"{r['goal'] or ''} | {met} | {r['note']} |")  # fmt: skip
+            lines.append(
+                f"| {r['config']} | {r['ratio']} | {r['value']:.2f}{den} | {cpu} | {item} | "
+                f"{r['goal'] or ''} | {met} | {r['note']} |"
+            )
     return "\n".join(lines)
 
 
@@ -708,15 +939,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--device", default="cuda", help="torch device (default cuda)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--config", default="all",
-                        help=f"all ({', '.join(ALL_CONFIGS)}) or a comma list of {', '.join(CONFIGS)}")  # fmt: skip
+    parser.add_argument(
+        "--config",
+        default="all",
+        help=f"all ({', '.join(ALL_CONFIGS)}) or a comma list of {', '.join(CONFIGS)}",
+    )
     parser.add_argument("--json", type=Path, help="also write every check and number here")
-    parser.add_argument("--inject-error", action="store_true",
-                        help="leave a steering hook on the model once, so a (b) check must fail")  # fmt: skip
+    parser.add_argument(
+        "--inject-error",
+        action="store_true",
+        help="leave a steering hook on the model once, so a (b) check must fail",
+    )
     parser.add_argument("--skip-perf", action="store_true", help="checks only, no P1/P2/P3 timing")
-    parser.add_argument("--threads", type=int,
-                        help="torch CPU threads (default 1 with --device cpu: these models are small and a "
-                        "shared machine's cores are busy; torch's default otherwise)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default 1 with --device cpu: these models are small and a "
+        "shared machine's cores are busy; torch's default otherwise)",
+    )
     args = parser.parse_args(argv)
     names = list(ALL_CONFIGS) if args.config == "all" else [c.strip() for c in args.config.split(",")]
     unknown = [c for c in names if c not in CONFIGS]
@@ -724,8 +964,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown config(s) {unknown}; use all or some of {list(CONFIGS)}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("FAIL: --device cuda but torch sees no CUDA device (torch "
-              f"{torch.__version__}); use --device cpu --config tiny on a machine without one")  # fmt: skip
+        print(
+            "FAIL: --device cuda but torch sees no CUDA device (torch "
+            f"{torch.__version__}); use --device cpu --config tiny on a machine without one"
+        )
         return 2
     if args.threads or device.type == "cpu":
         torch.set_num_threads(args.threads or 1)
@@ -736,15 +978,22 @@ def main(argv: list[str] | None = None) -> int:
 
     report = Report()
     report.meta = {
-        "argv": sys.argv[1:] if argv is None else argv, "python": platform.python_version(),
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "nnsight": nnsight.__version__, "steerwidgets": sw.__version__, "threads": torch.get_num_threads(),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "nnsight": nnsight.__version__,
+        "steerwidgets": sw.__version__,
+        "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "loadavg_start": bench.loadavg(),
-    }  # fmt: skip
-    print(f"gpu_check: {', '.join(names)} on {device} ({report.meta['cuda'] or platform.machine()}), "
-          f"{args.dtype}, torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"nnsight {nnsight.__version__}", flush=True)  # fmt: skip
+    }
+    print(
+        f"gpu_check: {', '.join(names)} on {device} ({report.meta['cuda'] or platform.machine()}), "
+        f"{args.dtype}, torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"nnsight {nnsight.__version__}",
+        flush=True,
+    )
     t0 = time.perf_counter()
     for name in names:
         with report.guard(name, "the config ran to the end"):
@@ -762,8 +1011,15 @@ def main(argv: list[str] | None = None) -> int:
         verdict = f"PASS: all {len(report.checks)} checks passed (speed goals are reported, not gated)"
     verdict += f" in {report.meta['total_s']:.0f} s"
     if args.json:
-        payload = {"checks": report.checks, "ratios": report.ratios, "configs": report.configs,
-                   "meta": report.meta, "markdown": table, "verdict": verdict, "passed": not failed}  # fmt: skip
+        payload = {
+            "checks": report.checks,
+            "ratios": report.ratios,
+            "configs": report.configs,
+            "meta": report.meta,
+            "markdown": table,
+            "verdict": verdict,
+            "passed": not failed,
+        }
         args.json.write_text(json.dumps(payload, indent=2, default=str))
         print(f"wrote {args.json}")
     print(verdict, flush=True)
