@@ -33,6 +33,7 @@ import itertools
 import json
 import os
 import platform
+import statistics
 import sys
 import threading
 import time
@@ -404,348 +405,344 @@ def where(value: Any) -> str:
 # ----------------------------------------------------------------------------------------------
 # One config: every check, then the measurements
 # ----------------------------------------------------------------------------------------------
-def check_config(name: str, args: argparse.Namespace, report: Report) -> None:
-    import steerwidgets as sw
-    from steerwidgets.engine import next_token_logprobs, tokenize_prompt
-    from steerwidgets.playground import Pipeline, Request
+class ConfigRun:
+    """The checks of one config on one device, in order; each (a)-(c) call is followed by a (b) check."""
 
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    tiny = name == "tiny"
-    print(f"\n## {name} on {device}, {args.dtype}", flush=True)
-    if device.type == "cuda":
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    row: dict[str, Any] = {"config": name, "device": str(device), "dtype": args.dtype}
-    report.configs.append(row)
-    model, info = build_model(name, device, dtype)
-    placed = info.pop("placed")
-    row.update(info)
-    layer = layer_for(model.n_layers)
-    row["layer"] = layer
+    def __init__(self, name: str, args: argparse.Namespace, report: Report):
+        import steerwidgets as sw
 
-    def check_placement(after: str) -> None:
-        moved = [
-            n
-            for n, t in itertools.chain(model.hf.named_parameters(), model.hf.named_buffers())
-            if (t.device, t.dtype) != placed[n]
-        ]
-        wrong = [n for n, (dev, _) in placed.items() if dev.type != device.type]
-        report.check(
-            name,
-            f"d: parameters and buffers on {device.type} after {after}",
+        self.name, self.args, self.report = name, args, report
+        self.device, self.dtype = torch.device(args.device), getattr(torch, args.dtype)
+        self.tiny = name == "tiny"
+        print(f"\n## {name} on {self.device}, {args.dtype}", flush=True)
+        self.row: dict[str, Any] = {"config": name, "device": str(self.device), "dtype": args.dtype}
+        report.configs.append(self.row)
+        self.model, info = build_model(name, self.device, self.dtype)
+        self.placed = info.pop("placed")
+        self.row.update(info)
+        self.layer = self.row["layer"] = layer_for(self.model.n_layers)
+        self.placement("load_model")
+        self.base = Baseline(self.model, report, name)
+        scale = float(self.base.logits.abs().max())
+        self.tol = tolerance(self.dtype, scale)
+        self.row.update(logit_scale=scale, tolerance=self.tol)
+        print(f"  logit scale {scale:.3f}: tolerance {self.tol:.2e}", flush=True)
+        self.phase = Phases(self.row)
+        self.items = list(sw.builtin_ab("sentiment"))[: 4 if self.tiny else 8]
+        self.vector: Any = None
+        self.seqs: list[list[int]] = []
+
+    def check(self, name: str, ok: bool, value: str, tol: str = "", note: str = "") -> bool:
+        return self.report.check(self.name, name, ok, value, tol, note)
+
+    def guard(self, name: str) -> contextlib.AbstractContextManager:
+        return self.report.guard(self.name, name)
+
+    def compare(self, label: str, diff: float, effect: float, detail: str = "") -> None:
+        """An (a) check: within the tolerance of the reference, and the steering visibly did something."""
+        ok = diff <= self.tol and effect >= EFFECT_FACTOR * self.tol
+        value = f"max diff {diff:.2e}{detail}, steering effect {effect:.2f}"
+        if effect < EFFECT_FACTOR * self.tol:
+            value += f" (< {EFFECT_FACTOR:g}x tolerance: the check would prove nothing)"
+        self.check(label, ok, value, f"{self.tol:.2e}")
+
+    def placement(self, after: str) -> None:
+        """(d): every parameter and buffer where ``build_model`` put it, and on the asked device."""
+        hf, kind = self.model.hf, self.device.type
+        tensors = itertools.chain(hf.named_parameters(), hf.named_buffers())
+        moved = [n for n, t in tensors if (t.device, t.dtype) != self.placed[n]]
+        wrong = [n for n, (dev, _) in self.placed.items() if dev.type != kind]
+        example = f" (e.g. {(moved or wrong)[0]})" if moved or wrong else ""
+        self.check(
+            f"d: parameters and buffers on {kind} after {after}",
             not moved and not wrong,
-            f"{len(placed)} tensors, {len(moved)} moved, {len(wrong)} not on {device.type}"
-            + (f" (e.g. {(moved or wrong)[0]})" if moved or wrong else ""),
+            f"{len(self.placed)} tensors, {len(moved)} moved, {len(wrong)} not on {kind}{example}",
         )
 
-    check_placement("load_model")
-    base = Baseline(model, report, name)
-    scale = float(base.logits.abs().max())
-    tol = tolerance(dtype, scale)
-    row.update(logit_scale=scale, tolerance=tol)
-    print(f"  logit scale {scale:.3f}: tolerance {tol:.2e}", flush=True)
-    phase = Phases(row)
-    items = list(sw.builtin_ab("sentiment"))
-    n_items = 4 if tiny else 8
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        self.vectors()
+        self.phase("vectors (caa, mean_difference)")
+        if self.vector is None:
+            self.check("a: correctness checks", False, "skipped: no vector (sw.caa failed)")
+            return
+        self.next_token()
+        self.phase("a: next-token log-probs")
+        self.generation()
+        self.phase("a: generate")
+        self.scoring()
+        self.phase("a: score")
+        self.sweep()
+        self.phase("a: propensity sweep")
+        self.errors()
+        self.placement("every call")
+        self.phase("b: errors mid-call, Playground")
+        if not self.args.skip_perf:
+            with self.guard("perf: P1/P2/P3 ran"):
+                measure(self)
+            self.base.verify("the measurements")
+        if self.device.type == "cuda":
+            self.row["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.row["total_s"] = time.perf_counter() - t0
 
-    # the vector: CAA at `layer`, rescaled to ||v|| = STEER_RATIO x mean ||h|| there (a random model's
-    # CAA is tiny)
-    vector = None
-    with report.guard(name, "c: sw.caa returns a CPU float32 SteeringVector"):
-        raw = sw.caa(model, items[40:48], [layer])
-        report.check(
-            name, "c: sw.caa returns a CPU float32 SteeringVector", cpu_f32(raw[layer]), where(raw[layer])
-        )
-        norms: list[float] = []
+    # --- (c) vectors, and the vector every other check steers with ---------------------------------
+    def vectors(self) -> None:
+        """CAA at the layer, rescaled to ||v|| = STEER_RATIO x mean ||h|| there (a random model's CAA is
+        tiny); mean_difference for its type only."""
+        import steerwidgets as sw
+        from steerwidgets.engine import tokenize_prompt
 
-        def read_norm(module: torch.nn.Module, args: Any, out: Any) -> None:
-            hidden = out[0] if isinstance(out, tuple) else out
-            norms.append(float(hidden.float().norm(dim=-1)[:, 1:].mean()))  # skip the first token
+        model, layer = self.model, self.layer
+        label = "c: sw.caa returns a CPU float32 SteeringVector"
+        with self.guard(label):
+            raw = sw.caa(model, list(sw.builtin_ab("sentiment"))[40:48], [layer])
+            self.check(label, cpu_f32(raw[layer]), where(raw[layer]))
+            norms: list[float] = []
 
-        hook = model.hf_block(layer).register_forward_hook(read_norm)
-        try:
-            base.forward()
-        finally:
-            hook.remove()
-        vector = raw * (STEER_RATIO * norms[0] / float(raw[layer].norm()))
-        row["vector_norm"] = float(vector[layer].norm())
-    base.verify("sw.caa")
-    with report.guard(name, "c: sw.mean_difference returns a CPU float32 SteeringVector"):
-        md = sw.mean_difference(model, sw.builtin_pairs("sentiment")[:8], [layer])
-        report.check(
-            name,
-            "c: sw.mean_difference returns a CPU float32 SteeringVector",
-            cpu_f32(md[layer]),
-            where(md[layer]),
-        )
-    base.verify("sw.mean_difference")
-    if vector is None:
-        report.check(name, "a: all correctness checks", False, "skipped: no vector (sw.caa failed)")
-        return
-    vec = vector[layer]
-    seqs = [tokenize_prompt(model, p)[0] for p in PROMPTS[:4]]
+            def read_norm(module: torch.nn.Module, inputs: Any, out: Any) -> None:
+                hidden = out[0] if isinstance(out, tuple) else out
+                norms.append(float(hidden.float().norm(dim=-1)[:, 1:].mean()))  # skip the first token
 
-    phase("vectors (caa, mean_difference)")
-    # (a1) next-token distributions
-    floor = float("nan")
-    with report.guard(name, "a: floor"):
-        floor = padded_floor(model, seqs)
-    for positions in ("all", "last"):
-        label = f"a: steered next-token log-probs (positions={positions!r}) == hook"
-        with report.guard(name, label):
-            steering = sw.Steering(vector, layer, 1.0, positions)
-            got = next_token_logprobs(model, seqs, [steering])
-            report.check(
-                name,
-                f"c: next_token_logprobs on CPU float32 (positions={positions!r})",
-                cpu_f32(got),
-                where(got),
+            hook = model.hf_block(layer).register_forward_hook(read_norm)
+            try:
+                self.base.forward()
+            finally:
+                hook.remove()
+            self.vector = raw * (STEER_RATIO * norms[0] / float(raw[layer].norm()))
+            self.row["vector_norm"] = float(self.vector[layer].norm())
+        self.base.verify("sw.caa")
+        label = "c: sw.mean_difference returns a CPU float32 SteeringVector"
+        with self.guard(label):
+            md = sw.mean_difference(model, sw.builtin_pairs("sentiment")[:8], [layer])
+            self.check(label, cpu_f32(md[layer]), where(md[layer]))
+        self.base.verify("sw.mean_difference")
+        self.seqs = [tokenize_prompt(model, p)[0] for p in PROMPTS[:4]]
+
+    # --- (a) against plain hooks -----------------------------------------------------------------
+    def next_token(self) -> None:
+        """Steered next-token log-probs (``next_token_logprobs``: left-padded rows, position ids)."""
+        import steerwidgets as sw
+        from steerwidgets.engine import next_token_logprobs
+
+        model, layer, vec, seqs = self.model, self.layer, self.vector[self.layer], self.seqs
+        floor = float("nan")
+        with self.guard("a: floor"):
+            floor = padded_floor(model, seqs)
+        self.row["floor"] = floor
+        for positions in ("all", "last"):
+            label = f"a: steered next-token log-probs (positions={positions!r}) == hook"
+            with self.guard(label):
+                got = next_token_logprobs(model, seqs, [sw.Steering(self.vector, layer, 1.0, positions)])
+                self.check(f"c: next_token_logprobs on CPU float32 ({positions})", cpu_f32(got), where(got))
+                ref = torch.stack(
+                    [
+                        hooked_logprobs(model, s, layer, mask_add(vec, positions, len(s), len(s)))[-1]
+                        for s in seqs
+                    ]
+                )
+                plain = torch.stack([hooked_logprobs(model, s, layer, None)[-1] for s in seqs])
+                diff = float((got.float().cpu() - ref).abs().max())
+                self.compare(label, diff, float((ref - plain).abs().max()), f", floor {floor:.1e}")
+            self.base.verify(f"next_token_logprobs ({positions})")
+
+    def generation(self) -> None:
+        """Greedy tokens vs hook + hf.generate (a divergence must start at a near-tie of the reference),
+        and the log-probs sw.generate reports for its own tokens vs a hooked forward of those tokens."""
+        model, layer, vec, seqs, tol = self.model, self.layer, self.vector[self.layer], self.seqs, self.tol
+        new = 8 if self.tiny else 16
+        label = "a: sw.generate greedy tokens == hook + hf.generate"
+        with self.guard(label):
+            steered, _ = bench.p2_engine(model, self.vector, layer, 1.0, PROMPTS[:4], new)
+            scores: list[torch.Tensor] = []
+            ref_ids = bench.p2_hook(model, vec, layer, 1.0, PROMPTS[:4], new, scores=scores).cpu()
+            stop = {model.tokenizer.eos_token_id, model.tokenizer.pad_token_id}
+            exact = ties = 0
+            worst = 0.0
+            for r, toks in enumerate(steered.token_ids):
+                toks = [t for t in toks if t not in stop]
+                ref_row = ref_ids[r, : len(toks)].tolist()
+                if ref_row == toks:
+                    exact += 1
+                    continue
+                t = next(i for i, (a, b) in enumerate(zip(ref_row, toks)) if a != b)
+                margin = float(scores[t][r, ref_row[t]].float() - scores[t][r, toks[t]].float())
+                worst = max(worst, margin)
+                ties += margin <= tol
+            n = len(steered.token_ids)
+            value = f"{exact}/{n} rows identical, {ties} part at a near-tie (reference margin {worst:.2e})"
+            self.check(label, exact + ties == n, value, f"margin {tol:.2e}")
+            first = steered.first_logprobs
+            self.check("c: sw.generate first_logprobs on CPU float32", cpu_f32(first), where(first))
+            diffs, gaps = [], []
+            for r, toks in enumerate(steered.token_ids):
+                ids = seqs[r] + toks
+                logp = hooked_logprobs(model, ids, layer, mask_add(vec, "all", len(seqs[r]), len(ids)))
+                at = torch.arange(len(seqs[r]) - 1, len(ids) - 1)
+                ref_lp = logp[at, torch.tensor(toks)]
+                diffs.append(float((torch.tensor(steered.token_logprobs[r]) - ref_lp).abs().max()))
+                gaps.append(float((logp[at].max(-1).values - ref_lp).max()))
+            self.check(
+                "a: sw.generate token log-probs == hook forward of the same tokens",
+                max(diffs) <= tol and max(gaps) <= tol,
+                f"max diff {max(diffs):.2e}; every token the reference's argmax within {max(gaps):.2e}",
+                f"{tol:.2e}",
             )
-            ref = torch.stack(
-                [hooked_logprobs(model, s, layer, mask_add(vec, positions, len(s), len(s)))[-1] for s in seqs]
+        self.base.verify("sw.generate")
+
+    def scoring(self) -> None:
+        """``sw.score`` per-token log-probs of given completions (right-padded batch)."""
+        import steerwidgets as sw
+
+        model, layer, vec = self.model, self.layer, self.vector[self.layer]
+        for positions in ("all", "last"):
+            label = f"a: sw.score log-probs (positions={positions!r}) == hook"
+            with self.guard(label):
+                got = sw.score(
+                    model, PROMPTS[:4], COMPLETIONS, sw.Steering(self.vector, layer, 1.0, positions)
+                )
+                self.check(f"c: sw.score on CPU float32 ({positions})", all(map(cpu_f32, got)), where(got[0]))
+                diff = effect = 0.0
+                for s, completion, lp in zip(self.seqs, COMPLETIONS, got):
+                    comp = model.tokenizer(completion, add_special_tokens=False)["input_ids"]
+                    ids = s + comp
+                    at = torch.arange(len(s) - 1, len(ids) - 1)
+                    ref = hooked_logprobs(model, ids, layer, mask_add(vec, positions, len(s), len(ids)))[
+                        at, comp
+                    ]
+                    plain = hooked_logprobs(model, ids, layer, None)[at, comp]
+                    diff = max(diff, float((lp.float().cpu() - ref).abs().max()))
+                    effect = max(effect, float((ref - plain).abs().max()))
+                self.compare(label, diff, effect)
+            self.base.verify(f"sw.score ({positions})")
+            if self.args.inject_error and positions == "all":
+                self.base.inject_leak(layer)
+                self.base.verify("sw.score, with a leaked hook injected (--inject-error)")
+
+    def sweep(self) -> None:
+        """Propensities vs one hooked forward per (item, strength); then the result's types."""
+        import steerwidgets as sw
+
+        model, layer, vec, items = self.model, self.layer, self.vector[self.layer], self.items
+        for positions in ("last", "all"):
+            label = f"a: sw.propensity_sweep propensities (positions={positions!r}) == hook"
+            with self.guard(label):
+                got = bench.p1_engine(model, items, self.vector, positions, layer)
+                ref = bench.p1_naive(model, items, vec, positions, layer)
+                zero = bench.STRENGTHS.index(0.0)
+                effect = float(np.abs(ref - ref[:, [zero]]).max())
+                self.compare(label, float(np.abs(got - ref).max()), effect, f" over {ref.size} cells")
+            self.base.verify(f"sw.propensity_sweep ({positions}, gradient null and option swap)")
+        label = "c: sweep results are numpy on the CPU"
+        with self.guard(label):
+            res = sw.propensity_sweep(
+                model, items, self.vector, layer, null_directions=8, null_method="sampled"
             )
-            plain = torch.stack([hooked_logprobs(model, s, layer, None)[-1] for s in seqs])
-            diff = float((got.float().cpu() - ref).abs().max())
-            effect = float((ref - plain).abs().max())
-            report.check(
-                name,
-                label,
-                diff <= tol and effect >= EFFECT_FACTOR * tol,
-                f"max diff {diff:.2e}, floor {floor:.1e}, steering effect {effect:.2f}",
-                f"{tol:g}",
-            )
-        base.verify(f"next_token_logprobs ({positions})")
+            parts = {
+                "propensity": res.propensity[layer],
+                "slopes": res.slopes(layer),
+                "null": res.null[layer],
+                "unsteered": res.unsteered,
+                "norm_ratio": res.norm_ratio[layer],
+            }
+            bad = {
+                k: where(v)
+                for k, v in parts.items()
+                if not (isinstance(v, np.ndarray) and v.dtype.kind == "f")
+            }
+            value = ", ".join(f"{k}: {v}" for k, v in bad.items()) or ", ".join(parts) + ": numpy float"
+            self.check(label, not bad, value)
+        self.base.verify("sw.propensity_sweep (sampled null)")
 
-    phase("a: next-token log-probs")
-    # (a2) generation: greedy tokens vs hook + hf.generate, and the tokens' log-probs teacher-forced
-    new = 8 if tiny else 16
-    with report.guard(name, "a: sw.generate greedy tokens == hook + hf.generate"):
-        result, _ = bench.p2_engine(model, vector, layer, 1.0, PROMPTS[:4], new)
-        scores: list[torch.Tensor] = []
-        ref_ids = bench.p2_hook(model, vec, layer, 1.0, PROMPTS[:4], new, scores=scores).cpu()
-        exact = ties = 0
-        worst = 0.0
-        for r, toks in enumerate(result.token_ids):
-            toks = [t for t in toks if t not in (model.tokenizer.eos_token_id, model.tokenizer.pad_token_id)]
-            ref_row = ref_ids[r, : len(toks)].tolist()
-            if ref_row == toks:
-                exact += 1
-                continue
-            t = next(i for i, (a, b) in enumerate(zip(ref_row, toks)) if a != b)
-            step = scores[t][r].float()
-            margin = float(step[ref_row[t]] - step[toks[t]])
-            worst = max(worst, margin)
-            ties += margin <= tol
-        n = len(result.token_ids)
-        report.check(
-            name,
-            "a: sw.generate greedy tokens == hook + hf.generate",
-            exact + ties == n,
-            f"{exact}/{n} rows identical, {ties} part at a near-tie (ref margin {worst:.2e})",
-            f"margin {tol:g}",
-        )
-        steered = result
-        report.check(
-            name,
-            "c: sw.generate first_logprobs on CPU float32",
-            cpu_f32(steered.first_logprobs),
-            where(steered.first_logprobs),
-        )
-        diffs, gaps = [], []
-        for r, toks in enumerate(steered.token_ids):
-            ids = seqs[r] + toks
-            logp = hooked_logprobs(model, ids, layer, mask_add(vec, "all", len(seqs[r]), len(ids)))
-            at = torch.arange(len(seqs[r]) - 1, len(ids) - 1)
-            ref_lp = logp[at, torch.tensor(toks)]
-            diffs.append(float((torch.tensor(steered.token_logprobs[r]) - ref_lp).abs().max()))
-            gaps.append(float((logp[at].max(-1).values - ref_lp).max()))
-        report.check(
-            name,
-            "a: sw.generate token log-probs == hook forward of the same tokens",
-            max(diffs) <= tol and max(gaps) <= tol,
-            f"max diff {max(diffs):.2e}; each token the reference's argmax within {max(gaps):.2e}",
-            f"{tol:g}",
-        )
-    base.verify("sw.generate")
+    # --- (b) errors raised in the middle of a call -----------------------------------------------
+    def errors(self) -> None:
+        """Each call is stopped from inside (a callback raises, a cancel event is set) while its steering
+        is on; the error must come back and the model must be unsteered after it."""
+        import steerwidgets as sw
+        from steerwidgets.playground import Pipeline, Request
 
-    phase("a: generate")
-    # (a3) scoring
-    for positions in ("all", "last"):
-        label = f"a: sw.score log-probs (positions={positions!r}) == hook"
-        with report.guard(name, label):
-            steering = sw.Steering(vector, layer, 1.0, positions)
-            got = sw.score(model, PROMPTS[:4], COMPLETIONS, steering)
-            report.check(
-                name,
-                f"c: sw.score on CPU float32 (positions={positions!r})",
-                all(map(cpu_f32, got)),
-                where(got[0]),
-            )
-            diff = effect = 0.0
-            tok = model.tokenizer
-            for s, completion, lp in zip(seqs, COMPLETIONS, got):
-                comp = tok(completion, add_special_tokens=False)["input_ids"]
-                ids = s + comp
-                at = torch.arange(len(s) - 1, len(ids) - 1)
-                ref = hooked_logprobs(model, ids, layer, mask_add(vec, positions, len(s), len(ids)))[at, comp]
-                plain = hooked_logprobs(model, ids, layer, None)[at, comp]
-                diff = max(diff, float((lp.float().cpu() - ref).abs().max()))
-                effect = max(effect, float((ref - plain).abs().max()))
-            report.check(
-                name,
-                label,
-                diff <= tol and effect >= EFFECT_FACTOR * tol,
-                f"max diff {diff:.2e}, steering effect {effect:.2f}",
-                f"{tol:g}",
-            )
-        base.verify(f"sw.score ({positions})")
-        if args.inject_error and positions == "all":
-            base.inject_leak(layer)
-            base.verify("sw.score, with a leaked hook injected (--inject-error)")
+        model, layer, vector = self.model, self.layer, self.vector
+        steering = sw.Steering(vector, layer, 1.0, "all")
 
-    phase("a: score")
-    # (a4) the propensity sweep vs one hooked forward per (item, strength)
-    for positions in ("last", "all"):
-        label = f"a: sw.propensity_sweep propensities (positions={positions!r}) == hook"
-        with report.guard(name, label):
-            got = bench.p1_engine(model, items[:n_items], vector, positions, layer)
-            ref = bench.p1_naive(model, items[:n_items], vec, positions, layer)
-            diff = float(np.abs(got - ref).max())
-            effect = float(np.abs(ref - ref[:, [3]]).max())  # strength 0 is column 3
-            report.check(
-                name,
-                label,
-                diff <= tol and effect >= EFFECT_FACTOR * tol,
-                f"max diff {diff:.2e} over {ref.size} cells, steering effect {effect:.2f}",
-                f"{tol:g}",
-            )
-        base.verify(f"sw.propensity_sweep ({positions}, gradient null and option swap)")
-    with report.guard(name, "c: sweep results are numpy on the CPU"):
-        res = sw.propensity_sweep(
-            model, items[:n_items], vector, layer, null_directions=8, null_method="sampled"
-        )
-        parts = {
-            "propensity": res.propensity[layer],
-            "slopes": res.slopes(layer),
-            "null": res.null[layer],
-            "unsteered": res.unsteered,
-            "norm_ratio": res.norm_ratio[layer],
-        }
-        bad = {
-            k: where(v) for k, v in parts.items() if not (isinstance(v, np.ndarray) and v.dtype.kind == "f")
-        }
-        report.check(
-            name,
-            "c: sweep results are numpy on the CPU",
-            not bad,
-            ", ".join(f"{k}: {v}" for k, v in bad.items()) or ", ".join(parts) + ": numpy float",
-        )
-    base.verify("sw.propensity_sweep (sampled null)")
-
-    phase("a: propensity sweep")
-    # (b) errors raised in the middle of a call leave the model unsteered too
-    steering = sw.Steering(vector, layer, 1.0, "all")
-
-    class Stop(RuntimeError):
-        pass
-
-    def stop_at(step_no: int) -> Callable[..., None]:
-        def on_token(run: str, step: int, ids: list[int]) -> None:
-            if step >= step_no:
+        def stop_at_2(run: str, step: int, ids: list[int]) -> None:
+            if step >= 2:
                 raise Stop(f"stop at step {step}")
 
-        return on_token
+        cancel = threading.Event()
 
-    def expect_error(label: str, fn: Callable[[], Any], kinds: tuple[type[BaseException], ...]) -> None:
-        with report.guard(name, f"b: {label} raises"):
-            try:
-                fn()
-            except kinds as exc:
-                report.check(name, f"b: {label} raises", True, f"{type(exc).__name__} came back")
-            else:
-                report.check(name, f"b: {label} raises", False, "no error came back")
-        base.verify(f"an error in {label}")
+        def cancel_at_1(run: str, step: int, ids: list[int]) -> None:
+            if run == "steered" and step >= 1:
+                cancel.set()
 
-    expect_error(
-        "sw.generate whose on_token raises at step 2",
-        lambda: sw.generate(model, PROMPTS[:2], steering, max_new_tokens=6, on_token=stop_at(2)),
-        (Stop,),
-    )
-    cancel = threading.Event()
+        def progress(done: int, total: int) -> None:
+            raise Stop(f"stop after item {done}")
 
-    def cancel_at_1(run: str, step: int, ids: list[int]) -> None:
-        if run == "steered" and step >= 1:
-            cancel.set()
-
-    expect_error(
-        "sw.generate cancelled at step 1",
-        lambda: sw.generate(
-            model, PROMPTS[:2], steering, max_new_tokens=6, on_token=cancel_at_1, cancel=cancel
-        ),
-        (sw.GenerationCancelled,),
-    )
-
-    def progress(done: int, total: int) -> None:
-        raise Stop(f"stop after item {done}")
-
-    expect_error(
-        "sw.propensity_sweep whose progress callback raises after item 1",
-        lambda: sw.propensity_sweep(model, items[:3], vector, layer, progress=progress),
-        (Stop,),
-    )
-    pipe = Pipeline(model, vectors={"caa": vector})
-    request = Request(
-        prompt=bench.P3_PROMPT, vector_name="caa", layer=layer, strength=1.0, targets=bench.P3_TARGETS
-    )
-
-    def emit_stop(update: Any) -> None:
-        if type(update).__name__ == "FirstToken":
-            raise Stop("stop at the first steered token")
-
-    expect_error(
-        "a Playground update stopped at its first token", lambda: pipe.run(request, emit_stop), (Stop,)
-    )
-    with report.guard(name, "b: a complete Playground update"):
-        timings = pipe.run(request, lambda update: None)
-        report.check(
-            name,
-            "b: a complete Playground update",
-            "charts_ms" in timings,
-            f"{timings.get('charts_ms', float('nan')):.0f} ms",
+        pipe = Pipeline(model, vectors={"caa": vector})
+        request = Request(
+            prompt=bench.P3_PROMPT, vector_name="caa", layer=layer, strength=1.0, targets=bench.P3_TARGETS
         )
-    base.verify("a Playground update")
-    check_placement("every call")
-    phase("b: errors mid-call, Playground")
 
-    if not args.skip_perf:
-        with report.guard(name, "perf: P1/P2/P3 ran"):
-            measure(name, model, vector, layer, device, dtype, tiny, report, phase)
-        base.verify("the measurements")
-    if device.type == "cuda":
-        row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    row["total_s"] = time.perf_counter() - t0
+        def emit_stop(update: Any) -> None:
+            if type(update).__name__ == "FirstToken":
+                raise Stop("stop at the first steered token")
+
+        cases: list[tuple[str, Callable[[], Any], type[BaseException]]] = [
+            (
+                "sw.generate whose on_token raises at step 2",
+                lambda: sw.generate(model, PROMPTS[:2], steering, max_new_tokens=6, on_token=stop_at_2),
+                Stop,
+            ),
+            (
+                "sw.generate cancelled at step 1",
+                lambda: sw.generate(
+                    model, PROMPTS[:2], steering, max_new_tokens=6, on_token=cancel_at_1, cancel=cancel
+                ),
+                sw.GenerationCancelled,
+            ),
+            (
+                "sw.propensity_sweep whose progress callback raises after item 1",
+                lambda: sw.propensity_sweep(model, self.items[:3], vector, layer, progress=progress),
+                Stop,
+            ),
+            ("a Playground update stopped at its first token", lambda: pipe.run(request, emit_stop), Stop),
+        ]
+        for label, fn, kind in cases:
+            with self.guard(f"b: {label} raises"):
+                try:
+                    fn()
+                except kind as exc:
+                    self.check(f"b: {label} raises", True, f"{type(exc).__name__} came back")
+                else:
+                    self.check(f"b: {label} raises", False, "no error came back")
+            self.base.verify(f"an error in {label}")
+        label = "b: a complete Playground update (steered text, colouring, top-k, target chart)"
+        with self.guard(label):
+            timings = pipe.run(request, lambda update: None)
+            self.check(label, "charts_ms" in timings, f"{timings.get('charts_ms', float('nan')):.0f} ms")
+        self.base.verify("a Playground update")
+
+
+class Stop(RuntimeError):
+    """Raised from a callback to stop a call in its middle."""
 
 
 # ----------------------------------------------------------------------------------------------
 # Performance, in the spirit of benchmarks/run.py (round-robin, medians)
 # ----------------------------------------------------------------------------------------------
 def _ratio(
-    report: Report,
-    config: str,
+    run: ConfigRun,
     key: str,
     num: bench.Timings,
     den: bench.Timings,
     per_item: float | None = None,
     note: str = "",
 ) -> None:
+    """Ratio of medians (wall, and CPU for context) against benchmarks/run.py's goal of the same name."""
     goal = bench.GOALS.get(key)
     value = num.median / den.median
     met = None if goal is None else (value >= goal[1] if goal[0] == ">=" else value <= goal[1])
-    report.ratios.append(
+    run.report.ratios.append(
         {
-            "config": config,
+            "config": run.name,
             "ratio": key,
             "value": value,
             "cpu": num.cpu_median / den.cpu_median,
@@ -760,27 +757,37 @@ def _ratio(
     print(f"  {key}: {value:.2f} ({num.median:.3f} s / {den.median:.3f} s)", flush=True)
 
 
-def measure(
-    name: str,
-    model: Any,
-    vector: Any,
-    layer: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    tiny: bool,
-    report: Report,
-    phase: Callable[[str], None],
-) -> None:
-    """P1, P2 and P3 on this config; every variant of one benchmark interleaved, medians reported."""
-    import steerwidgets as sw
-    from steerwidgets.engine import tokenize_prompt
-    from steerwidgets.playground import Pipeline, Request
+def synced(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+    """``fn`` that returns only once the device has finished its work (CUDA runs asynchronously)."""
 
+    def call() -> Any:
+        out = fn()
+        sync(device)
+        return out
+
+    return call
+
+
+def measure(run: ConfigRun) -> None:
+    """P1, P2 and P3 on this config; every variant of one benchmark interleaved, medians reported."""
+    measure_p1(run)
+    run.phase("P1")
+    measure_p2(run)
+    run.phase("P2")
+    measure_p3(run)
+    run.phase("P3")
+
+
+def measure_p1(run: ConfigRun) -> None:
+    """Propensity sweep: naive hooked forwards (a), the engine's algorithm as plain hooks (c) and the
+    engine (d); per repeat, per item, every variant once (order rotated); a repeat sums its items."""
+    import steerwidgets as sw
+
+    model, vector, layer = run.model, run.vector, run.layer
     vec = vector[layer]
-    items = list(sw.builtin_ab("sentiment"))[: 4 if tiny else 8]
-    repeats = 2 if tiny else 3
-    # P1: per repeat, per item, every variant once (order rotated); a repeat's time is the sum over items
-    fns: dict[str, Callable[[list, str], Any]] = {
+    items = list(sw.builtin_ab("sentiment"))[: 4 if run.tiny else 8]
+    repeats = 2 if run.tiny else 3
+    fns: dict[str, Callable[[list, str], Any]] = {  # each returns numpy: synchronised
         "a_naive": lambda sub, pos: bench.p1_naive(model, sub, vec, pos, layer),
         "c_hook_same_work": lambda sub, pos: bench.p1_same_work(model, sub, vec, pos, layer),
         "d_engine": lambda sub, pos: bench.p1_engine(model, sub, vector, pos, layer),
@@ -795,104 +802,100 @@ def measure(
             k = (i + r) % len(variants)
             for v in variants[k:] + variants[:k]:
                 w0, c0 = time.perf_counter(), time.process_time()
-                fns[v[1]]([item], v[0])  # returns numpy: synchronised
+                fns[v[1]]([item], v[0])
                 wall[v][r, i] = time.perf_counter() - w0
                 cpu[v][r, i] = time.process_time() - c0
     times = {v: bench.Timings() for v in variants}
     for v, t in times.items():
         t.wall, t.cpu = [float(x) for x in wall[v].sum(1)], [float(x) for x in cpu[v].sum(1)]
+    note = f"{len(items)} items x {len(bench.STRENGTHS)} strengths, {repeats} repeats"
     for pos in ("last", "all"):
         for label, num, den in (
             ("(a)/(d)", "a_naive", "d_engine"),
             ("(d)/(c)", "d_engine", "c_hook_same_work"),
         ):
             per_item = float(np.median(wall[(pos, num)] / wall[(pos, den)]))
-            _ratio(
-                report,
-                name,
-                f"P1 {pos} {label}",
-                times[(pos, num)],
-                times[(pos, den)],
-                per_item,
-                f"{len(items)} items x {len(bench.STRENGTHS)} strengths, {repeats} repeats",
-            )
+            _ratio(run, f"P1 {pos} {label}", times[(pos, num)], times[(pos, den)], per_item, note)
 
-    phase("P1")
 
-    # P2: steered greedy generation, 8 prompts x 32 tokens
-    def synced(fn: Callable[[], Any]) -> Callable[[], Any]:
-        def call() -> Any:
-            out = fn()
-            sync(device)
-            return out
-
-        return call
-
-    p2 = {
-        "hook_generate": synced(lambda: bench.p2_hook(model, vec, layer, 1.0)),
-        "engine_generate": synced(lambda: bench.p2_engine(model, vector, layer, 1.0)),
+def measure_p2(run: ConfigRun) -> None:
+    """Steered greedy generation, 8 prompts x 32 tokens: hook + hf.generate vs sw.generate."""
+    model, vector, layer = run.model, run.vector, run.layer
+    fns = {
+        "hook_generate": synced(lambda: bench.p2_hook(model, vector[layer], layer, 1.0), run.device),
+        "engine_generate": synced(lambda: bench.p2_engine(model, vector, layer, 1.0), run.device),
     }
-    for fn in p2.values():
+    for fn in fns.values():  # warm-up
         fn()
-    t2 = {k: bench.Timings() for k in p2}
+    times = {k: bench.Timings() for k in fns}
     out: dict[str, Any] = {}
-    for _ in range(3 if tiny else 5):
-        for k, fn in p2.items():
-            out[k] = t2[k].run(fn)
+    for _ in range(3 if run.tiny else 5):
+        for k, fn in fns.items():
+            out[k] = times[k].run(fn)
     hook_steps, engine_steps = int(out["hook_generate"].shape[1]), out["engine_generate"][1]
     note = f"{len(bench.P2_PROMPTS)} prompts x {bench.P2_NEW} tokens"
     if engine_steps != hook_steps:  # the engine stopped early (every row hit EOS): compare per step
-        t2["engine_generate"].wall = [w * hook_steps / engine_steps for w in t2["engine_generate"].wall]
-        note += f"; engine ran {engine_steps} steps, scaled per step"
-    _ratio(report, name, "P2 engine/hook", t2["engine_generate"], t2["hook_generate"], note=note)
+        engine = times["engine_generate"]
+        engine.wall = [w * hook_steps / engine_steps for w in engine.wall]
+        engine.cpu = [c * hook_steps / engine_steps for c in engine.cpu]
+        note += f"; the engine ran {engine_steps} steps: per step"
+    _ratio(run, "P2 engine/hook", times["engine_generate"], times["hook_generate"], note=note)
 
-    phase("P2")
-    # P3: a Playground update (steered text, colouring, top-k, target chart) vs plain hf.generate
+
+def measure_p3(run: ConfigRun) -> None:
+    """A Playground update (the widget's pipeline without the widget: steered text, unsteered text
+    cached, colouring, top-k, target chart) after a strength change, on and off the chart's grid, vs the
+    floor: plain hf.generate of the same 32 tokens."""
+    from steerwidgets.engine import tokenize_prompt
+    from steerwidgets.playground import Pipeline, Request
+
+    model, layer = run.model, run.layer
     pipe = Pipeline(model)
-    request = Request(prompt=bench.P3_PROMPT, layer=layer, strength=4.0, targets=bench.P3_TARGETS)
-    pipe.run(request, lambda u: None)  # warm: vector, unsteered text, chart grid
-    ids = torch.tensor([tokenize_prompt(model, bench.P3_PROMPT)[0]])
-    plain = synced(bench.plain_generate(model.hf, ids))
+
+    def request(strength: float) -> Request:
+        return Request(prompt=bench.P3_PROMPT, layer=layer, strength=strength, targets=bench.P3_TARGETS)
+
+    pipe.run(request(4.0), lambda u: None)  # warm: the built-in vector, the unsteered text, the chart grid
+    plain = synced(
+        bench.plain_generate(model.hf, torch.tensor([tokenize_prompt(model, bench.P3_PROMPT)[0]])), run.device
+    )
     plain()
-    t3 = {"plain_generate": bench.Timings(), "on_grid": bench.Timings(), "off_grid": bench.Timings()}
+    times = {"plain_generate": bench.Timings(), "on_grid": bench.Timings(), "off_grid": bench.Timings()}
     first = bench.Timings()
-    for r in range(3 if tiny else 5):
-        t3["plain_generate"].run(plain)
+    for r in range(3 if run.tiny else 5):
+        times["plain_generate"].run(plain)
+        # on the grid (±4, ±8 were drawn first): only the steered text is new
         for kind, strength in (("on_grid", -4.0 if r % 2 == 0 else 8.0), ("off_grid", 4.0 + 0.5 * (r + 1))):
             c0 = time.process_time()
-            timings = pipe.run(
-                Request(prompt=bench.P3_PROMPT, layer=layer, strength=strength, targets=bench.P3_TARGETS),
-                lambda u: None,
-            )
-            t3[kind].wall.append(timings["charts_ms"] / 1000)
-            t3[kind].cpu.append(time.process_time() - c0)
+            timings = pipe.run(request(strength), lambda u: None)
+            times[kind].wall.append(timings["charts_ms"] / 1000)
+            times[kind].cpu.append(time.process_time() - c0)
             first.wall.append(timings["first_token_ms"] / 1000)
-            first.cpu.append(float("nan"))
-    dname = str(dtype).replace("torch.", "")
+    dname = str(run.dtype).replace("torch.", "")
     for kind, label in (("off_grid", "off grid"), ("on_grid", "on grid")):
+        note = "Pipeline.run to charts done (32 tokens, colouring, top-k, target chart)"
         _ratio(
-            report,
-            name,
+            run,
             f"P3 {dname} complete ({label})/plain generate",
-            t3[kind],
-            t3["plain_generate"],
-            note="Pipeline.run to charts done (32 tokens, colouring, top-k, target chart)",
+            times[kind],
+            times["plain_generate"],
+            note=note,
         )
-    report.ratios.append(
+    value = statistics.median(first.wall)
+    run.report.ratios.append(
         {
-            "config": name,
+            "config": run.name,
             "ratio": f"P3 {dname} first token s",
-            "value": first.median,
+            "value": value,
             "cpu": None,
             "per_item": None,
-            "num_s": first.median,
+            "num_s": value,
             "den_s": None,
             "goal": "<= 0.15",
-            "met": first.median <= 0.15,
-            "note": "Pipeline clock",
+            "met": value <= 0.15,
+            "note": "Pipeline clock, from the request to the first steered token",
         }
     )
-    phase("P3")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -996,8 +999,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     t0 = time.perf_counter()
     for name in names:
+        if args.device.startswith("cuda"):
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
         with report.guard(name, "the config ran to the end"):
-            check_config(name, args, report)
+            ConfigRun(name, args, report).run()
     report.meta["total_s"] = time.perf_counter() - t0
     report.meta["loadavg_end"] = bench.loadavg()
     table = markdown(report)
