@@ -431,6 +431,7 @@ class ConfigRun:
         self.items = list(sw.builtin_ab("sentiment"))[: 4 if self.tiny else 8]
         self.vector: Any = None
         self.seqs: list[list[int]] = []
+        self.pipe: Any = None
 
     def check(self, name: str, ok: bool, value: str, tol: str = "", note: str = "") -> bool:
         return self.report.check(self.name, name, ok, value, tol, note)
@@ -658,7 +659,7 @@ class ConfigRun:
         """Each call is stopped from inside (a callback raises, a cancel event is set) while its steering
         is on; the error must come back and the model must be unsteered after it."""
         import steerwidgets as sw
-        from steerwidgets.playground import Pipeline, Request
+        from steerwidgets.playground import Pipeline
 
         model, layer, vector = self.model, self.layer, self.vector
         steering = sw.Steering(vector, layer, 1.0, "all")
@@ -676,10 +677,8 @@ class ConfigRun:
         def progress(done: int, total: int) -> None:
             raise Stop(f"stop after item {done}")
 
-        pipe = Pipeline(model, vectors={"caa": vector})
-        request = Request(
-            prompt=bench.P3_PROMPT, vector_name="caa", layer=layer, strength=1.0, targets=bench.P3_TARGETS
-        )
+        self.pipe = pipe = Pipeline(model, vectors={"caa": vector})  # P3 reuses its caches
+        request = p3_request(layer, P3_STRENGTH)
 
         def emit_stop(update: Any) -> None:
             if type(update).__name__ == "FirstToken":
@@ -723,6 +722,18 @@ class ConfigRun:
 
 class Stop(RuntimeError):
     """Raised from a callback to stop a call in its middle."""
+
+
+P3_STRENGTH = 1.0  # times the vector (STEER_RATIO x mean ||h||); the chart's grid is 0, ±1, ±2 times it
+
+
+def p3_request(layer: int, strength: float) -> Any:
+    """The Playground request of P3 and of the (b) checks: the check's vector, run.py's prompt and targets."""
+    from steerwidgets.playground import Request
+
+    return Request(
+        prompt=bench.P3_PROMPT, vector_name="caa", layer=layer, strength=strength, targets=bench.P3_TARGETS
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -847,15 +858,11 @@ def measure_p3(run: ConfigRun) -> None:
     cached, colouring, top-k, target chart) after a strength change, on and off the chart's grid, vs the
     floor: plain hf.generate of the same 32 tokens."""
     from steerwidgets.engine import tokenize_prompt
-    from steerwidgets.playground import Pipeline, Request
+    from steerwidgets.playground import Pipeline
 
-    model, layer = run.model, run.layer
-    pipe = Pipeline(model)
-
-    def request(strength: float) -> Request:
-        return Request(prompt=bench.P3_PROMPT, layer=layer, strength=strength, targets=bench.P3_TARGETS)
-
-    pipe.run(request(4.0), lambda u: None)  # warm: the built-in vector, the unsteered text, the chart grid
+    model, layer, unit = run.model, run.layer, P3_STRENGTH
+    pipe = run.pipe or Pipeline(model, vectors={"caa": run.vector})
+    pipe.run(p3_request(layer, unit), lambda u: None)  # warm (done by the (b) checks): text and chart grid
     plain = synced(
         bench.plain_generate(model.hf, torch.tensor([tokenize_prompt(model, bench.P3_PROMPT)[0]])), run.device
     )
@@ -864,10 +871,11 @@ def measure_p3(run: ConfigRun) -> None:
     first = bench.Timings()
     for r in range(3 if run.tiny else 5):
         times["plain_generate"].run(plain)
-        # on the grid (±4, ±8 were drawn first): only the steered text is new
-        for kind, strength in (("on_grid", -4.0 if r % 2 == 0 else 8.0), ("off_grid", 4.0 + 0.5 * (r + 1))):
+        # on the grid (-1, 2 x unit were drawn first): only the steered text is new; off it, 2 points too
+        on, off = (-unit if r % 2 == 0 else 2 * unit), unit * (1 + 0.125 * (r + 1))
+        for kind, strength in (("on_grid", on), ("off_grid", off)):
             c0 = time.process_time()
-            timings = pipe.run(request(strength), lambda u: None)
+            timings = pipe.run(p3_request(layer, strength), lambda u: None)
             times[kind].wall.append(timings["charts_ms"] / 1000)
             times[kind].cpu.append(time.process_time() - c0)
             first.wall.append(timings["first_token_ms"] / 1000)
