@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import inspect
 import itertools
 import json
@@ -713,7 +714,7 @@ class ConfigRun:
                 else:
                     self.check(f"b: {label} raises", False, "no error came back")
             self.base.verify(f"an error in {label}")
-        label = "b: a complete Playground update (steered text, colouring, top-k, target chart)"
+        label = f"b: a complete Playground update (steered text, colouring, top-k, {CHART})"
         with self.guard(label):
             timings = pipe.run(request, lambda update: None)
             self.check(label, "charts_ms" in timings, f"{timings.get('charts_ms', float('nan')):.0f} ms")
@@ -724,6 +725,10 @@ class Stop(RuntimeError):
     """Raised from a callback to stop a call in its middle."""
 
 
+# The Playground draws its target chart with altair; without it (a minimal GPU env) P3 and the (b) check
+# run the update without targets: steered text, colouring and top-k only.
+HAS_ALTAIR = importlib.util.find_spec("altair") is not None
+CHART = "target chart" if HAS_ALTAIR else "no target chart: altair is not installed"
 P3_STRENGTH = 1.0  # times the vector (STEER_RATIO x mean ||h||); the chart's grid is 0, ±1, ±2 times it
 
 
@@ -732,7 +737,11 @@ def p3_request(layer: int, strength: float) -> Any:
     from steerwidgets.playground import Request
 
     return Request(
-        prompt=bench.P3_PROMPT, vector_name="caa", layer=layer, strength=strength, targets=bench.P3_TARGETS
+        prompt=bench.P3_PROMPT,
+        vector_name="caa",
+        layer=layer,
+        strength=strength,
+        targets=bench.P3_TARGETS if HAS_ALTAIR else None,
     )
 
 
@@ -881,7 +890,7 @@ def measure_p3(run: ConfigRun) -> None:
             first.wall.append(timings["first_token_ms"] / 1000)
     dname = str(run.dtype).replace("torch.", "")
     for kind, label in (("off_grid", "off grid"), ("on_grid", "on grid")):
-        note = "Pipeline.run to charts done (32 tokens, colouring, top-k, target chart)"
+        note = f"Pipeline.run to charts done (32 tokens, colouring, top-k, {CHART})"
         _ratio(
             run,
             f"P3 {dname} complete ({label})/plain generate",
