@@ -11,7 +11,7 @@ steerwidgets have to be installed. Per config it checks
 
 (a) correctness: steered next-token log-probs, ``sw.generate`` (greedy tokens and their log-probs),
     ``sw.score`` and ``sw.propensity_sweep`` equal a plain ``register_forward_hook`` reference that adds
-    strength * v at the block output at the same positions, to a tolerance set by the dtype (``TOLERANCE``);
+    strength * v at the block output at the same positions, within ``tolerance()`` (``ABS_TOL``, ``ULP_TOL``);
 (b) the model is exactly the unsteered model after every call (plain forward logits bitwise equal, no hook
     left, no gradient left, still in eval mode), also after an error raised mid-call;
 (c) results come back on the CPU as float32 (vectors, log-probs, scores) or as numpy arrays (sweeps);
