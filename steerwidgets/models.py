@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from .devices import check_device, default_device, gpu_dtype
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 # name -> (pip package that ships the GGUF, importable module, file name inside it, human name)
@@ -451,55 +453,6 @@ def _wrap(hf: torch.nn.Module, tok: Any) -> Any:
     if getattr(hf, "hf_device_map", None) is None:
         kwargs["device"] = next(hf.parameters()).device
     return nnsight.TransformersModel(hf, tokenizer=tok, task="text-generation", **kwargs)
-
-
-def default_device() -> torch.device:
-    """CUDA (its current device) when available, else Apple's MPS when available, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def gpu_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 where the accelerator supports it (the dtype 1–9B checkpoints are trained in), else
-    float16; float32 on the CPU (bfloat16 matmuls are slow there)."""
-    if device.type == "cpu":
-        return torch.float32
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
-
-
-def check_device(device: Any) -> torch.device:
-    """``device`` as a ``torch.device`` that exists on this machine; raise with the fix before any loading."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"cannot read device={device!r}; use 'cpu', 'cuda', 'cuda:1' or 'mps' ({_short(exc)})"
-        ) from exc
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ModelLoadError(
-                f"device={device!r} asks for CUDA but torch sees no CUDA device here "
-                f"(torch {torch.__version__}, torch.cuda.is_available() is False); use device='cpu', or "
-                "install a CUDA build of torch on a machine with an NVIDIA GPU"
-            )
-        count = torch.cuda.device_count()
-        if parsed.index is not None and parsed.index >= count:
-            raise ModelLoadError(
-                f"device={device!r} but this machine has {count} CUDA device(s): use cuda:0..cuda:{count - 1}"
-            )
-    elif parsed.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ModelLoadError(f"device={device!r} but MPS is not available here; use device='cpu'")
-    elif parsed.type != "cpu":
-        raise ValueError(f"device={device!r} is not supported; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    return parsed
 
 
 _OFFLINE_FIX = (

@@ -185,7 +185,8 @@ def test_bad_input_exits_2(files, capsys, args, message):
 def test_asking_for_cuda_without_one_exits_2_before_loading(files, capsys, monkeypatch):
     from steerwidgets import models
 
-    monkeypatch.setattr(models, "_load_gguf", lambda *a: pytest.fail("loaded a model before the device check"))
+    loaded = lambda *a: pytest.fail("loaded a model before the device check")  # noqa: E731
+    monkeypatch.setattr(models, "_load_gguf", loaded)
     train, test = files
     argv = ["evaluate", "--train", str(train), "--test", str(test), "--layer", "3", "--device", "cuda"]
     assert cli.main(argv) == 2

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import random_vector
 
 import steerwidgets as sw
+from helpers import random_vector
 from steerwidgets.engine import memory
 
 GIB = 1024**3
@@ -59,7 +59,7 @@ def test_off_cuda_the_budget_is_the_cpu_one(tiny_llama):
 
 
 ITEMS = [
-    sw.ABItem(f"Q{i}: is it good?\n\nChoices:\n(A) Yes, it is.\n(B) No, it is not.", *("AB" if i % 2 else "BA"))
+    sw.ABItem(f"Q{i}: is it good?\n\nChoices:\n(A) Yes.\n(B) No, it is not.", *("AB" if i % 2 else "BA"))
     for i in range(3)
 ]
 

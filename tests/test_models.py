@@ -111,21 +111,21 @@ def test_cuda_without_one_names_the_fix(monkeypatch):
 
 
 def test_cuda_is_picked_when_available_and_said(monkeypatch, capsys):
-    from steerwidgets import models
+    from steerwidgets import devices, models
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     picked = []
     monkeypatch.setattr(models, "_load_gguf", lambda gguf, dtype: picked.append(dtype) or _no_loading())
-    assert models.default_device() == torch.device("cuda", 0)
+    assert devices.default_device() == torch.device("cuda", 0)
     with pytest.raises(_Stop):
         sw.load_model()
     err = capsys.readouterr().err
     assert "CUDA is available" in err and "cuda:0 in bfloat16" in err and "device='cpu'" in err
     assert picked == [torch.bfloat16]  # a GPU gets bfloat16 unless dtype= says otherwise
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert models.gpu_dtype(torch.device("cuda", 0)) == torch.float16
+    assert devices.gpu_dtype(torch.device("cuda", 0)) == torch.float16
 
 
 def test_the_model_reports_its_device_and_dtype(smol):
