@@ -31,8 +31,8 @@ import numpy as np
 from .capabilities import paired_difference_ci
 from .data import ABItem, DatasetError, OpenEndedItem, _dataset_dir
 from .engine.sweep import DEFAULT_STRENGTHS, PropensityResult, propensity_sweep
-from .evaluation import open_ended_loglik
 from .interventions import Steering, SteeringError, as_list
+from .likelihood_shift import open_ended_loglik
 from .vectors import SteeringVector
 
 CONTEXT_KINDS = ("dialogue", "tool_use")

@@ -13,9 +13,9 @@ import torch
 
 import steerwidgets as sw
 from helpers import random_vector
+from steerwidgets import comparison, metrics
 from steerwidgets import contexts as X
 from steerwidgets import evaluation as E
-from steerwidgets import metrics
 from steerwidgets.capabilities import CAPABILITY_SETS
 from steerwidgets.engine.scoring import next_token_logprobs
 
@@ -52,8 +52,8 @@ def tiny_long(tiny_llama_long) -> sw.SteerableModel:
 
 @pytest.fixture
 def small_data(monkeypatch):
-    monkeypatch.setattr(E, "behaviour_data", _data)
-    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES)
+    monkeypatch.setattr(comparison, "behaviour_data", _data)
+    monkeypatch.setattr(comparison, "_passages", lambda n: PASSAGES)
 
 
 def _fixed(vector):
@@ -184,7 +184,7 @@ def test_bad_arguments_raise_before_any_work(tiny_long, small_data, monkeypatch,
     def no_work(*args, **kwargs):
         raise AssertionError("model work before the arguments were checked")
 
-    monkeypatch.setattr(E, "evaluate_steerer", no_work)
+    monkeypatch.setattr(comparison, "evaluate_steerer", no_work)
     with pytest.raises(sw.SteeringError, match=message):
         E.compare(["caa"], ["sentiment"], model=tiny_long, layer=1, **kwargs)
 
@@ -200,8 +200,8 @@ def test_a_model_without_a_chat_template_is_refused_before_any_work(tokenizer, s
     def no_work(*args, **kwargs):
         raise AssertionError("model work before the template was checked")
 
-    monkeypatch.setattr(E, "evaluate_steerer", no_work)
-    monkeypatch.setattr(E, "prompting_baseline", no_work)
+    monkeypatch.setattr(comparison, "evaluate_steerer", no_work)
+    monkeypatch.setattr(comparison, "prompting_baseline", no_work)
     with pytest.raises(sw.SteeringError, match="contexts=False"):
         E.compare(["caa"], ["sentiment"], model=base, layer=1, contexts=True)
 
