@@ -124,13 +124,15 @@ def test_compare_rows_in_context_and_capability(tiny_long, small_data):
 
 
 def test_the_unsteered_capability_pass_is_scored_once_per_comparison(tiny_long, small_data, monkeypatch):
-    from steerwidgets import capabilities as C
+    from steerwidgets import compare_checks
 
     calls = []
-    real = C.capability_check
-    monkeypatch.setattr(
-        C, "capability_check", lambda m, s=None, **k: calls.append((s, k.get("baseline"))) or real(m, s, **k)
-    )
+    real = compare_checks.capability_check
+    def spy(m, s=None, **k):
+        calls.append((s, k.get("baseline")))
+        return real(m, s, **k)
+
+    monkeypatch.setattr(compare_checks, "capability_check", spy)
     vectors = [random_vector(tiny_long, seed=k, scale=4.0) for k in (1, 2)]
     result = E.compare(
         [("one", _fixed(vectors[0])), ("two", _fixed(vectors[1]))], ["sentiment"], model=tiny_long, layer=1,

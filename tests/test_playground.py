@@ -14,6 +14,7 @@ import torch
 import steerwidgets as sw
 from helpers import random_vector
 from steerwidgets import playground as P
+from steerwidgets import playground_lines
 from steerwidgets.capabilities import CAPABILITY_SETS
 from steerwidgets.conditional import ConditionVector
 from steerwidgets.widgets.playground import Playground
@@ -260,9 +261,9 @@ def test_a_bad_condition_is_refused_before_any_work(tiny_llama):
 
 def test_the_capability_line_compares_unsteered_and_steered_accuracy(pipe, monkeypatch):
     calls = []
-    real = P.capability_check
+    real = playground_lines.capability_check
     monkeypatch.setattr(
-        P, "capability_check", lambda *a, **k: calls.append(k.get("baseline")) or real(*a, **k)
+        playground_lines, "capability_check", lambda *a, **k: calls.append(k.get("baseline")) or real(*a, **k)
     )
     first = pipe.collect(_request(capability=2))
     line = next(w for w in first[-1].warnings if "capability" in w)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import steerwidgets as sw
-from steerwidgets import charts
+from steerwidgets import charts, playground_ab
 from steerwidgets import playground as pipeline
 from steerwidgets.widgets import playground as pg
 from steerwidgets.widgets.playground import Playground
@@ -326,7 +326,7 @@ def test_ab_items_add_verdicts_against_the_null(make, monkeypatch):
         calls.append((args, kwargs))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "propensity_sweep", spy)
+    monkeypatch.setattr(playground_ab, "propensity_sweep", spy)
     w = _done(make(strength=2.0, ab_items=items, max_new_tokens=2))
     assert [kwargs["protocol"] for _, kwargs in calls] == ["letter", "answer_text"]
     for args, kwargs in calls:
