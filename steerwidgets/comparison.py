@@ -114,8 +114,8 @@ def compare(
     ``sw.Steering``, a list of them (a *stack*, one row labelled ``"sentiment@10 + formality@14"``) or
     ``(label, stack)``. A stack row is the same on every behaviour; strength λ multiplies each part's own
     strength (λ = 1 is the stack as given; see :func:`stack_steerer`), and matching scales the whole stack;
-    its row also has ``stack`` (the parts, as :func:`~steerwidgets.describe_steerings` gives them) and its
-    ``layer`` lists the parts' layers;
+    its row also has ``stack`` (the parts, as :func:`~steerwidgets.stack.describe_steerings` gives them)
+    and its ``layer`` lists the parts' layers;
     ``progress(done, total, label)`` is called after each step; setting ``cancel`` stops between steps
     (and inside sweeps) with ``GenerationCancelled``.
 

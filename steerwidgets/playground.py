@@ -181,8 +181,8 @@ class Pipeline:
         if condition is not None:
             if not isinstance(condition, ConditionalSteering):
                 raise TypeError(
-                    "condition must be a sw.ConditionalSteering (e.g. grid_search(...).steering(cond, "
-                    f"behaviour)) or None, got {type(condition).__name__}"
+                    "condition must be a sw.conditional.ConditionalSteering (e.g. "
+                    f"grid_search(...).steering(cond, behaviour)) or None, got {type(condition).__name__}"
                 )
             self.model.check_layer(condition.layer)
             width = int(condition.condition.directions[condition.layer].shape[-1])

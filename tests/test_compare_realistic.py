@@ -219,7 +219,7 @@ def test_cancel_in_a_context_step_leaves_the_model_unsteered(tiny_long, small_da
         if "in dialogue" in label:
             cancel.set()
 
-    with pytest.raises(sw.GenerationCancelled):
+    with pytest.raises(sw.engine.GenerationCancelled):
         E.compare(
             ["caa"],
             ["sentiment"],

@@ -222,7 +222,7 @@ def test_compare_table_progress_and_cancel(tiny_llama, monkeypatch):
         assert all(np.isfinite(row[k]) for k in ("steerability", "delta_pos_50", "ppl_ratio", "kl"))
     assert result.settings["reduction"] == "per-token mean log-likelihood"
     assert result.to_json()["details"]["affine/sentiment"]["method"]["likelihood_shift"]["primary"] == "mean"
-    spec = sw.compare_chart(result.rows, "delta_pos_50")
+    spec = sw.charts.compare_chart(result.rows, "delta_pos_50")
     from steerwidgets.charts import to_svg
 
     assert "<svg" in to_svg(spec)
@@ -232,7 +232,7 @@ def test_compare_table_progress_and_cancel(tiny_llama, monkeypatch):
     def stop(done, total, label):
         cancel.set()
 
-    with pytest.raises(sw.GenerationCancelled):
+    with pytest.raises(sw.engine.GenerationCancelled):
         E.compare(
             ["caa"],
             ["sentiment"],

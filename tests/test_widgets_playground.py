@@ -456,9 +456,10 @@ def test_degraded_text_is_flagged(make):
 
 
 def test_a_cast_condition_gates_the_steering_and_says_why(make, smol, sentiment):
-    legal = sw.builtin_condition("legal")
-    cond = sw.condition_vector(smol, legal.positive[:6], legal.negative[:6], [5])
-    best = sw.grid_search(smol, cond, [*legal.positive[:6], *legal.negative[:6]], [1] * 6 + [0] * 6)
+    legal = sw.conditional.builtin_condition("legal")
+    cond = sw.conditional.condition_vector(smol, legal.positive[:6], legal.negative[:6], [5])
+    prompts = [*legal.positive[:6], *legal.negative[:6]]
+    best = sw.conditional.grid_search(smol, cond, prompts, [1] * 6 + [0] * 6)
     gated = best.steering(cond, sw.Steering(sentiment, LAYER, 4.0))
     advice, chat = legal.positive[10], legal.negative[10]
     w = _done(make(strength=4.0, prompt=advice, condition=gated))

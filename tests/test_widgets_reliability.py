@@ -49,7 +49,7 @@ def test_report_fills_its_traits(report):
     rep = report.report
     json.dumps(rep, allow_nan=False)  # what the front end can parse
     assert rep["layer"] == LAYER and rep["n_items"] == 10 and rep["positions"] == "last"
-    assert rep["strengths"] == list(sw.DEFAULT_STRENGTHS)
+    assert rep["strengths"] == list(sw.engine.DEFAULT_STRENGTHS)
     assert report.precheck["level"] in ("green", "amber", "red") and report.precheck["layer"] == LAYER
     assert {"mean_cosine", "separation", "effect_size", "reason"} <= set(report.precheck)
     assert report.propensity_spec["hconcat"] and report.slopes_spec["layer"]
