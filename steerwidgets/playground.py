@@ -14,7 +14,8 @@ The pipeline's parts have their own modules, whose names are re-exported here:
 :mod:`~steerwidgets.playground_request` (the :class:`Request`, its :class:`StackRow`s and the updates),
 :mod:`~steerwidgets.playground_ab` (the attached A/B check), :mod:`~steerwidgets.playground_lines` (the
 condition's and the capability's notice lines), :mod:`~steerwidgets.playground_tokens` (prompt chips,
-token pieces, top-k changes) and :mod:`~steerwidgets.playground_code` (copy-as-code).
+token pieces, top-k changes), :mod:`~steerwidgets.playground_code` (copy-as-code) and
+:mod:`~steerwidgets.lru` (the bounded caches).
 
 >>> import steerwidgets as sw
 >>> from steerwidgets.playground import Pipeline, Request
@@ -28,8 +29,7 @@ import dataclasses
 import math
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import interventions, methods
@@ -38,6 +38,7 @@ from .data import builtin_pairs
 from .engine import GenerationCancelled, generate, score
 from .fluency import fluency_warnings
 from .interventions import Steering, SteeringError, check_position_spec, position_mask
+from .lru import LRU
 from .playground_ab import AB_LIMIT, AB_NULL_DIRECTIONS, ab_check
 from .playground_code import builtin_origin, request_code
 from .playground_lines import capability_line, condition_line
@@ -67,48 +68,6 @@ from .vectors import SteeringVector, VectorError, random_like
 
 STREAM_INTERVAL_S = 0.05  # at most 20 streamed text updates per second
 TARGET_NULL_DIRECTIONS = 8  # random directions of the vector's norm behind the target check's verdict
-
-
-# ----------------------------------------------------------------------------------------------
-# Caches
-# ----------------------------------------------------------------------------------------------
-class LRU(MutableMapping):
-    """A small bounded mapping: the least recently used entry goes when it is full (a drag must not grow
-    memory)."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._data: OrderedDict[Hashable, Any] = OrderedDict()
-
-    def get(self, key: Hashable, default: Any = None) -> Any:
-        if key in self._data:
-            self._data.move_to_end(key)
-            return self._data[key]
-        return default
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._data
-
-    def __getitem__(self, key: Hashable) -> Any:
-        return self._data[key]
-
-    def __setitem__(self, key: Hashable, value: Any) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.size:
-            self._data.popitem(last=False)
-
-    def __delitem__(self, key: Hashable) -> None:
-        del self._data[key]
-
-    def __iter__(self) -> Iterator[Hashable]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def clear(self) -> None:
-        self._data.clear()
 
 
 def builtin_vector(model: Any, name: str) -> SteeringVector:
@@ -580,6 +539,7 @@ def _finite_or_none(x: float | None) -> float | None:
 
 __all__ = [
     "AB_LIMIT",
+    "LRU",
     "AB_NULL_DIRECTIONS",
     "ACTADD",
     "BUILTIN_VECTORS",
