@@ -86,12 +86,13 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0) -> 
     return float(lo), float(hi)
 
 
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (``scipy.stats.binomtest``); (0, 1) when n = 0."""
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion at ±``z`` (95 %), by ``scipy.stats.binomtest``."""
     if n == 0:
         return 0.0, 1.0
     from scipy import stats
 
+    confidence = 2 * float(stats.norm.cdf(z)) - 1
     ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
     return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 

@@ -113,6 +113,7 @@ def test_scipy_statistics_give_the_old_results_to_1e6():
         np.testing.assert_allclose(hi, mean + half, rtol=0, atol=1e-6)
     for successes, n in ((0, 10), (8, 10), (10, 20), (50, 100), (1, 3), (60, 60), (37, 59)):
         assert V.wilson_interval(successes, n) == pytest.approx(_old_wilson(successes, n), abs=1e-6)
+        assert V.wilson_interval(successes, n, 1.0) == pytest.approx(_old_wilson(successes, n, 1.0), abs=1e-6)
     assert V.wilson_interval(0, 0) == (0.0, 1.0)
 
 
