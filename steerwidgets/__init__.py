@@ -1,10 +1,24 @@
 """steerwidgets: steer a language model in a notebook, and check whether the steering really worked.
 
-The public API lives here; ``import steerwidgets as sw``.
+``import steerwidgets as sw`` gives the main job: load a model, build a vector, steer, generate and score,
+the four widgets, the reliability checks and the method comparison, the datasets and the errors
+(:data:`__all__`). Everything else lives in its module, which ``sw.<module>`` reaches without an import:
+``sw.engine`` (``score_choices``, ``GenerationCancelled``, ...), ``sw.methods`` (``icv``, ``affine``, ...),
+``sw.interventions``, ``sw.stack``, ``sw.reliability``, ``sw.evaluation``, ``sw.contexts``,
+``sw.conditional``, ``sw.capabilities``, ``sw.fluency``, ``sw.interop``, ``sw.verdicts``, ``sw.charts``,
+``sw.data``.
+
+Names exported here before 0.2 still resolve for one release, with a ``DeprecationWarning`` that names
+their module (``sw.score_choices`` → ``sw.engine.score_choices``).
 """
 
-from . import verdicts  # the module: sw.verdicts.judge, sw.verdicts.VERDICTS
-from .charts import compare_chart
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import warnings
+
+from .comparison import CompareResult, compare
 from .data import (
     ABItem,
     ContrastPair,
@@ -13,87 +27,65 @@ from .data import (
     builtin_ab,
     builtin_open_ended,
     builtin_pairs,
-    list_builtin,
     load_ab_items,
     load_open_ended,
     load_pairs,
 )
-from .engine import (
-    DEFAULT_STRENGTHS,
-    GenerationCancelled,
-    GenerationResult,
-    PropensityResult,
-    generate,
-    propensity_sweep,
-    score,
-    score_choices,
-)
-from .evaluation import (
-    BehaviourData,
-    CompareResult,
-    compare,
-    likelihood_shift_table,
-    open_ended_loglik,
-    prompting_baseline,
-)
-from .fluency import FluencyVerdict, distinct_n, fluency_verdict, generation_fluency
-from .interop import export_gguf, from_steering_vectors, import_gguf, to_steering_vectors
-from .interventions import (
-    AffineMap,
-    Steering,
-    SteeringError,
-    check_steerings,
-    position_mask,
-    stack_label,
-    steered,
-)
-from .magics import load_ipython_extension
-from .methods import (
-    ablation_steerings,
-    actadd,
-    affine,
-    affine_steering,
-    caa,
-    clamp_steering,
-    function_vector,
-    icv,
-    icv_steerings,
-    mean_centring,
-    mean_difference,
-    pca,
-)
+from .engine import PropensityResult, generate, propensity_sweep, score
+from .interventions import Steering, SteeringError, steered
+from .magics import load_ipython_extension as load_ipython_extension  # `%load_ext steerwidgets`
+from .methods import actadd, caa, mean_difference, pca
 from .models import DEFAULT_MODEL, ModelLoadError, SteerableModel, load_model
-from .reliability import LayerSweepResult, PreCheck, generalisation, layer_sweep, precheck, prechecks
-from .stack import describe_steerings, load_steerings
+from .reliability import layer_sweep, precheck
 from .vectors import SteeringVector, VectorError, random_like
-
-# isort: split
-from .capabilities import CapabilityResult, builtin_capability, capability_check
-from .conditional import (
-    ConditionalSteering,
-    ConditionVector,
-    GridSearchResult,
-    builtin_condition,
-    condition_similarity,
-    condition_vector,
-    conditional_generate,
-    evaluate_condition,
-    grid_search,
-)
-from .contexts import (
-    Context,
-    ContextEffect,
-    builtin_contexts,
-    context_effect_ab,
-    context_effect_open_ended,
-    context_prompt,
-    embed_ab,
-    embed_all,
-    embed_open_ended,
-)
 
 __version__ = "0.1.0"
 
+__all__ = [
+    # models
+    "DEFAULT_MODEL",
+    "SteerableModel",
+    "load_model",
+    # vectors and how to build them
+    "SteeringVector",
+    "actadd",
+    "caa",
+    "mean_difference",
+    "pca",
+    "random_like",
+    # steering, generating, scoring
+    "Steering",
+    "generate",
+    "score",
+    "steered",
+    # widgets (loaded on first use)
+    "CompareWidget",
+    "LayerSweep",
+    "Playground",
+    "ReliabilityReport",
+    # does it work?
+    "CompareResult",
+    "PropensityResult",
+    "compare",
+    "layer_sweep",
+    "precheck",
+    "propensity_sweep",
+    # data
+    "ABItem",
+    "ContrastPair",
+    "OpenEndedItem",
+    "builtin_ab",
+    "builtin_open_ended",
+    "builtin_pairs",
+    "load_ab_items",
+    "load_open_ended",
+    "load_pairs",
+    # errors
+    "DatasetError",
+    "ModelLoadError",
+    "SteeringError",
+    "VectorError",
+]
 
 _WIDGETS = {
     "Playground": "playground",
@@ -102,111 +94,47 @@ _WIDGETS = {
     "CompareWidget": "compare",
 }
 
+# Names this module exported before 0.2, by the module that has them now (``sw.<module>.<name>``).
+_MOVED_TO = {
+    "capabilities": "CapabilityResult builtin_capability capability_check",
+    "charts": "compare_chart",
+    "conditional": "ConditionalSteering ConditionVector GridSearchResult builtin_condition "
+    "condition_similarity condition_vector conditional_generate evaluate_condition grid_search",
+    "contexts": "Context ContextEffect builtin_contexts context_effect_ab context_effect_open_ended "
+    "context_prompt embed_ab embed_all embed_open_ended",
+    "data": "list_builtin",
+    "engine": "DEFAULT_STRENGTHS GenerationCancelled GenerationResult score_choices",
+    "evaluation": "BehaviourData likelihood_shift_table open_ended_loglik prompting_baseline",
+    "fluency": "FluencyVerdict distinct_n fluency_verdict generation_fluency",
+    "interop": "export_gguf from_steering_vectors import_gguf to_steering_vectors",
+    "interventions": "AffineMap check_steerings position_mask stack_label",
+    "methods": "ablation_steerings affine affine_steering clamp_steering function_vector icv icv_steerings "
+    "mean_centring",
+    "reliability": "LayerSweepResult PreCheck generalisation prechecks",
+    "stack": "describe_steerings load_steerings",
+}
+_MOVED = {name: module for module, names in _MOVED_TO.items() for name in names.split()}
+_SUBMODULES = frozenset(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_"))
+
 
 def __getattr__(name: str):
-    """Widgets load lazily, so the engine and the CLI never import the front end."""
+    """Widgets and submodules load on first use (the engine and the CLI never import the front end); a
+    name that moved resolves from its module with a DeprecationWarning."""
     if name in _WIDGETS:
-        import importlib
-
         module = importlib.import_module(f".widgets.{_WIDGETS[name]}", __name__)
         return getattr(module, name)
+    if name in _MOVED:
+        where = _MOVED[name]
+        warnings.warn(
+            f"sw.{name} moved: use sw.{where}.{name} (sw.{name} goes in the next release)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(f".{where}", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'steerwidgets' has no attribute {name!r}")
 
 
-__all__ = [
-    "ABItem",
-    "BehaviourData",
-    "AffineMap",
-    "CompareResult",
-    "CompareWidget",
-    "ContrastPair",
-    "DEFAULT_MODEL",
-    "DEFAULT_STRENGTHS",
-    "DatasetError",
-    "FluencyVerdict",
-    "GenerationCancelled",
-    "GenerationResult",
-    "LayerSweep",
-    "LayerSweepResult",
-    "ModelLoadError",
-    "OpenEndedItem",
-    "Playground",
-    "PreCheck",
-    "PropensityResult",
-    "ReliabilityReport",
-    "SteerableModel",
-    "Steering",
-    "SteeringError",
-    "SteeringVector",
-    "VectorError",
-    "ablation_steerings",
-    "actadd",
-    "affine",
-    "affine_steering",
-    "builtin_ab",
-    "builtin_open_ended",
-    "builtin_pairs",
-    "caa",
-    "check_steerings",
-    "clamp_steering",
-    "compare",
-    "compare_chart",
-    "describe_steerings",
-    "distinct_n",
-    "export_gguf",
-    "fluency_verdict",
-    "from_steering_vectors",
-    "function_vector",
-    "generalisation",
-    "generate",
-    "generation_fluency",
-    "icv",
-    "icv_steerings",
-    "import_gguf",
-    "layer_sweep",
-    "likelihood_shift_table",
-    "list_builtin",
-    "load_ab_items",
-    "load_ipython_extension",
-    "load_model",
-    "load_open_ended",
-    "load_pairs",
-    "load_steerings",
-    "mean_centring",
-    "mean_difference",
-    "open_ended_loglik",
-    "pca",
-    "position_mask",
-    "precheck",
-    "prechecks",
-    "prompting_baseline",
-    "propensity_sweep",
-    "verdicts",
-    "random_like",
-    "score",
-    "score_choices",
-    "stack_label",
-    "steered",
-    "to_steering_vectors",
-    "CapabilityResult",
-    "builtin_capability",
-    "capability_check",
-    "Context",
-    "ContextEffect",
-    "builtin_contexts",
-    "context_effect_ab",
-    "context_effect_open_ended",
-    "context_prompt",
-    "embed_ab",
-    "embed_all",
-    "embed_open_ended",
-    "ConditionalSteering",
-    "ConditionVector",
-    "GridSearchResult",
-    "builtin_condition",
-    "condition_similarity",
-    "condition_vector",
-    "conditional_generate",
-    "evaluate_condition",
-    "grid_search",
-]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import DatasetError, _dataset_dir
+from .data import DatasetError, dataset_dir
 from .engine.scoring import score_choices
 from .interventions import Steering, SteeringError, as_list
 from .prompts import use_chat
@@ -69,7 +69,7 @@ def builtin_capability(name: str) -> list[CapabilityItem]:
     """A built-in capability set by name (one of :data:`CAPABILITY_SETS`)."""
     if name not in CAPABILITY_SETS:
         raise DatasetError(f"no built-in capability set {name!r}; available: {', '.join(CAPABILITY_SETS)}")
-    rows = json.loads((_dataset_dir() / f"capability_{name}.json").read_text(encoding="utf-8"))
+    rows = json.loads((dataset_dir() / f"capability_{name}.json").read_text(encoding="utf-8"))
     return [CapabilityItem(row["prompt"], tuple(row["choices"]), row["answer"]) for row in rows]
 
 

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from .capabilities import paired_difference_ci
-from .data import ABItem, DatasetError, OpenEndedItem, _dataset_dir
+from .data import ABItem, DatasetError, OpenEndedItem, dataset_dir
 from .engine.sweep import DEFAULT_STRENGTHS, PropensityResult, propensity_sweep
-from .evaluation import open_ended_loglik
 from .interventions import Steering, SteeringError, as_list
+from .likelihood_shift import open_ended_loglik
 from .vectors import SteeringVector
 
 CONTEXT_KINDS = ("dialogue", "tool_use")
@@ -76,7 +76,7 @@ def builtin_contexts(kind: str | None = None) -> list[Context]:
     for k in kinds:
         if k not in CONTEXT_KINDS:
             raise DatasetError(f"no built-in context kind {k!r}; use one of {CONTEXT_KINDS}")
-        rows = json.loads((_dataset_dir() / _FILES[k]).read_text(encoding="utf-8"))
+        rows = json.loads((dataset_dir() / _FILES[k]).read_text(encoding="utf-8"))
         for row in rows:
             messages = tuple((m["role"], m["content"]) for m in row["messages"])
             out.append(Context(row["name"], k, messages))

@@ -287,13 +287,17 @@ _KINDS = {"ab": "ab_", "pairs": "pairs_", "open_ended": "open_"}
 _REFERENCE_FILE = "reference_passages.json"
 
 
-def _dataset_dir() -> Any:
+def dataset_dir() -> Any:
+    """The folder of the built-in datasets (``steerwidgets/datasets``, read as a package resource)."""
     return resources.files("steerwidgets") / "datasets"
+
+
+_dataset_dir = dataset_dir  # the old name, which conditional.py still imports
 
 
 def list_builtin() -> dict[str, list[str]]:
     """Built-in dataset names by kind (``ab``, ``pairs``, ``open_ended``, ``reference``)."""
-    files = sorted(entry.name for entry in _dataset_dir().iterdir() if entry.name.endswith(".json"))
+    files = sorted(entry.name for entry in dataset_dir().iterdir() if entry.name.endswith(".json"))
     out: dict[str, list[str]] = {kind: [] for kind in (*_KINDS, "reference")}
     for file in files:
         stem = file[: -len(".json")]
@@ -311,7 +315,7 @@ def _builtin_rows(kind: str, name: str) -> list[Any]:
         raise UnknownDatasetError(
             f"no built-in {kind} dataset {name!r}; available: {', '.join(available) or 'none'}"
         )
-    text = (_dataset_dir() / f"{_KINDS[kind]}{name}.json").read_text(encoding="utf-8")
+    text = (dataset_dir() / f"{_KINDS[kind]}{name}.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
@@ -332,7 +336,7 @@ def builtin_open_ended(name: str = "sentiment") -> list[OpenEndedItem]:
 
 def reference_passages() -> list[str]:
     """Clean reference prose: its perplexity under steering shows the fluency a vector costs."""
-    rows = json.loads((_dataset_dir() / _REFERENCE_FILE).read_text(encoding="utf-8"))
+    rows = json.loads((dataset_dir() / _REFERENCE_FILE).read_text(encoding="utf-8"))
     return [str(row) for row in rows]
 
 

@@ -40,62 +40,22 @@ OPTION_DEPENDENCE_MIN = 0.5
 BOOTSTRAP = 2000
 
 
-def _t_quantile(p: float, dof: int) -> float:
-    """Student-t quantile via the Cornish–Fisher expansion (A&S 26.7.5; < 1e-3 for dof ≥ 5)."""
+def t_quantile(p: float, dof: int) -> float:
+    """Student-t quantile (``scipy.stats.t.ppf``); infinite when there is no degree of freedom."""
     if dof <= 0:
         return float("inf")
-    if dof == 1:  # exact: Cauchy
-        return math.tan(math.pi * (p - 0.5))
-    if dof == 2:  # exact
-        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
-    z = _normal_quantile(p)
-    n = float(dof)
-    return (
-        z
-        + (z**3 + z) / (4 * n)
-        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * n**2)
-        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * n**3)
-        + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * n**4)
-    )
+    from scipy import stats  # imported here: scipy.stats takes about a second to import
+
+    return float(stats.t.ppf(p, dof))
 
 
-def _normal_quantile(p: float) -> float:
-    """Inverse standard normal CDF (Acklam's rational approximation, relative error < 1.2e-9)."""
-    a = (
-        -39.69683028665376,
-        220.9460984245205,
-        -275.9285104469687,
-        138.3577518672690,
-        -30.66479806614716,
-        2.506628277459239,
-    )
-    b = (-54.47609879822406, 161.5858368580409, -155.6989798598866, 66.80131188771972, -13.28068155288572)
-    c = (
-        -0.007784894002430293,
-        -0.3223964580411365,
-        -2.400758277161838,
-        -2.549732539343734,
-        4.374664141464968,
-        2.938163982698783,
-    )
-    d = (0.007784695709041462, 0.3224671290700398, 2.445134137142996, 3.754408661907416)
+def normal_quantile(p: float) -> float:
+    """Inverse standard normal CDF (``scipy.stats.norm.ppf``)."""
     if not 0 < p < 1:
         raise ValueError("p must be in (0, 1)")
-    lo = 0.02425
-    if p < lo:
-        q = math.sqrt(-2 * math.log(p))
-        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
-            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1
-        )
-    if p > 1 - lo:
-        return -_normal_quantile(1 - p)
-    q = p - 0.5
-    r = q * q
-    return (
-        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
-        * q
-        / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
-    )
+    from scipy import stats
+
+    return float(stats.norm.ppf(p))
 
 
 def null_band(samples: np.ndarray, coverage: float = NULL_COVERAGE) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +71,7 @@ def null_band(samples: np.ndarray, coverage: float = NULL_COVERAGE) -> tuple[np.
     if k < 2:
         raise ValueError("the null needs at least two random directions")
     mean, sd = x.mean(0), x.std(0, ddof=1)
-    half = _t_quantile(0.5 + coverage / 2, k - 1) * sd * math.sqrt(1 + 1 / k)
+    half = t_quantile(0.5 + coverage / 2, k - 1) * sd * math.sqrt(1 + 1 / k)
     return mean - half, mean + half
 
 
@@ -127,13 +87,14 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0) -> 
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score 95 % interval of a binomial proportion."""
+    """Wilson score interval of a binomial proportion at ±``z`` (95 %), by ``scipy.stats.binomtest``."""
     if n == 0:
         return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    from scipy import stats
+
+    confidence = 2 * float(stats.norm.cdf(z)) - 1
+    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 def option_dependence(original: np.ndarray, swapped: np.ndarray) -> float:

@@ -292,7 +292,8 @@ def test_packed_choices_equal_separate_rows_on_the_default_model(smol, monkeypat
     monkeypatch.setattr(
         scoring, "_score_packed", lambda m, rows, s: calls.append(len(rows)) or real(m, rows, s)
     )
-    got = sw.score_choices(smol, [it.prompt for it in items], [list(it.choices) for it in items], steering)
+    prompts, choices = [it.prompt for it in items], [list(it.choices) for it in items]
+    got = sw.engine.score_choices(smol, prompts, choices, steering)
     assert sum(calls) == len(items)
     for item, per_choice in zip(items, got):
         want = sw.score(smol, [item.prompt] * len(item.choices), list(item.choices), steering)

@@ -236,7 +236,7 @@ def test_generate_applies_the_whole_stack(tiny_cli, tmp_path, capsys):
         (str(mine), 1, -3.0, False),
         ("sentiment", 3, 6.0, False),
     ]
-    stack = sw.load_steerings(
+    stack = sw.stack.load_steerings(
         [
             {"vector": str(mine), "layer": 1, "strength": -3},
             {"vector": "sentiment", "layer": 3, "strength": 6},
@@ -275,7 +275,7 @@ def test_evaluate_and_sweep_keep_a_background_stack_on(tiny_cli, files, tmp_path
         ("sentiment", 0, 2.0),
         (str(mine), 2, 1.5),
     ]
-    background = sw.load_steerings(json.loads(spec.read_text()), tiny_cli, base_dir=tmp_path)
+    background = sw.stack.load_steerings(json.loads(spec.read_text()), tiny_cli, base_dir=tmp_path)
     background += [sw.Steering(sw.SteeringVector.load(mine), 2, 1.5)]
     items = sw.load_ab_items(test)
     vector = sw.caa(tiny_cli, sw.load_ab_items(train), [2])

@@ -13,9 +13,9 @@ import torch
 
 import steerwidgets as sw
 from helpers import random_vector
+from steerwidgets import comparison, metrics
 from steerwidgets import contexts as X
 from steerwidgets import evaluation as E
-from steerwidgets import metrics
 from steerwidgets.capabilities import CAPABILITY_SETS
 from steerwidgets.engine.scoring import next_token_logprobs
 
@@ -52,8 +52,8 @@ def tiny_long(tiny_llama_long) -> sw.SteerableModel:
 
 @pytest.fixture
 def small_data(monkeypatch):
-    monkeypatch.setattr(E, "behaviour_data", _data)
-    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES)
+    monkeypatch.setattr(comparison, "behaviour_data", _data)
+    monkeypatch.setattr(comparison, "_passages", lambda n: PASSAGES)
 
 
 def _fixed(vector):
@@ -124,13 +124,15 @@ def test_compare_rows_in_context_and_capability(tiny_long, small_data):
 
 
 def test_the_unsteered_capability_pass_is_scored_once_per_comparison(tiny_long, small_data, monkeypatch):
-    from steerwidgets import capabilities as C
+    from steerwidgets import compare_checks
 
     calls = []
-    real = C.capability_check
-    monkeypatch.setattr(
-        C, "capability_check", lambda m, s=None, **k: calls.append((s, k.get("baseline"))) or real(m, s, **k)
-    )
+    real = compare_checks.capability_check
+    def spy(m, s=None, **k):
+        calls.append((s, k.get("baseline")))
+        return real(m, s, **k)
+
+    monkeypatch.setattr(compare_checks, "capability_check", spy)
     vectors = [random_vector(tiny_long, seed=k, scale=4.0) for k in (1, 2)]
     result = E.compare(
         [("one", _fixed(vectors[0])), ("two", _fixed(vectors[1]))], ["sentiment"], model=tiny_long, layer=1,
@@ -184,7 +186,7 @@ def test_bad_arguments_raise_before_any_work(tiny_long, small_data, monkeypatch,
     def no_work(*args, **kwargs):
         raise AssertionError("model work before the arguments were checked")
 
-    monkeypatch.setattr(E, "evaluate_steerer", no_work)
+    monkeypatch.setattr(comparison, "evaluate_steerer", no_work)
     with pytest.raises(sw.SteeringError, match=message):
         E.compare(["caa"], ["sentiment"], model=tiny_long, layer=1, **kwargs)
 
@@ -200,8 +202,8 @@ def test_a_model_without_a_chat_template_is_refused_before_any_work(tokenizer, s
     def no_work(*args, **kwargs):
         raise AssertionError("model work before the template was checked")
 
-    monkeypatch.setattr(E, "evaluate_steerer", no_work)
-    monkeypatch.setattr(E, "prompting_baseline", no_work)
+    monkeypatch.setattr(comparison, "evaluate_steerer", no_work)
+    monkeypatch.setattr(comparison, "prompting_baseline", no_work)
     with pytest.raises(sw.SteeringError, match="contexts=False"):
         E.compare(["caa"], ["sentiment"], model=base, layer=1, contexts=True)
 
@@ -217,7 +219,7 @@ def test_cancel_in_a_context_step_leaves_the_model_unsteered(tiny_long, small_da
         if "in dialogue" in label:
             cancel.set()
 
-    with pytest.raises(sw.GenerationCancelled):
+    with pytest.raises(sw.engine.GenerationCancelled):
         E.compare(
             ["caa"],
             ["sentiment"],

@@ -198,8 +198,8 @@ def test_answer_text_context_effect_pairs_the_items_read_in_every_format(tiny_ll
 def test_context_effect_open_ended_plumbing(tiny_llama):
     steering = sw.Steering(random_vector(tiny_llama), layer=1, strength=2.0)
     result = X.context_effect_open_ended(tiny_llama, OPEN, steering)
-    base = sw.open_ended_loglik(tiny_llama, OPEN)
-    steered = sw.open_ended_loglik(tiny_llama, OPEN, [steering])
+    base = sw.evaluation.open_ended_loglik(tiny_llama, OPEN)
+    steered = sw.evaluation.open_ended_loglik(tiny_llama, OPEN, [steering])
     want = (steered.mean_pos - base.mean_pos) + (base.mean_neg - steered.mean_neg)
     np.testing.assert_allclose(result.effect["bare"], want, atol=1e-5)
     assert "per-token mean" in result.summary()["measure"]

@@ -36,7 +36,7 @@ def _hand_generation(model, prompt, layer, delta, spec, steps):
     ids, _ = tokenize_prompt(model, prompt, chat=False)
     seq, n = list(ids), len(ids)
     for _ in range(steps):
-        mask = sw.position_mask(spec, n, len(seq))
+        mask = sw.interventions.position_mask(spec, n, len(seq))
         seq.append(int(_hooked_logits(model, seq, layer, delta, mask)[-1].argmax()))
     return seq[n:]
 
@@ -106,7 +106,7 @@ def test_score_matches_manual_forward(tiny):
             ids, _ = tokenize_prompt(tiny, prompt, chat=False)
             comp = tiny.tokenizer(completion, add_special_tokens=False)["input_ids"]
             full = ids + comp
-            mask = sw.position_mask("generated", len(ids), len(full))
+            mask = sw.interventions.position_mask("generated", len(ids), len(full))
             delta = vec[1] if steering else torch.zeros(tiny.d_model)
             logits = _hooked_logits(tiny, full, 1, delta, mask).log_softmax(-1)
             expected = [float(logits[len(ids) - 1 + k, t]) for k, t in enumerate(comp)]
@@ -130,7 +130,7 @@ def test_propensity_sweep_matches_naive_loop(tiny, positions):
         naive = np.zeros((len(ITEMS), len(strengths)))
         for i, item in enumerate(ITEMS):
             ids, y_pos, y_neg = ab_prompt(tiny, item)
-            mask = sw.position_mask(positions, len(ids), len(ids))
+            mask = sw.interventions.position_mask(positions, len(ids), len(ids))
             for k, lam in enumerate(strengths):
                 logits = _hooked_logits(tiny, ids, layer, lam * vec[layer], mask)[-1]
                 naive[i, k] = float(logits[y_pos] - logits[y_neg])
@@ -185,7 +185,7 @@ def test_cancel_event_stops_and_leaves_model_clean(tiny_llama):
             cancel.set()
 
     vec = random_vector(tiny_llama, scale=100.0)
-    with pytest.raises(sw.GenerationCancelled):
+    with pytest.raises(sw.engine.GenerationCancelled):
         sw.generate(
             tiny_llama,
             PROMPT,
@@ -196,7 +196,7 @@ def test_cancel_event_stops_and_leaves_model_clean(tiny_llama):
             chat=False,
         )
     assert torch.equal(_clean_logits(tiny_llama), before)
-    with pytest.raises(sw.GenerationCancelled):
+    with pytest.raises(sw.engine.GenerationCancelled):
         sw.propensity_sweep(tiny_llama, ITEMS, vec, [1], [0, 1], cancel=cancel)
     assert torch.equal(_clean_logits(tiny_llama), before)
 
@@ -321,7 +321,9 @@ def _packed_calls(monkeypatch) -> list[int]:
 
 
 def _assert_choices_equal_score(model, steering, chat=False, row_steerings=None):
-    got = sw.score_choices(model, CHOICE_PROMPTS, CHOICES, steering, row_steerings=row_steerings, chat=chat)
+    got = sw.engine.score_choices(
+        model, CHOICE_PROMPTS, CHOICES, steering, row_steerings=row_steerings, chat=chat
+    )
     assert [len(g) for g in got] == [len(c) for c in CHOICES]
     for i, (prompt, cands) in enumerate(zip(CHOICE_PROMPTS, CHOICES)):
         rows = None if row_steerings is None else [row_steerings[i]] * len(cands)
@@ -391,12 +393,12 @@ def test_unchecked_architecture_falls_back_to_score(tiny_neox, monkeypatch):
 
 def test_score_choices_refuses_bad_input(tiny_llama):
     with pytest.raises(sw.SteeringError, match="one list per prompt"):
-        sw.score_choices(tiny_llama, CHOICE_PROMPTS, CHOICES[:2])
+        sw.engine.score_choices(tiny_llama, CHOICE_PROMPTS, CHOICES[:2])
     with pytest.raises(sw.SteeringError, match="one entry"):
-        sw.score_choices(tiny_llama, CHOICE_PROMPTS, CHOICES, row_steerings=[None])
+        sw.engine.score_choices(tiny_llama, CHOICE_PROMPTS, CHOICES, row_steerings=[None])
     with pytest.raises(sw.SteeringError, match="empty"):
-        sw.score_choices(tiny_llama, [PROMPT], [[" a", ""]])
+        sw.engine.score_choices(tiny_llama, [PROMPT], [[" a", ""]])
     with pytest.raises(TypeError, match="list of lists"):
-        sw.score_choices(tiny_llama, [PROMPT], " a")
+        sw.engine.score_choices(tiny_llama, [PROMPT], " a")
     with pytest.raises(sw.SteeringError, match="batch_size"):
-        sw.score_choices(tiny_llama, [PROMPT], [[" a"]], batch_size=0)
+        sw.engine.score_choices(tiny_llama, [PROMPT], [[" a"]], batch_size=0)

@@ -11,8 +11,8 @@ import torch
 
 import steerwidgets as sw
 from helpers import random_vector
+from steerwidgets import compare_methods, comparison, metrics, reliability
 from steerwidgets import evaluation as E
-from steerwidgets import metrics, reliability
 from steerwidgets.interventions import AffineMap
 
 AB = [
@@ -101,10 +101,10 @@ def test_general_propensities_match_propensity_sweep(tiny_llama):
     general = E.ab_propensities(tiny_llama, AB, E.vector_steerer(vec, 2), STRENGTHS)
     assert np.allclose(general, sweep, atol=1e-4)
     # the fast path is taken for single-layer additive steerers, also when negated
-    assert E._sweepable(E.vector_steerer(vec, 2), STRENGTHS) is not None
+    assert E.sweepable(E.vector_steerer(vec, 2), STRENGTHS) is not None
     negated = E.propensity_matrix(tiny_llama, AB, E.negated(E.vector_steerer(vec, 2)), STRENGTHS)
     assert np.allclose(negated, sweep[:, ::-1], atol=1e-4)
-    assert E._sweepable(E.vector_steerer(vec, 2, operator="add_norm_preserving"), STRENGTHS) is None
+    assert E.sweepable(E.vector_steerer(vec, 2, operator="add_norm_preserving"), STRENGTHS) is None
 
 
 def test_open_ended_loglik_is_the_engine_score(tiny_llama):
@@ -200,8 +200,8 @@ def _tiny_data(name, n_items, n_train=None):
 
 
 def test_compare_table_progress_and_cancel(tiny_llama, monkeypatch):
-    monkeypatch.setattr(E, "behaviour_data", _tiny_data)
-    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES[:1])
+    monkeypatch.setattr(comparison, "behaviour_data", _tiny_data)
+    monkeypatch.setattr(comparison, "_passages", lambda n: PASSAGES[:1])
     seen = []
     result = E.compare(
         ["caa", "icv", "affine"],
@@ -222,7 +222,7 @@ def test_compare_table_progress_and_cancel(tiny_llama, monkeypatch):
         assert all(np.isfinite(row[k]) for k in ("steerability", "delta_pos_50", "ppl_ratio", "kl"))
     assert result.settings["reduction"] == "per-token mean log-likelihood"
     assert result.to_json()["details"]["affine/sentiment"]["method"]["likelihood_shift"]["primary"] == "mean"
-    spec = sw.compare_chart(result.rows, "delta_pos_50")
+    spec = sw.charts.compare_chart(result.rows, "delta_pos_50")
     from steerwidgets.charts import to_svg
 
     assert "<svg" in to_svg(spec)
@@ -232,7 +232,7 @@ def test_compare_table_progress_and_cancel(tiny_llama, monkeypatch):
     def stop(done, total, label):
         cancel.set()
 
-    with pytest.raises(sw.GenerationCancelled):
+    with pytest.raises(sw.engine.GenerationCancelled):
         E.compare(
             ["caa"],
             ["sentiment"],
@@ -248,8 +248,8 @@ def test_compare_table_progress_and_cancel(tiny_llama, monkeypatch):
 
 
 def test_compare_accepts_a_custom_method(tiny_gpt2, monkeypatch):
-    monkeypatch.setattr(E, "behaviour_data", _tiny_data)
-    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES[:1])
+    monkeypatch.setattr(comparison, "behaviour_data", _tiny_data)
+    monkeypatch.setattr(comparison, "_passages", lambda n: PASSAGES[:1])
     vec = random_vector(tiny_gpt2)
 
     def build(model, data, layer):
@@ -265,7 +265,7 @@ def test_compare_accepts_a_custom_method(tiny_gpt2, monkeypatch):
 
 def test_compare_on_your_own_behaviour_data(tiny_gpt2, monkeypatch):
     """Not a built-in name: the user's items, pairs and instruction go straight in, checked first."""
-    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES[:1])
+    monkeypatch.setattr(comparison, "_passages", lambda n: PASSAGES[:1])
     mine = E.BehaviourData("kindness", AB[2:], AB[:2], PAIRS, OPEN[:2], instruction="Be very kind.")
     result = E.compare(["caa"], [mine], model=tiny_gpt2, layer=1, strengths=[-1, 0, 1], seeds=(0,))
     (row,) = result.rows
@@ -280,10 +280,9 @@ def test_compare_on_your_own_behaviour_data(tiny_gpt2, monkeypatch):
 
 
 def test_compare_reports_a_method_it_cannot_build(tiny_gpt2, monkeypatch):
-    monkeypatch.setattr(
-        E, "behaviour_data", lambda name, n, t=None: E.BehaviourData(name, AB[2:], AB[:2], [], OPEN[:2])
-    )
-    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES[:1])
+    data = lambda name, n, t=None: E.BehaviourData(name, AB[2:], AB[:2], [], OPEN[:2])  # noqa: E731
+    monkeypatch.setattr(comparison, "behaviour_data", data)
+    monkeypatch.setattr(comparison, "_passages", lambda n: PASSAGES[:1])
     seen = []
     result = E.compare(
         ["icv", "caa"],
@@ -349,9 +348,9 @@ def test_residual_norms_skip_the_first_token(tiny_llama):
 
 
 def test_compare_matches_the_norm_ratio_of_every_method(tiny_llama, monkeypatch):
-    monkeypatch.setattr(E, "behaviour_data", _tiny_data)
-    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES[:1])
-    monkeypatch.setattr(E, "generic_corpus", lambda: PASSAGES)
+    monkeypatch.setattr(comparison, "behaviour_data", _tiny_data)
+    monkeypatch.setattr(comparison, "_passages", lambda n: PASSAGES[:1])
+    monkeypatch.setattr(compare_methods, "generic_corpus", lambda: PASSAGES)
     result = E.compare(
         ["caa", "pca", "mean_centring", "icv", "affine"],
         ["sentiment"],
@@ -377,8 +376,8 @@ def test_compare_matches_the_norm_ratio_of_every_method(tiny_llama, monkeypatch)
 
 
 def test_compare_given_ratio_and_no_matching(tiny_gpt2, monkeypatch):
-    monkeypatch.setattr(E, "behaviour_data", _tiny_data)
-    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES[:1])
+    monkeypatch.setattr(comparison, "behaviour_data", _tiny_data)
+    monkeypatch.setattr(comparison, "_passages", lambda n: PASSAGES[:1])
     common = dict(model=tiny_gpt2, layer=1, strengths=[-1.0, 1.0], seeds=(0,), fluency=False)
     given = E.compare(["caa", "pca"], ["sentiment"], target_ratio=0.05, **common)
     assert [row["norm_ratio"] for row in given.rows] == pytest.approx([0.05, 0.05], abs=1e-6)
@@ -389,8 +388,8 @@ def test_compare_given_ratio_and_no_matching(tiny_gpt2, monkeypatch):
 
 
 def test_compare_matches_kl(tiny_llama, monkeypatch):
-    monkeypatch.setattr(E, "behaviour_data", _tiny_data)
-    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES[:1])
+    monkeypatch.setattr(comparison, "behaviour_data", _tiny_data)
+    monkeypatch.setattr(comparison, "_passages", lambda n: PASSAGES[:1])
     # on this random model CAA read in both letter orders cancels to ~0 (KL ~1e-8), so mean_difference
     # stands in for it
     result = E.compare(
@@ -423,8 +422,8 @@ def test_compare_accepts_a_stack_beside_single_vectors(tiny_gpt2, monkeypatch):
     """A list of Steerings is one row, labelled by its parts; its numbers are the stack's own."""
     from dataclasses import replace
 
-    monkeypatch.setattr(E, "behaviour_data", _tiny_data)
-    monkeypatch.setattr(E, "_passages", lambda n: PASSAGES[:1])
+    monkeypatch.setattr(comparison, "behaviour_data", _tiny_data)
+    monkeypatch.setattr(comparison, "_passages", lambda n: PASSAGES[:1])
     a, b = random_vector(tiny_gpt2, seed=1), random_vector(tiny_gpt2, seed=2)
     stack = [sw.Steering(a, 0, 2.0), sw.Steering(b, 2, -1.0, positions="all")]
     lam = [-1.0, 0.0, 1.0]

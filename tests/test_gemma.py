@@ -75,7 +75,7 @@ def test_packed_candidate_scoring_equals_separate_rows(gemma):
     )
     direction = torch.randn(gemma.d_model, generator=torch.Generator().manual_seed(0))
     steering = sw.Steering(direction, LAYER, 4.0)
-    got = sw.score_choices(gemma, prompts, choices, steering, chat=False)
+    got = sw.engine.score_choices(gemma, prompts, choices, steering, chat=False)
     for prompt, cands, per_choice in zip(prompts, choices, got):
         want = sw.score(gemma, [prompt] * len(cands), cands, steering, chat=False)
         for g, w in zip(per_choice, want):

@@ -34,26 +34,26 @@ def _idx(mask):
     ],
 )
 def test_position_mask(spec, expected):
-    assert _idx(sw.position_mask(spec, prompt_len=5, total_len=8)) == expected
+    assert _idx(sw.interventions.position_mask(spec, prompt_len=5, total_len=8)) == expected
 
 
 def test_front_mask_uses_user_start():
-    mask = sw.position_mask("front", 6, 9, user_start=2, front_len=3)
+    mask = sw.interventions.position_mask("front", 6, 9, user_start=2, front_len=3)
     assert _idx(mask) == [2, 3, 4]
     with pytest.raises(sw.SteeringError, match="spans 5 tokens"):
-        sw.position_mask("front", 6, 9, user_start=2, front_len=5)
+        sw.interventions.position_mask("front", 6, 9, user_start=2, front_len=5)
 
 
 @pytest.mark.parametrize("spec", ["middle", "1:2:3", "a,b", True, 2.5, [], [1, "x"]])
 def test_bad_position_specs(spec):
     with pytest.raises(sw.SteeringError):
-        sw.position_mask(spec, 5, 5)
+        sw.interventions.position_mask(spec, 5, 5)
 
 
 @pytest.mark.parametrize("spec", [5, -6, [0, 9]])
 def test_out_of_range_positions_name_the_range(spec):
     with pytest.raises(sw.SteeringError, match="outside the sequence"):
-        sw.position_mask(spec, prompt_len=5, total_len=5)
+        sw.interventions.position_mask(spec, prompt_len=5, total_len=5)
 
 
 def test_operators():

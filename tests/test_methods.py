@@ -238,12 +238,13 @@ def test_actadd_reads_the_phrases_where_it_adds_them(tiny_llama, chat):
 
 
 def test_mean_centring_in_compare_centres_on_a_generic_corpus(tiny_gpt2, monkeypatch):
+    from steerwidgets import compare_methods
     from steerwidgets import evaluation as E
 
     corpus = ["The river runs past the old mill.", "Tables are made of wood or metal."]
-    monkeypatch.setattr(E, "generic_corpus", lambda: corpus)
+    monkeypatch.setattr(compare_methods, "generic_corpus", lambda: corpus)
     data = E.BehaviourData("sentiment", AB[1:], AB[:1], PAIRS, [])
-    built = E._build_mean_centring(tiny_gpt2, data, 1)
+    built = compare_methods._build_mean_centring(tiny_gpt2, data, 1)
     expected = M.mean_centring(tiny_gpt2, [p.positive for p in PAIRS], corpus, [1])
     assert torch.allclose(built.vector[1], expected[1], atol=1e-6)
     assert "2 generic" in built.note
@@ -403,6 +404,7 @@ def test_new_methods_on_the_default_model_are_finite_and_reproducible(smol):
 
 # --- the estimator registry ----------------------------------------------------------------------
 def test_registering_an_estimator_makes_it_usable_by_name(tiny_gpt2, monkeypatch):
+    from steerwidgets import comparison
     from steerwidgets import evaluation as E
 
     seen = []
@@ -417,7 +419,8 @@ def test_registering_an_estimator_makes_it_usable_by_name(tiny_gpt2, monkeypatch
         assert M.get_estimator("fixed_direction").reads == "ab_items"
         assert M.get_estimator("fixed_direction")(tiny_gpt2, AB, [1]).layers == [1]
         assert "fixed_direction" in E.method_names()
-        monkeypatch.setattr(E, "_passages", lambda n: ["The Moon is the Earth's only natural satellite."])
+        moon = ["The Moon is the Earth's only natural satellite."]
+        monkeypatch.setattr(comparison, "_passages", lambda n: moon)
         opens = [sw.OpenEndedItem("How was your weekend?", "It was wonderful.", "It was awful.")]
         items = [*AB, sw.ABItem("Pick the kind reply.\n\n(A) Whatever\n(B) Have a nice day", "B", "A")]
         data = E.BehaviourData("kindness", items[2:], items[:2], PAIRS, opens, instruction="Be kind.")

@@ -14,6 +14,7 @@ import torch
 import steerwidgets as sw
 from helpers import random_vector
 from steerwidgets import playground as P
+from steerwidgets import playground_lines
 from steerwidgets.capabilities import CAPABILITY_SETS
 from steerwidgets.conditional import ConditionVector
 from steerwidgets.widgets.playground import Playground
@@ -82,7 +83,7 @@ def test_cancel_and_a_raising_emit_stop_the_run_and_leave_the_model_unsteered(pi
         if isinstance(update, P.FirstToken):
             cancel.set()
 
-    with pytest.raises(sw.GenerationCancelled):
+    with pytest.raises(sw.engine.GenerationCancelled):
         pipe.run(_request(), emit, cancel)
     assert not [u for u in seen if isinstance(u, P.Scored)]
 
@@ -222,12 +223,12 @@ def test_the_code_for_a_two_row_stack_reproduces_the_text(tiny_llama, monkeypatc
 
 
 # --- conditional steering (CAST) and the capability side-effect line ------------------------------
-def _condition(model, threshold: float, direction: str = "larger") -> sw.ConditionalSteering:
-    cond = sw.condition_vector(
+def _condition(model, threshold: float, direction: str = "larger") -> sw.conditional.ConditionalSteering:
+    cond = sw.conditional.condition_vector(
         model, ["Legal advice, please.", "Can I sue?"], ["Hi there.", "Nice day."], [1]
     )
     behaviour = sw.Steering(random_vector(model, seed=1), 1, 2.0)
-    return sw.ConditionalSteering(cond, 1, threshold, direction, behaviour)
+    return sw.conditional.ConditionalSteering(cond, 1, threshold, direction, behaviour)
 
 
 @pytest.mark.parametrize("met", [True, False])
@@ -255,14 +256,15 @@ def test_a_bad_condition_is_refused_before_any_work(tiny_llama):
     other = ConditionVector({1: torch.ones(8)}, {1: torch.zeros(8)}, "mean_difference", 1, 1)
     behaviour = sw.Steering(random_vector(tiny_llama, seed=1), 1, 2.0)
     with pytest.raises(sw.SteeringError, match="d_model"):
-        P.Pipeline(tiny_llama, condition=sw.ConditionalSteering(other, 1, 0.0, "larger", behaviour))
+        gated = sw.conditional.ConditionalSteering(other, 1, 0.0, "larger", behaviour)
+        P.Pipeline(tiny_llama, condition=gated)
 
 
 def test_the_capability_line_compares_unsteered_and_steered_accuracy(pipe, monkeypatch):
     calls = []
-    real = P.capability_check
+    real = playground_lines.capability_check
     monkeypatch.setattr(
-        P, "capability_check", lambda *a, **k: calls.append(k.get("baseline")) or real(*a, **k)
+        playground_lines, "capability_check", lambda *a, **k: calls.append(k.get("baseline")) or real(*a, **k)
     )
     first = pipe.collect(_request(capability=2))
     line = next(w for w in first[-1].warnings if "capability" in w)

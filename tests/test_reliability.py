@@ -139,8 +139,8 @@ def test_precheck_and_verdicts_on_the_builtin_sets(smol):
     for name in ("sentiment", "formality", "sycophancy"):
         items = sw.builtin_ab(name)
         train, test = items[:40], items[40:]
-        given = sw.prechecks(smol, train, layers, swap_options=False)
-        both = sw.prechecks(smol, train, layers)
+        given = sw.reliability.prechecks(smol, train, layers, swap_options=False)
+        both = sw.reliability.prechecks(smol, train, layers)
         vector = sw.caa(smol, train, layers, swap_options=False)
         sweep = sw.propensity_sweep(
             smol, test, vector, layers, (-1.0, -0.5, 0.0, 0.5, 1.0), relative=True, null_directions=50

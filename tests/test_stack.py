@@ -11,6 +11,7 @@ import torch
 import steerwidgets as sw
 from helpers import random_vector
 from steerwidgets.engine import tokenize_prompt
+from steerwidgets.interventions import position_mask
 
 PROMPT = "The weather today is"
 
@@ -56,7 +57,7 @@ def test_generate_with_a_stack_equals_hand_written_hooks(tiny, which):
     seq, n = list(ids), len(ids)
     for _ in range(steps):
         edits = [
-            (s.layer, s.strength * s.direction(), sw.position_mask(s.positions, n, len(seq))) for s in stack
+            (s.layer, s.strength * s.direction(), position_mask(s.positions, n, len(seq))) for s in stack
         ]
         seq.append(int(_hooked(tiny, seq, edits)[-1].argmax()))
     got = result.steered.token_ids[0]
@@ -73,7 +74,7 @@ def test_score_with_a_stack_equals_hand_written_hooks(tiny, which):
         comp = tiny.tokenizer(completion, add_special_tokens=False)["input_ids"]
         full = ids + comp
         edits = [
-            (s.layer, s.strength * s.direction(), sw.position_mask(s.positions, len(ids), len(full)))
+            (s.layer, s.strength * s.direction(), position_mask(s.positions, len(ids), len(full)))
             for s in stack
         ]
         logits = _hooked(tiny, full, edits).log_softmax(-1)
@@ -86,7 +87,7 @@ def test_score_with_a_stack_equals_hand_written_hooks(tiny, which):
 
 @pytest.mark.model
 def test_real_model_stack_equals_hand_written_hooks(smol):
-    a = sw.load_steerings([{"vector": "sentiment", "layer": 8, "strength": 4.0}], smol)[0]
+    a = sw.stack.load_steerings([{"vector": "sentiment", "layer": 8, "strength": 4.0}], smol)[0]
     other = sw.random_like(sw.SteeringVector({14: a.direction()}), seed=5)  # a's norm, another direction
     b = sw.Steering(other, 14, 3.0, positions="prompt")
     stack = [a, b]
@@ -96,7 +97,7 @@ def test_real_model_stack_equals_hand_written_hooks(smol):
     comp = smol.tokenizer(completion, add_special_tokens=False)["input_ids"]
     full = ids + comp
     edits = [
-        (s.layer, s.strength * s.direction(), sw.position_mask(s.positions, len(ids), len(full)))
+        (s.layer, s.strength * s.direction(), position_mask(s.positions, len(ids), len(full)))
         for s in stack
     ]
     logits = _hooked(smol, full, edits).float().log_softmax(-1)
@@ -124,14 +125,14 @@ def test_load_steerings_from_dicts_files_and_names(tiny_llama, tmp_path):
     ]
     path = tmp_path / "stack.json"
     path.write_text(json.dumps(spec))
-    stack = sw.load_steerings(path, tiny_llama, vectors={"mine": mine})
+    stack = sw.stack.load_steerings(path, tiny_llama, vectors={"mine": mine})
     assert [s.layer for s in stack] == [1, 2, 3]
     assert stack[0].vector is mine and stack[0].strength == 2.0
     assert torch.equal(stack[1].direction(), saved[2]) and stack[1].relative
     assert stack[2].strength == 1.0 and stack[2].positions == [0, -1]
     expected = sw.mean_difference(tiny_llama, sw.builtin_pairs("sentiment"), [3])[3]
     assert torch.allclose(stack[2].direction(), expected)
-    described = sw.describe_steerings(stack)
+    described = sw.stack.describe_steerings(stack)
     assert [d["vector"] for d in described] == ["random-test", "saved.safetensors", "sentiment"]
     assert described[1] == {
         **described[1],
@@ -140,10 +141,10 @@ def test_load_steerings_from_dicts_files_and_names(tiny_llama, tmp_path):
         "positions": "prompt",
         "relative": True,
     }
-    assert sw.stack_label(stack) == "random-test@1 + saved.safetensors@2 + sentiment@3"
+    assert sw.interventions.stack_label(stack) == "random-test@1 + saved.safetensors@2 + sentiment@3"
     json.dumps(described)
     # read back from the description (named vectors by their label)
-    again = sw.load_steerings(
+    again = sw.stack.load_steerings(
         [{k: v for k, v in d.items() if k != "vector_norm"} for d in described],
         tiny_llama,
         vectors={"random-test": mine},
@@ -153,8 +154,8 @@ def test_load_steerings_from_dicts_files_and_names(tiny_llama, tmp_path):
         (s.layer, s.strength, s.positions, s.relative) for s in stack
     ]
     # JSON text and Steering objects pass too
-    assert sw.load_steerings(json.dumps(spec[:1]), tiny_llama, vectors={"mine": mine})[0].layer == 1
-    assert sw.load_steerings([stack[0]], tiny_llama) == [stack[0]]
+    assert sw.stack.load_steerings(json.dumps(spec[:1]), tiny_llama, vectors={"mine": mine})[0].layer == 1
+    assert sw.stack.load_steerings([stack[0]], tiny_llama) == [stack[0]]
 
 
 @pytest.mark.parametrize(
@@ -181,20 +182,20 @@ def test_load_steerings_from_dicts_files_and_names(tiny_llama, tmp_path):
 )
 def test_load_steerings_names_the_bad_entry_and_the_fix(tiny_llama, spec, message):
     with pytest.raises(sw.SteeringError if "vector file" not in message else sw.VectorError, match=message):
-        sw.load_steerings(spec, tiny_llama, vectors={"mine": random_vector(tiny_llama)})
+        sw.stack.load_steerings(spec, tiny_llama, vectors={"mine": random_vector(tiny_llama)})
 
 
 def test_check_steerings_names_the_bad_entry(tiny_llama):
     good = sw.Steering(random_vector(tiny_llama), 1, 2.0)
-    assert sw.check_steerings([good, good], tiny_llama) == [good, good]
-    assert sw.check_steerings(None, tiny_llama) == []
+    assert sw.interventions.check_steerings([good, good], tiny_llama) == [good, good]
+    assert sw.interventions.check_steerings(None, tiny_llama) == []
     small = sw.SteeringVector({2: torch.ones(8)})
     with pytest.raises(sw.VectorError, match=r"steering \[1\] \(custom@2\): .*hidden size 8"):
-        sw.check_steerings([good, sw.Steering(small, 2, 1.0)], tiny_llama)
+        sw.interventions.check_steerings([good, sw.Steering(small, 2, 1.0)], tiny_llama)
     with pytest.raises(sw.SteeringError, match=r"steering \[1\] is a str"):
-        sw.check_steerings([good, "sentiment"], tiny_llama)
+        sw.interventions.check_steerings([good, "sentiment"], tiny_llama)
     with pytest.raises(sw.SteeringError, match=r"steering \[0\] \(random-test@1\): strength must be finite"):
-        sw.check_steerings([sw.Steering(good.vector, 1, float("inf"))], tiny_llama)
+        sw.interventions.check_steerings([sw.Steering(good.vector, 1, float("inf"))], tiny_llama)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,7 +215,7 @@ def _background(model):
 
 def _bg_edits(background, n, total):
     return [
-        (s.layer, s.strength * s.direction(), sw.position_mask(s.positions, n, total)) for s in background
+        (s.layer, s.strength * s.direction(), position_mask(s.positions, n, total)) for s in background
     ]
 
 
@@ -234,7 +235,7 @@ def test_sweep_with_background_equals_hooks(tiny, positions):
     for layer in layers:
         for i, item in enumerate(ITEMS):
             ids, y_pos, y_neg = ab_prompt(tiny, item)
-            mask = sw.position_mask(positions, len(ids), len(ids))
+            mask = position_mask(positions, len(ids), len(ids))
             bg = _bg_edits(background, len(ids), len(ids))
             for k, lam in enumerate(strengths):
                 logits = _hooked(tiny, ids, [*bg, (layer, lam * vec[layer], mask)])[-1]
@@ -268,7 +269,7 @@ def test_sweep_with_background_answer_text_and_nulls(tiny_llama):
         out = 0.0
         for sign, comp in ((1.0, pos), (-1.0, neg)):
             full = ids + comp
-            mask = sw.position_mask("continuation", len(ids), len(full))
+            mask = position_mask("continuation", len(ids), len(full))
             logp = _hooked(tiny, full, [*_bg_edits(background, len(ids), len(full)), (1, delta, mask)])
             logp = logp.log_softmax(-1)
             out += sign * float(torch.stack([logp[len(ids) - 1 + k, t] for k, t in enumerate(comp)]).mean())

@@ -13,6 +13,7 @@ import torch
 
 import steerwidgets as sw
 from helpers import needs_node, node_json, random_vector
+from steerwidgets import comparison
 from steerwidgets import evaluation as E
 from steerwidgets.engine.generation import GenerationCancelled
 from steerwidgets.widgets import compare as C
@@ -151,8 +152,8 @@ def test_errors_are_shown_not_raised(monkeypatch):
 def test_columns_exist_in_real_rows(tiny_llama, monkeypatch):
     from test_evaluation import _tiny_data
 
-    monkeypatch.setattr(E, "behaviour_data", _tiny_data)
-    monkeypatch.setattr(E, "_passages", lambda n: ["The Moon orbits the Earth once a month."])
+    monkeypatch.setattr(comparison, "behaviour_data", _tiny_data)
+    monkeypatch.setattr(comparison, "_passages", lambda n: ["The Moon orbits the Earth once a month."])
     widget = C.CompareWidget(
         ["caa"], ["sentiment"], model=tiny_llama, layer=2, strengths=[-1, 0, 1], seeds=(0, 1)
     )

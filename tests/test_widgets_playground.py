@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import steerwidgets as sw
-from steerwidgets import charts
+from steerwidgets import charts, playground_ab
 from steerwidgets import playground as pipeline
 from steerwidgets.widgets import playground as pg
 from steerwidgets.widgets.playground import Playground
@@ -326,7 +326,7 @@ def test_ab_items_add_verdicts_against_the_null(make, monkeypatch):
         calls.append((args, kwargs))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "propensity_sweep", spy)
+    monkeypatch.setattr(playground_ab, "propensity_sweep", spy)
     w = _done(make(strength=2.0, ab_items=items, max_new_tokens=2))
     assert [kwargs["protocol"] for _, kwargs in calls] == ["letter", "answer_text"]
     for args, kwargs in calls:
@@ -456,9 +456,10 @@ def test_degraded_text_is_flagged(make):
 
 
 def test_a_cast_condition_gates_the_steering_and_says_why(make, smol, sentiment):
-    legal = sw.builtin_condition("legal")
-    cond = sw.condition_vector(smol, legal.positive[:6], legal.negative[:6], [5])
-    best = sw.grid_search(smol, cond, [*legal.positive[:6], *legal.negative[:6]], [1] * 6 + [0] * 6)
+    legal = sw.conditional.builtin_condition("legal")
+    cond = sw.conditional.condition_vector(smol, legal.positive[:6], legal.negative[:6], [5])
+    prompts = [*legal.positive[:6], *legal.negative[:6]]
+    best = sw.conditional.grid_search(smol, cond, prompts, [1] * 6 + [0] * 6)
     gated = best.steering(cond, sw.Steering(sentiment, LAYER, 4.0))
     advice, chat = legal.positive[10], legal.negative[10]
     w = _done(make(strength=4.0, prompt=advice, condition=gated))

@@ -15,7 +15,7 @@ import torch
 
 import steerwidgets as sw
 from helpers import needs_node, node_json
-from steerwidgets import metrics
+from steerwidgets import metrics, reliability_lab
 from steerwidgets.widgets import reliability as RW
 from steerwidgets.widgets.playground import Playground
 
@@ -49,7 +49,7 @@ def test_report_fills_its_traits(report):
     rep = report.report
     json.dumps(rep, allow_nan=False)  # what the front end can parse
     assert rep["layer"] == LAYER and rep["n_items"] == 10 and rep["positions"] == "last"
-    assert rep["strengths"] == list(sw.DEFAULT_STRENGTHS)
+    assert rep["strengths"] == list(sw.engine.DEFAULT_STRENGTHS)
     assert report.precheck["level"] in ("green", "amber", "red") and report.precheck["layer"] == LAYER
     assert {"mean_cosine", "separation", "effect_size", "reason"} <= set(report.precheck)
     assert report.propensity_spec["hconcat"] and report.slopes_spec["layer"]
@@ -235,7 +235,7 @@ def test_layer_sweep_cancel_leaves_it_usable_and_the_model_unsteered(smol, repor
     widget = RW.LayerSweep(smol, vec, ab_items[40:46], layers=layers, strengths=[-1, 0, 1], autostart=False)
     assert widget.status == "idle" and widget.sweep == {}
 
-    real = RW.layer_sweep
+    real = reliability_lab.layer_sweep
 
     def click_cancel_after_first_item(*args, **kwargs):
         inner = kwargs["progress"]
@@ -247,13 +247,13 @@ def test_layer_sweep_cancel_leaves_it_usable_and_the_model_unsteered(smol, repor
 
         return real(*args, **{**kwargs, "progress": progress})
 
-    monkeypatch.setattr(RW, "layer_sweep", click_cancel_after_first_item)
+    monkeypatch.setattr(reliability_lab, "layer_sweep", click_cancel_after_first_item)
     widget.run(wait=True)
     assert widget.status == "cancelled" and not widget.running and widget.error == ""
     assert "Cancelled" in widget.stage and widget.result is None and widget.sweep == {}
     assert torch.equal(sw.score(smol, [prompt], [completion])[0], before)  # unsteered, bit for bit
 
-    monkeypatch.setattr(RW, "layer_sweep", real)
+    monkeypatch.setattr(reliability_lab, "layer_sweep", real)
     widget._on_message(widget, {"type": "run"})
     assert widget.wait(600)
     try:
@@ -409,7 +409,8 @@ def test_listed_items_put_backfires_first():
 
 
 def test_jsonable_replaces_nan_and_numpy():
-    out = RW._jsonable({"a": float("nan"), "b": np.float32(1.5), "c": (np.arange(2), slice(-3, None))})
+    value = {"a": float("nan"), "b": np.float32(1.5), "c": (np.arange(2), slice(-3, None))}
+    out = reliability_lab.jsonable(value)
     assert out == {"a": None, "b": 1.5, "c": [[0, 1], "-3:"]}
     json.dumps(out, allow_nan=False)
 

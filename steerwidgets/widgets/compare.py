@@ -4,7 +4,7 @@
 >>> w = CompareWidget(["caa", "pca"], ["sentiment"], model=model, n_items=6)  # doctest: +SKIP
 >>> w  # press Run (or w.run()); Cancel stops between steps  # doctest: +SKIP
 
-The work (:func:`steerwidgets.evaluation.compare`) runs on the widget's
+The work (:func:`steerwidgets.comparison.compare`) runs on the widget's
 :class:`~steerwidgets.widgets._runner.Runner`, taking turns with other widgets on ``model.lock``, so the
 notebook stays usable; the table sorts on any column and the chart shows one metric against its baselines.
 ``close()`` (or Cancel) stops it at its next step and leaves the model unsteered.
@@ -21,10 +21,10 @@ import anywidget
 import traitlets
 
 from ..charts import compare_chart
+from ..comparison import CompareResult, compare
 from ..contexts import MIN_BARE_EFFECT
 from ..engine.generation import GenerationCancelled
 from ..engine.sweep import DEFAULT_STRENGTHS
-from ..evaluation import CompareResult, compare
 from ..fluency import DISTINCT_N, MAX_LOGPROB_DROP, MIN_DISTINCT
 from ._frontend import bundle, css, shared_bundle_trait
 from ._runner import Runner

@@ -96,8 +96,8 @@ class Playground(anywidget.AnyWidget):
     text and its colouring are steered by all of them, ``norm_ratios`` has one ratio per steering (main
     first), and the chart and A/B check measure the main vector with the rows held on as background.
 
-    ``condition`` (a :class:`~steerwidgets.ConditionalSteering`, e.g. from ``grid_search``) steers only
-    prompts that meet it (CAST): a line says "condition met / not met (similarity x vs threshold y)", and
+    ``condition`` (a :class:`~steerwidgets.conditional.ConditionalSteering`, e.g. from ``grid_search``) steers
+    only prompts that meet it (CAST): a line says "condition met / not met (similarity x vs threshold y)", and
     an unmet prompt's steered text is the unsteered one; the chart and A/B check still measure the vector
     itself. ``capability=n`` adds a side-effect line: accuracy on the first n items of each built-in
     capability set, unsteered vs under the steering as applied, with the paired 95 % interval.
@@ -165,7 +165,7 @@ class Playground(anywidget.AnyWidget):
         vectors: Mapping[str, sw.SteeringVector] | None = None,
         relative: bool = False,
         stack: Sequence[Mapping[str, Any]] | None = None,
-        condition: sw.ConditionalSteering | None = None,
+        condition: sw.conditional.ConditionalSteering | None = None,
         capability: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -296,7 +296,7 @@ class Playground(anywidget.AnyWidget):
         """Run the current controls again (e.g. after changing a vector in place)."""
         self._schedule()
 
-    def set_condition(self, condition: sw.ConditionalSteering | None) -> None:
+    def set_condition(self, condition: sw.conditional.ConditionalSteering | None) -> None:
         """Gate the steering with a CAST condition (``None``: steer every prompt) and run again."""
         self._pipeline.set_condition(condition)
         self._schedule()
