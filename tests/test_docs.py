@@ -3,7 +3,8 @@
 Each page's ```python blocks run in order in one namespace (as cells of a notebook would), in a fresh working
 folder. A block that cannot run here is marked right before it with ``<!-- not run: REASON -->``; REASON names
 what it needs that this machine lacks (the Hugging Face hub, NDIF, a GPU), and such blocks stay few.
-A page whose blocks load the real model is a ``model`` test, as the other real-model tests are.
+A page whose blocks load the real model is a ``model`` test, as the other real-model tests are. The README's
+example is also the first block of docs/index.md (a test holds them equal), so it runs there, once.
 
 The site is built with ``mkdocs build --strict`` (a broken link, anchor or API reference fails it) with the
 network switched off, and the output must load nothing from another host (no CDN scripts, styles or fonts).
@@ -52,11 +53,22 @@ def python_blocks(path: Path) -> list[tuple[int, str, str | None]]:
     return blocks
 
 
+README = ROOT / "README.md"
+GETTING_STARTED = DOCS / "index.md"
+
+
+def _runs_elsewhere(path: Path) -> bool:
+    """The README's example is also the getting-started page's first block: it runs there, once."""
+    own = [code for _, code, why in python_blocks(path) if why is None]
+    there = {code for _, code, _ in python_blocks(GETTING_STARTED)}
+    return path == README and bool(own) and all(code in there for code in own)
+
+
 def _pages_with_code() -> list:
     params = []
     for path in PAGES:
         blocks = [b for b in python_blocks(path) if b[2] is None]
-        if not blocks:
+        if not blocks or _runs_elsewhere(path):
             continue
         marks = [pytest.mark.model] if any("load_model(" in code for _, code, _ in blocks) else []
         params.append(pytest.param(path, marks=marks, id=_rel(path)))
@@ -72,25 +84,33 @@ def _close_widgets(namespace: dict) -> None:
             value.close()
 
 
-def run_page(path: Path) -> str:
-    """Run a page's blocks in order in one namespace; returns what they printed."""
+def run_page(path: Path) -> dict[str, str]:
+    """Run a page's blocks in order in one namespace; returns what each block printed, by its code."""
     namespace: dict = {"__name__": "__docs__"}
-    out = io.StringIO()
+    printed: dict[str, str] = {}
     try:
         for line, code, why in python_blocks(path):
             if why is not None:
                 continue
+            out = io.StringIO()
             # Pad with newlines so a traceback names the page's own line numbers.
             source = "\n" * (line - 1) + code
             with contextlib.redirect_stdout(out):
                 exec(compile(source, f"{_rel(path)}", "exec"), namespace)
+            printed[code] = out.getvalue()
     finally:
         _close_widgets(namespace)
-    return out.getvalue()
+    return printed
 
 
-def _check_readme(printed: str) -> None:
-    lines = printed.strip().splitlines()
+def _lines(printed: dict[str, str], needle: str) -> list[str]:
+    (out,) = [out for code, out in printed.items() if needle in code]
+    return out.strip().splitlines()
+
+
+def _check_readme_example(printed: dict[str, str]) -> None:
+    ((_, example, _),) = python_blocks(README)
+    lines = printed[example].strip().splitlines()
     assert len(lines) >= 5, lines  # base text, steered text, norm ratio, then one verdict line per protocol
     for protocol, line in zip(("letter", "answer_text"), lines[-2:]):
         name, rest = line.split(" ", 1)
@@ -99,24 +119,28 @@ def _check_readme(printed: str) -> None:
         assert reason.endswith("."), line
 
 
-def _check_getting_started(printed: str) -> None:
-    lines = printed.strip().splitlines()
-    verdict, reason = lines[-4].split(" — ", 1)
-    assert verdict in VERDICTS and reason.endswith(".")
-    assert "{'steers': " in lines[-3]
-    assert "unsteered" in lines[-1] and "steered" in lines[-1]  # the sw.steered block
+def _check_getting_started(printed: dict[str, str]) -> None:
+    _check_readme_example(printed)
+    (line,) = _lines(printed, "with sw.steered(model, steering):")
+    assert line.startswith("log p(answer): ") and " unsteered, " in line and line.endswith(" steered")
 
 
-def _check_is_it_real(printed: str) -> None:
-    lines = printed.strip().splitlines()
+def _check_playground(printed: dict[str, str]) -> None:
+    lines = _lines(printed, "pg = sw.Playground(")
+    assert "import steerwidgets as sw" in lines  # copy-as-code printed a runnable cell
+    assert _lines(printed, "sw.load_steerings(")[-1] == "sentiment@10 + formality@14"
+
+
+def _check_is_it_real(printed: dict[str, str]) -> None:
+    lines = _lines(printed, "rng = np.random.default_rng(0)")
     assert lines[0].startswith("steers {'steers': 20,"), lines[0]
-    assert lines[2] == "no_detectable_effect"
-    assert "does not read the options" in lines[3]
+    assert lines[-1] == "no_detectable_effect"
+    assert "does not read the options" in _lines(printed, 'protocol="letter"')[0]
 
 
 CHECKS = {
-    "README.md": _check_readme,
     "docs/index.md": _check_getting_started,
+    "docs/playground.md": _check_playground,
     "docs/is-it-real.md": _check_is_it_real,
 }
 
@@ -128,6 +152,13 @@ def test_page_code_runs_as_written(path, tmp_path, monkeypatch):
     check = CHECKS.get(_rel(path))
     if check is not None:
         check(printed)
+
+
+def test_the_readme_example_runs_on_the_getting_started_page():
+    """It runs once (the slowest block: two sweeps with their nulls), and the two cannot drift apart."""
+    assert _runs_elsewhere(README), "README.md's example must be docs/index.md's first block, word for word"
+    ((_, example, _),) = python_blocks(README)
+    assert python_blocks(GETTING_STARTED)[0][1] == example
 
 
 def test_the_readme_example_is_short_and_first_block_is_the_commands():
