@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import warnings
+from typing import Any
 
 from .comparison import CompareResult, compare
 from .data import (
@@ -33,7 +34,6 @@ from .data import (
 )
 from .engine import PropensityResult, generate, propensity_sweep, score
 from .interventions import Steering, SteeringError, steered
-from .magics import load_ipython_extension as load_ipython_extension  # `%load_ext steerwidgets`
 from .methods import actadd, caa, mean_difference, pca
 from .models import DEFAULT_MODEL, ModelLoadError, SteerableModel, load_model
 from .reliability import layer_sweep, precheck
@@ -138,3 +138,11 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__) | _SUBMODULES)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext steerwidgets``: the magics. IPython is imported only here, so ``import steerwidgets`` works
+    where IPython is not installed (a bare GPU machine running benchmarks/gpu_check.py)."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)

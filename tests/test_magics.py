@@ -103,6 +103,8 @@ def test_bad_arguments_give_a_clear_usage_error(ip, line, body, message):
 
 
 def test_steerwidgets_is_an_extension_too():
-    if not hasattr(sw, "load_ipython_extension"):
-        pytest.skip("steerwidgets/__init__.py does not re-export load_ipython_extension yet")
-    assert sw.load_ipython_extension is load_ipython_extension
+    # `%load_ext steerwidgets` loads the same magics (IPython is imported only then)
+    shell = InteractiveShell.instance()
+    sw.load_ipython_extension(shell)
+    magics = shell.magics_manager.magics
+    assert "steer" in magics["cell"] and "steer_model" in magics["line"]
