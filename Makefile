@@ -1,4 +1,4 @@
-.PHONY: setup lab test docs bench lint
+.PHONY: setup lab test test-fast docs bench lint
 
 setup:
 	bash scripts/setup.sh
@@ -17,6 +17,10 @@ test:
 	# The documentation site first: --strict fails on a broken link, anchor or API reference.
 	.venv/bin/mkdocs build --strict -d site
 	.venv/bin/python -m pytest -q
+
+# The edit loop: unit tests on tiny random models (no real model, no browser, no notebooks).
+test-fast: setup
+	.venv/bin/python -m pytest -q -m "not model and not browser" --ignore=tests/test_notebooks.py
 
 # The documentation site (MkDocs, offline: no CDN) into site/; open site/index.html.
 docs:
