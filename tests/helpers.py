@@ -201,3 +201,48 @@ def wait_playground_reaction(page: Any, before: str, timeout_ms: float = 180_000
     status = page.evaluate(f"() => document.querySelector('{PLAYGROUND}').dataset.status")
     error = page.evaluate(f"() => document.querySelector('{PLAYGROUND} .sw-pg-error').textContent")
     assert status == "done", error
+
+
+def tiny_model(
+    kind: str, tokenizer, dtype: torch.dtype = torch.float32, positions: int = 128, place=None
+) -> sw.SteerableModel:
+    """A tiny random model (seeded: two calls give the same weights); ``place(hf)`` moves it first."""
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    torch.manual_seed(0)
+    vocab = len(tokenizer)
+    if kind == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=positions,
+        )
+        hf = LlamaForCausalLM(config)
+    elif kind == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=3, n_head=4, n_positions=128)
+        hf = GPT2LMHeadModel(config)
+    else:
+        config = GPTNeoXConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+        )
+        hf = GPTNeoXForCausalLM(config)
+    hf.to(dtype).eval()
+    if place is not None:
+        hf = place(hf)
+    return sw.load_model(hf, tokenizer=tokenizer)

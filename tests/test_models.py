@@ -134,9 +134,9 @@ def test_the_model_reports_its_device_and_dtype(smol):
 
 
 def test_a_loaded_model_stays_where_it_is_unless_told(tokenizer):
-    from conftest import _tiny
+    from helpers import tiny_model
 
-    kept = _tiny("llama", tokenizer)
+    kept = tiny_model("llama", tokenizer)
     assert kept.dtype == torch.float32 and kept.device.type == "cpu"
     cast = sw.load_model(kept.hf, tokenizer=tokenizer, device="cpu", dtype=torch.bfloat16)
     assert cast.dtype == torch.bfloat16 and cast.device.type == "cpu"

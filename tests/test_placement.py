@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import _tiny
 from standin_device import DeviceMismatch, Far, real, stand_in, to_far
 
 import steerwidgets as sw
+from helpers import tiny_model
 from steerwidgets import conditional as C
 from steerwidgets import engine, methods
 from steerwidgets import playground as P
@@ -40,9 +40,9 @@ STRENGTHS = (-2.0, 0.0, 2.0)
 @pytest.fixture(scope="module")
 def twins(tokenizer) -> tuple[sw.SteerableModel, sw.SteerableModel]:
     """The CPU model and the same weights on the stand-in device (moved before ``load_model`` wraps it)."""
-    cpu = _tiny("llama", tokenizer)
+    cpu = tiny_model("llama", tokenizer)
     with stand_in():
-        far = _tiny("llama", tokenizer, place=to_far)
+        far = tiny_model("llama", tokenizer, place=to_far)
     return cpu, far
 
 
