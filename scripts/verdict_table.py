@@ -1,4 +1,4 @@
-"""The README's "Verdicts on the built-in sets" rows for one model (one load).
+"""The "Verdicts on the built-in sets" rows of docs/benchmarks.md for one model (one load).
 
 Protocol (as for SmolLM2's rows): CAA from items 0-29 of a built-in A/B set at one layer, read as given
 and/or in both letter orders; the pre-check on the same training items; verdicts on items 30-49 over Tan et

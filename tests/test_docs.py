@@ -128,7 +128,7 @@ def _check_getting_started(printed: dict[str, str]) -> None:
 def _check_playground(printed: dict[str, str]) -> None:
     lines = _lines(printed, "pg = sw.Playground(")
     assert "import steerwidgets as sw" in lines  # copy-as-code printed a runnable cell
-    assert _lines(printed, "sw.load_steerings(")[-1] == "sentiment@10 + formality@14"
+    assert _lines(printed, "sw.load_steerings(")[-1] == "sentiment@10 + formality.safetensors@14"
 
 
 def _check_is_it_real(printed: dict[str, str]) -> None:
