@@ -1,6 +1,9 @@
 """Command line: ``steerwidgets evaluate``, ``steerwidgets sweep`` and ``steerwidgets generate`` (also
 ``python -m steerwidgets``).
 
+Long because: three subcommands share the model, item, stack and JSON plumbing, and the JSON contract is
+easier to keep whole in one file (tests/test_cli.py).
+
 ``evaluate`` and ``sweep`` build a CAA vector from ``--train`` and measure propensity on ``--test``
 (metrics.md). ``generate`` prints a prompt's unsteered and steered continuations. Bad input exits with
 status 2 and a message that says what to fix.

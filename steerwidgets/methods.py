@@ -1,5 +1,8 @@
 """Ways to build a steering vector from data. Each returns a :class:`SteeringVector` with provenance.
 
+Long because: one registry of eleven estimators, each a short function over the same activation readers; the
+covariance algebra (affine maps) and the function-vector head patching are the parts to move out next.
+
 - :func:`caa` — mean difference at the answer-letter token over A/B items (Panickssery et al. 2023).
 - :func:`mean_difference` — the same estimator on contrastive sentence pairs, read at the last token.
 - :func:`actadd` — per-position difference of one prompt pair, read where it is added (Turner et al. 2023).

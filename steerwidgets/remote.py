@@ -79,7 +79,7 @@ def require_local(model: Any, feature: str) -> None:
     if is_remote(model) and entry.startswith(NEEDS_LOCAL):
         raise SteeringError(
             f"{feature} {entry} (the model {getattr(model, 'name', '?')!r} is remote, on NDIF). Load it "
-            f"locally with sw.load_model(name) to use {feature}; see the README's 'Remote models (NDIF)'."
+            f"locally with sw.load_model(name) to use {feature}; see 'Remote models (NDIF)' in docs/index.md."
         )
 
 

@@ -19,11 +19,7 @@ MAX_LINES = 600
 FRONT_END = ("anywidget", "ipywidgets", "traitlets")
 
 # Modules over MAX_LINES without a "Long because" line in their docstring.
-LONG_ALLOWED = {
-    "steerwidgets.engine.sweep": "other engineer's file (device support in progress): split it or say why",
-    "steerwidgets.methods": "other engineer's file (device support in progress): split it or say why",
-    "steerwidgets.cli": "other engineer's file (device support in progress): split it or say why",
-}
+LONG_ALLOWED: dict[str, str] = {}
 
 # (importing module, module imported from, private name).
 PRIVATE_ALLOWED = {

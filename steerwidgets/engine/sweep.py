@@ -3,6 +3,10 @@ null and the option swap.
 
 Work is never repeated: strengths share one pass, the layers below the steered one run once, and what
 lies before the first steered position is cached and reused (keys/values).
+
+Long because: one item's passes (the cached prefix, the vector's and the sampled null's rows, the gradient
+null's backward pass) share the prefix, masks and row layout; split apart, each signature would carry all of
+them. The next split is the row layout (``_sweep_item``, ``_sweep_pass``, ``_grad_pass``) into its own module.
 """
 
 from __future__ import annotations
