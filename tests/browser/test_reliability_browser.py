@@ -159,9 +159,9 @@ def test_anti_steerable_item_opens_in_the_playground(
     # report's trait is drawn as one table per protocol: bare, dialogue, tool-use.
     code = (
         "from steerwidgets.contexts import context_effect_ab\n"
-        "from steerwidgets.widgets.reliability import _jsonable\n"
+        "from steerwidgets.reliability_lab import jsonable\n"
         "ctx = context_effect_ab(model, items[40:42], report.vector, 9, [-1, 0, 1], null_directions=2)\n"
-        "report.context_effects = {'letter': _jsonable(ctx.summary())}\n"
+        "report.context_effects = {'letter': jsonable(ctx.summary())}\n"
         "print(ctx.summary()['contexts']['dialogue']['verdict'])"
     )
     change = kernel_execute(page, code, timeout_s=240).strip()
