@@ -367,22 +367,18 @@ def load_model(
             f"device_map={device_map!r}"
         )
     preloaded = isinstance(model, PreTrainedModel)
-    if device is not None:
-        device = check_device(device)
-    elif not remote and device_map is None and not preloaded:
-        device = default_device()
-        if device.type != "cpu":
-            label = DEFAULT_MODEL if model is None else str(model)
-            print(
-                f"steerwidgets: {device.type.upper()} is available, so {label} loads on {device} in "
-                f"{str(dtype or gpu_dtype(device)).replace('torch.', '')}; pass device='cpu' to stay on "
-                "the CPU",
-                file=sys.stderr,
-            )
+    picked = device is None and not remote and device_map is None and not preloaded
+    device = default_device() if picked else check_device(device) if device is not None else None
     if dtype is None and not preloaded:
-        dtype = torch.float32 if device is None or device.type == "cpu" else gpu_dtype(device)
-        if device_map is not None and torch.cuda.is_available():
-            dtype = gpu_dtype(torch.device("cuda"))
+        split_on_cuda = device_map is not None and torch.cuda.is_available()
+        dtype = gpu_dtype(device or torch.device("cuda" if split_on_cuda else "cpu"))  # float32 on the CPU
+    if picked and device.type != "cpu":
+        label = DEFAULT_MODEL if model is None else str(model)
+        print(
+            f"steerwidgets: {device.type.upper()} is available, so {label} loads on {device} in "
+            f"{str(dtype).replace('torch.', '')}; pass device='cpu' to stay on the CPU",
+            file=sys.stderr,
+        )
 
     if model is None or (isinstance(model, str) and model.lower() in ("default", DEFAULT_MODEL)):
         if remote:
