@@ -106,6 +106,12 @@ class Steering:
     operator: str = "add"
     relative: bool = False
 
+    def __post_init__(self) -> None:
+        # A raw tensor is kept on the CPU in float32, as SteeringVector keeps its vectors: results that
+        # carry this steering back (GenerationResult.steering) then hold no device memory.
+        if isinstance(self.vector, torch.Tensor):
+            object.__setattr__(self, "vector", self.vector.detach().to(torch.float32).cpu())
+
     def direction(self) -> torch.Tensor:
         if isinstance(self.vector, AffineMap):
             return self.vector.shift

@@ -241,7 +241,10 @@ def _file_hash(path: Path) -> str:
     memo[key] = digest.hexdigest()
     try:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
-        memo_file.write_text(json.dumps(memo))
+        # Write then rename: two processes loading at once (pytest -n 2) never read half a file.
+        tmp = memo_file.with_name(f"{memo_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_file)
     except OSError:
         pass
     return memo[key]
