@@ -7,6 +7,9 @@ import os
 import pytest
 import torch
 
+import steerwidgets as sw
+from helpers import tiny_model
+
 # Under pytest-xdist (`make test` runs two workers on two cores) each worker, and every kernel or
 # subprocess it starts (notebooks, JupyterLab, the CLI), gets an equal share of the cores: torch's
 # default of one thread per core in every process would oversubscribe them.
@@ -16,9 +19,6 @@ if _WORKERS > 1:
     for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_name, _THREADS)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
-import steerwidgets as sw
-from helpers import tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +62,39 @@ def tiny_neox(tokenizer) -> sw.SteerableModel:
 @pytest.fixture(params=["llama", "gpt2"])
 def tiny(request, tiny_llama, tiny_gpt2) -> sw.SteerableModel:
     return {"llama": tiny_llama, "gpt2": tiny_gpt2}[request.param]
+
+
+# `make test` runs `-n 2 --dist loadgroup --no-loadscope-reorder`: xdist hands the next group to
+# whichever worker frees first, so the long groups go first and none is left alone at the end. A file is
+# one group (its module fixtures run once); the notebooks and the docs pages are independent cases, one
+# group each. The order follows the serial durations in docs/benchmarks.md; a file not named runs after.
+_HEAVY_FIRST = (
+    "test_notebooks.py",
+    "browser/test_playground_browser.py",
+    "test_docs.py",
+    "test_widgets_reliability.py",
+    "test_reliability.py",
+    "test_widgets_playground.py",
+    "test_compare_realistic.py",
+    "browser/test_reliability_browser.py",
+    "test_cli.py",
+    "test_capabilities.py",
+    "test_integration.py",
+    "test_gemma.py",
+)
+_ONE_GROUP_PER_CASE = ("test_notebooks.py", "test_docs.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("dist", "no") != "loadgroup":
+        return
+
+    def file_of(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0].removeprefix("tests/")
+
+    for item in items:
+        name = file_of(item)
+        item.add_marker(pytest.mark.xdist_group(item.nodeid if name in _ONE_GROUP_PER_CASE else name))
+    rank = {name: i for i, name in enumerate(_HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(file_of(item), len(rank)))  # stable: a file stays contiguous

@@ -125,6 +125,20 @@ def test_report_html_is_standalone_and_escaped(tiny_llama, tmp_path):
     )
 
 
+@pytest.mark.parametrize("swap", [None, False])
+def test_prechecks_read_the_items_as_caa_does(tiny_llama, swap):
+    """``prechecks`` is ``precheck`` on the activations ``caa`` reads (both letter orders by default)."""
+    read, swapped = sw.methods.both_orders(ITEMS, swap)
+    assert len(read) == (2 if swap is None else 1) * len(ITEMS) and swapped == (swap is None)
+    acts = sw.methods.ab_activations(tiny_llama, read, [1, 2])
+    letters = [item.matching == "A" for item in read]
+    got = reliability.prechecks(tiny_llama, ITEMS, [1, 2], swap_options=swap)
+    vector = sw.caa(tiny_llama, ITEMS, [1, 2], swap_options=swap)
+    for layer, (pos, neg) in acts.items():
+        assert got[layer] == reliability.precheck(layer, pos, neg, letters, swapped)
+        assert torch.allclose(vector[layer], (pos - neg).mean(0), atol=1e-6)
+
+
 @pytest.mark.model
 def test_precheck_and_verdicts_on_the_builtin_sets(smol):
     """Braun et al. (2025): consistent training differences predict steerability. On SmolLM2 the built-in
@@ -139,9 +153,18 @@ def test_precheck_and_verdicts_on_the_builtin_sets(smol):
     for name in ("sentiment", "formality", "sycophancy"):
         items = sw.builtin_ab(name)
         train, test = items[:40], items[40:]
-        given = sw.reliability.prechecks(smol, train, layers, swap_options=False)
-        both = sw.reliability.prechecks(smol, train, layers)
-        vector = sw.caa(smol, train, layers, swap_options=False)
+        # One read in both letter orders serves all three (the given order is its first half, in the
+        # same batches): the pre-checks as given and in both orders, and the given-order CAA vector.
+        read, swapped = sw.methods.both_orders(train)
+        acts = sw.methods.ab_activations(smol, read, layers)
+        letters = [item.matching == "A" for item in read]
+        n = len(train)
+        given = {k: reliability.precheck(k, p[:n], q[:n], letters[:n]) for k, (p, q) in acts.items()}
+        both = {k: reliability.precheck(k, p, q, letters, swapped) for k, (p, q) in acts.items()}
+        vector = sw.SteeringVector({k: (p[:n] - q[:n]).mean(0) for k, (p, q) in acts.items()}, smol.name)
+        if name == "sentiment":  # ... as the public functions read them
+            public = sw.caa(smol, train, layers, swap_options=False)
+            assert all(torch.allclose(public[k], vector[k], atol=1e-5) for k in layers)
         sweep = sw.propensity_sweep(
             smol, test, vector, layers, (-1.0, -0.5, 0.0, 0.5, 1.0), relative=True, null_directions=50
         )

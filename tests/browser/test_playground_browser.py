@@ -119,6 +119,10 @@ def test_quickstart_playground_in_jupyterlab(
     assert _text(root, ".sw-pg-base-text") == base_before
     py_timings = json.loads(kernel_execute(page, "import json; print(json.dumps(playground.timings))"))
     assert py_timings["base_cached"] is True
+    # the move is answered with the A/B check's verdict for both protocols (ab_items are attached)
+    protocols = "sorted({w['protocol'] for w in playground.warnings if 'verdict' in w})"
+    seen = json.loads(kernel_execute(page, f"print(json.dumps({protocols}))"))
+    assert {"letter", "answer_text"} <= set(seen)
     # a second move, now that everything is warm
     timings2 = page.evaluate(_JS_MOVE, [".sw-pg-strength", 6, 240_000])
     py_timings2 = json.loads(kernel_execute(page, "print(json.dumps(playground.timings))"))
