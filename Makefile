@@ -18,11 +18,11 @@ test:
 	.venv/bin/mkdocs build --strict -d site
 	# Two workers (CI has two cores); a test file stays on one worker (its module fixtures run once),
 	# the longest first (tests/conftest.py orders them).
-	.venv/bin/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # The edit loop: unit tests on tiny random models (no real model, no browser, no notebooks).
 test-fast: setup
-	.venv/bin/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder -m "not model and not browser" --ignore=tests/test_notebooks.py
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not model and not browser" --ignore=tests/test_notebooks.py
 
 # The documentation site (MkDocs, offline: no CDN) into site/; open site/index.html.
 docs:

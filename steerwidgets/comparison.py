@@ -50,7 +50,7 @@ from .compare_methods import (
 )
 from .data import reference_passages
 from .engine.generation import GenerationCancelled
-from .engine.sweep import DEFAULT_STRENGTHS, _check_strengths
+from .engine.sweep import DEFAULT_STRENGTHS, check_strengths
 from .interventions import Steering, SteeringError, check_steerings, require_model
 from .matching import MATCH_MODES, match_scale, match_target, norms_for, steering_norm_ratio
 from .side_effects import USABLE_PPL_RATIO
@@ -154,7 +154,7 @@ def compare(
         model = load_model()
     require_model(model, "compare")
     model.check_layer(layer)
-    lam = _check_strengths(strengths)
+    lam = check_strengths(strengths)
     open_at = float(lam.max()) if open_strength is None else float(open_strength)
     resolved: list[tuple[str, MethodBuilder]] = []
     stacks: dict[str, list[Steering]] = {}

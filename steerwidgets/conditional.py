@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import DatasetError, _dataset_dir
+from .data import DatasetError, dataset_dir
 from .engine.activations import read_activations
 from .engine.generation import GenerationResult, generate
 from .interventions import Steering, SteeringError
@@ -63,7 +63,7 @@ class LabelledPrompts:
 
 def builtin_condition(name: str = "legal") -> LabelledPrompts:
     """A built-in labelled set: ``"legal"`` = prompts asking for legal advice vs everyday other topics."""
-    path = _dataset_dir() / f"condition_{name}.json"
+    path = dataset_dir() / f"condition_{name}.json"
     if not path.is_file():
         raise DatasetError(f"no built-in condition set {name!r}; available: legal")
     row = json.loads(path.read_text(encoding="utf-8"))

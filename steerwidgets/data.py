@@ -292,7 +292,6 @@ def dataset_dir() -> Any:
     return resources.files("steerwidgets") / "datasets"
 
 
-_dataset_dir = dataset_dir  # the old name, which conditional.py still imports
 
 
 def list_builtin() -> dict[str, list[str]]:

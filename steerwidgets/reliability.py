@@ -21,7 +21,7 @@ import torch
 from . import metrics
 from .data import ABItem
 from .engine.generation import GenerationCancelled
-from .engine.sweep import DEFAULT_STRENGTHS, PropensityResult, _check_strengths, _sweep_item, propensity_sweep
+from .engine.sweep import DEFAULT_STRENGTHS, PropensityResult, check_strengths, propensity_sweep, sweep_item
 from .interventions import SteeringError, position_mask
 from .methods import ab_activations, both_orders, caa
 from .prompts import tokenize_prompt
@@ -197,7 +197,7 @@ def kl_side_effects(
         ids, _ = tokenize_prompt(model, prompt)
         mask = position_mask(positions, len(ids), len(ids))
         first = int(mask.float().argmax())
-        out = _sweep_item(model, ids, mask, first, vector, layers, with_zero, "add", False, None)
+        out = sweep_item(model, ids, mask, first, vector, layers, with_zero, "add", False, None)
         for row, layer in enumerate(layers):
             logp = out[layer][0][: len(with_zero), -1].log_softmax(-1).double().cpu().numpy()
             kl = metrics.kl_divergence(logp, logp[zero][None])
@@ -266,7 +266,7 @@ def layer_sweep(
     """Steerability, its verdict against random directions, backfiring and anti-steerable fractions and KL
     side effects for every layer × strength (letter protocol)."""
     layer_list = list(range(model.n_layers)) if layers is None else list(layers)
-    lam = _check_strengths(strengths)
+    lam = check_strengths(strengths)
     n_total = len(items) + len(neutral_prompts)
 
     def item_progress(done: int, _total: int) -> None:

@@ -64,37 +64,34 @@ def tiny(request, tiny_llama, tiny_gpt2) -> sw.SteerableModel:
     return {"llama": tiny_llama, "gpt2": tiny_gpt2}[request.param]
 
 
-# `make test` runs `-n 2 --dist loadgroup --no-loadscope-reorder`: xdist hands the next group to
-# whichever worker frees first, so the long groups go first and none is left alone at the end. A file is
-# one group (its module fixtures run once); the notebooks and the docs pages are independent cases, one
-# group each. The order follows the serial durations in docs/benchmarks.md; a file not named runs after.
+# `make test` runs `-n 2 --dist loadfile --no-loadscope-reorder`: a test file stays on one worker (its
+# module fixtures run once), and xdist hands the next file, in collection order, to whichever worker
+# frees first. So the long files go first and none is left alone at the end. The order follows the
+# serial durations in docs/benchmarks.md; a file not named runs after. (Not `--dist loadgroup`: under
+# pytest 9 xdist 3.8's group suffix on the node id is lost, so every test became its own group and
+# each module fixture ran on both workers.)
 _HEAVY_FIRST = (
     "test_notebooks.py",
     "browser/test_playground_browser.py",
     "test_docs.py",
     "test_widgets_reliability.py",
     "test_reliability.py",
-    "test_widgets_playground.py",
-    "test_compare_realistic.py",
-    "browser/test_reliability_browser.py",
-    "test_cli.py",
     "test_capabilities.py",
+    "test_compare_realistic.py",
+    "test_widgets_playground.py",
+    "browser/test_reliability_browser.py",
     "test_integration.py",
+    "test_cli.py",
     "test_gemma.py",
 )
-_ONE_GROUP_PER_CASE = ("test_notebooks.py", "test_docs.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("dist", "no") != "loadgroup":
+    if not hasattr(config, "workerinput"):  # only an xdist worker's collection order is scheduled
         return
 
     def file_of(item: pytest.Item) -> str:
         return item.nodeid.split("::")[0].removeprefix("tests/")
 
-    for item in items:
-        name = file_of(item)
-        item.add_marker(pytest.mark.xdist_group(item.nodeid if name in _ONE_GROUP_PER_CASE else name))
     rank = {name: i for i, name in enumerate(_HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(file_of(item), len(rank)))  # stable: a file stays contiguous

@@ -38,16 +38,6 @@ PRIVATE_ALLOWED = {
     ("steerwidgets.engine.sweep", "steerwidgets.engine._trace", "_cache_from"),
     ("steerwidgets.engine.sweep", "steerwidgets.engine._trace", "_hidden"),
     ("steerwidgets.engine.sweep", "steerwidgets.engine._trace", "_set_hidden"),
-    # engine/sweep.py's strength check and one-item sweep, re-exported by engine/__init__.py under their
-    # private names (other engineer's files): to be made public there (check_strengths, sweep_item).
-    ("steerwidgets.engine", "steerwidgets.engine.sweep", "_check_strengths"),
-    ("steerwidgets.engine", "steerwidgets.engine.sweep", "_sweep_item"),
-    # ... and used by compare and the layer sweep until then (defined in the other engineer's file).
-    ("steerwidgets.comparison", "steerwidgets.engine.sweep", "_check_strengths"),
-    ("steerwidgets.reliability", "steerwidgets.engine.sweep", "_check_strengths"),
-    ("steerwidgets.reliability", "steerwidgets.engine.sweep", "_sweep_item"),
-    # conditional.py (other engineer's file) still imports data.dataset_dir by its old name.
-    ("steerwidgets.conditional", "steerwidgets.data", "_dataset_dir"),
 }
 
 

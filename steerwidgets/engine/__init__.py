@@ -48,8 +48,6 @@ from .sweep import (
     null_directions_for,
     propensity_sweep,
 )
-from .sweep import _check_strengths as _check_strengths  # used by evaluation and reliability
-from .sweep import _sweep_item as _sweep_item
 
 _adds_bos, _use_chat = adds_bos, use_chat  # their names before prompts.py
 

@@ -6,7 +6,7 @@ lies before the first steered position is cached and reused (keys/values).
 
 Long because: one item's passes (the cached prefix, the vector's and the sampled null's rows, the gradient
 null's backward pass) share the prefix, masks and row layout; split apart, each signature would carry all of
-them. The next split is the row layout (``_sweep_item``, ``_sweep_pass``, ``_grad_pass``) into its own module.
+them. The next split is the row layout (``sweep_item``, ``_sweep_pass``, ``_grad_pass``) into its own module.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class PropensityResult:
         return out
 
 
-def _check_strengths(strengths: Sequence[float]) -> np.ndarray:
+def check_strengths(strengths: Sequence[float]) -> np.ndarray:
     values = np.asarray(list(strengths), dtype=float)
     if values.ndim != 1 or values.size < 2:
         raise SteeringError("give at least two strengths, e.g. -1,0,1, to fit a slope")
@@ -337,7 +337,7 @@ def propensity_sweep(
         Steering(vector, layer, 1.0, positions, operator, relative).validate(model)
         if vector[layer].ndim != 1:
             raise SteeringError("propensity sweeps need a [d_model] vector per layer (not ActAdd)")
-    lam = _check_strengths(strengths)
+    lam = check_strengths(strengths)
     check_position_spec(positions)
     background = _check_background(model, background)
     if null_directions is None:
@@ -526,7 +526,7 @@ def _sweep_protocol_item(
             logp = logits.log_softmax(-1)  # answer text: per-token mean log-prob of the completion
             return logp[:, torch.arange(len(comp)), torch.tensor(comp)].mean(-1)
 
-        per_layer = _sweep_item(
+        per_layer = sweep_item(
             model, seq, mask, first, vector, layer_list, lam, operator, relative, max_rows,
             null=sampled, null_lam=null_lam, keep=keep, prefix=prefix, fixed=fixed[c],
             unsteered_row=zero_row < 0,
@@ -608,7 +608,7 @@ def _prefix(
     return out
 
 
-def _sweep_item(
+def sweep_item(
     model: Any,
     ids: list[int],
     mask: torch.Tensor,
