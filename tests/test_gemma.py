@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,6 +95,22 @@ def test_propensity_sweep_gives_verdicts(gemma, caa):
         assert lo <= s["steerability"] <= hi
         if protocol == "letter":
             assert s["option_dependence"] is not None
+
+
+def test_batched_letter_sweep_equals_one_item_per_pass(gemma, caa):
+    """Gemma 3 (sliding-window layers, its own mask builder) takes the batched letter path: the items'
+    left-padded prefixes in one cache give each item's numbers as its own pass does."""
+    from steerwidgets.engine import letter_batch
+
+    assert letter_batch.can_batch(gemma)
+    test = sw.builtin_ab("sentiment")[30:34]
+    for null_method in ("gradient", "sampled"):
+        kwargs = dict(null_directions=4, null_method=null_method)
+        got = sw.propensity_sweep(gemma, test, caa, LAYER, **kwargs)
+        want = sw.propensity_sweep(gemma, test, caa, LAYER, batch_items=False, **kwargs)
+        np.testing.assert_allclose(got.propensity[LAYER], want.propensity[LAYER], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(got.null[LAYER], want.null[LAYER], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(got.unsteered, want.unsteered, rtol=1e-3, atol=1e-3)
 
 
 def test_cli_evaluate_without_the_playground(gemma, tmp_path, monkeypatch, capsys):

@@ -131,6 +131,7 @@ ENTRY_POINTS = {
     ),
     "sweep letter, gradient null": lambda m: _sweep(m, null_directions=4),
     "sweep letter, sampled null": lambda m: _sweep(m, null_directions=3, null_method="sampled"),
+    "sweep letter, one item per pass": lambda m: _sweep(m, null_directions=3, batch_items=False),
     "sweep answer text, gradient null": lambda m: _sweep(m, protocol="answer_text", null_directions=3),
     "sweep answer text, sampled null": lambda m: _sweep(
         m, protocol="answer_text", null_directions=2, null_method="sampled"

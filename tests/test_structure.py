@@ -31,6 +31,8 @@ PRIVATE_ALLOWED = {
     ("steerwidgets.engine.generation", "steerwidgets.engine._trace", "_norm_ratio"),
     ("steerwidgets.engine.generation", "steerwidgets.engine._trace", "_plans"),
     ("steerwidgets.engine.generation", "steerwidgets.engine._trace", "_steer_in_trace"),
+    ("steerwidgets.engine.letter_batch", "steerwidgets.engine._trace", "_hidden"),
+    ("steerwidgets.engine.letter_batch", "steerwidgets.engine._trace", "_set_hidden"),
     ("steerwidgets.engine.scoring", "steerwidgets.engine._trace", "_Plan"),
     ("steerwidgets.engine.scoring", "steerwidgets.engine._trace", "_Row"),
     ("steerwidgets.engine.scoring", "steerwidgets.engine._trace", "_plans"),

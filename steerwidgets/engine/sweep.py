@@ -2,7 +2,8 @@
 null and the option swap.
 
 Work is never repeated: strengths share one pass, the layers below the steered one run once, and what
-lies before the first steered position is cached and reused (keys/values).
+lies before the first steered position is cached and reused (keys/values). With the letter protocol at the
+last prompt token the items' one-token suffixes share passes too (:mod:`.letter_batch`).
 
 Long because: one item's passes (the cached prefix, the vector's and the sampled null's rows, the gradient
 null's backward pass) share the prefix, masks and row layout; split apart, each signature would carry all of
@@ -36,6 +37,7 @@ from ..interventions import (
 from ..prompts import ab_prompt, answer_text_prompt
 from ..remote import remote_null_method
 from ..vectors import SteeringVector
+from . import letter_batch
 from ._trace import _cache_from, _hidden, _set_hidden
 from .generation import GenerationCancelled
 from .memory import max_rows_for
@@ -268,6 +270,7 @@ def propensity_sweep(
     cancel: threading.Event | None = None,
     cache: MutableMapping | None = None,
     background: Steering | Sequence[Steering] = (),
+    batch_items: bool = True,
 ) -> PropensityResult:
     """The [items × strengths] propensity matrix at each layer, strengths batched into one pass.
 
@@ -291,7 +294,9 @@ def propensity_sweep(
 
     Per item, the tokens before the first steered position run once and their keys/values are reused; the
     blocks below the steered layer run once; the strengths (and sampled directions) share one batched pass;
-    logits are computed only where they are scored.
+    logits are computed only where they are scored. With the letter protocol steering only the last prompt
+    token (the default), the items' one-token suffixes also share passes (``batch_items=False`` runs one item
+    per pass, the reference the batched path is tested against).
 
     ``cache`` (a mapping the caller owns, e.g. a bounded LRU) keeps what depends only on the model and the
     items' tokens between calls: each item's unsteered prefix keys/values and residual norms (every layer)
@@ -374,7 +379,20 @@ def propensity_sweep(
     null = {layer: np.zeros((k, n_items)) for layer in layer_list} if k else None
     unsteered = np.zeros(n_items)
     ratio_sum = {layer: np.zeros(n_s) for layer in layer_list}
-    for row, (_, ids, completions) in enumerate(prompts):
+    batched = None
+    if protocol == "letter" and not background and batch_items:
+        batched = _batched_letter(
+            model, prompts, positions, vector, layer_list, lam, directions, null_method, null_lam, operator,
+            relative, max_rows, cache, cancel, progress,
+        )  # fmt: skip
+    for row, out in enumerate(batched or []):
+        for layer, (vec_m, null_s, zero_m, ratios) in out.items():
+            prop[layer][row] = vec_m
+            if null is not None:
+                null[layer][:, row] = null_s
+            unsteered[row] = zero_m
+            ratio_sum[layer] += ratios
+    for row, (_, ids, completions) in enumerate(prompts if batched is None else []):
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("sweep cancelled")
         out = _sweep_protocol_item(
@@ -544,6 +562,20 @@ def _sweep_protocol_item(
                 ).items():  # fmt: skip
                     prev = grads.get(layer, (0.0, factor))[0]
                     grads[layer] = (prev + sign * grad, factor)
+    return _item_result(values, grads, ratios, directions, null_method, null_lam, n_s, zero_row)
+
+
+def _item_result(
+    values: dict[int, np.ndarray],
+    grads: dict[int, tuple[torch.Tensor, float]],
+    ratios: dict[int, np.ndarray],
+    directions: dict | None,
+    null_method: str,
+    null_lam: np.ndarray,
+    n_s: int,
+    zero_row: int,
+) -> dict[int, tuple[np.ndarray, np.ndarray | None, float, np.ndarray]]:
+    """One item's rows per layer as (vector propensities, null slopes, unsteered, norm ratios)."""
     k = 0 if directions is None else next(iter(directions.values())).shape[0]
     result = {}
     for layer, value in values.items():
@@ -556,6 +588,98 @@ def _sweep_protocol_item(
             null_s = (directions[layer].double() @ grad.double()).numpy() * factor
         result[layer] = (value[:n_s], null_s, float(value[zero_row]), ratios[layer])
     return result
+
+
+def _rowsets(
+    vector: SteeringVector, layer_list: list[int], lam: np.ndarray, null: dict | None,
+    null_lam: np.ndarray | None, unsteered_row: bool,
+) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:  # fmt: skip
+    """Per layer the (direction, strengths) sets of one item's rows: the vector at ``lam``, each random
+    direction at the two ``null_lam`` strengths, then (``unsteered_row``) one unsteered row."""
+    rowsets = {}
+    for layer in layer_list:
+        sets = [(vector[layer], torch.tensor(lam, dtype=torch.float32))]
+        if null is not None:
+            nl = torch.tensor(null_lam, dtype=torch.float32)
+            sets += [(null[layer][j], nl) for j in range(null[layer].shape[0])]
+        if unsteered_row:
+            sets.append((torch.zeros_like(vector[layer]), torch.zeros(1)))
+        rowsets[layer] = sets
+    return rowsets
+
+
+def _batched_letter(
+    model: Any,
+    prompts: list[tuple[int, list[int], list[tuple[list[int], Any]]]],
+    positions: Any,
+    vector: SteeringVector,
+    layer_list: list[int],
+    lam: np.ndarray,
+    directions: dict | None,
+    null_method: str,
+    null_lam: np.ndarray,
+    operator: str,
+    relative: bool,
+    max_rows: int | None,
+    cache: MutableMapping | None,
+    cancel: threading.Event | None,
+    progress: Callable[[int, int], None] | None,
+) -> list[dict] | None:
+    """Every item's :func:`_item_result` from a few batched passes (:mod:`.letter_batch`), or ``None``
+    when the items do not fit that path (a steered position before the last prompt token, a one-token
+    prompt, a remote model or an architecture not checked)."""
+    if not letter_batch.can_batch(model):
+        return None
+    for _, ids, _ in prompts:
+        n = len(ids)
+        if n < 2 or position_mask(positions, n, n).nonzero().flatten().tolist() != [n - 1]:
+            return None
+    zeros = np.flatnonzero(lam == 0.0) if operator == "add" else []
+    zero_row = int(zeros[0]) if len(zeros) else -1
+    sampled = directions if null_method == "sampled" else None
+    rowsets = _rowsets(vector, layer_list, lam, sampled, null_lam, zero_row < 0)
+    size = sum(len(s[1]) for s in rowsets[layer_list[0]])
+    width = max(len(ids) for _, ids, _ in prompts)
+    budget = max_rows or max_rows_for(model, width, 1, 1)
+    per_pass = max(1, budget // size)  # layers per pass (for one item)
+    results: list[dict] = []
+    n_items = len(prompts)
+    at = 0
+    while at < n_items:
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled("sweep cancelled")
+        chunk = prompts[at : at + max(1, budget // (size * min(per_pass, len(layer_list))))]
+        items = [
+            (ids, comps[0][1], _prefix(model, ids, len(ids) - 1, layer_list, None, cache))
+            for _, ids, comps in chunk
+        ]
+        values: list[dict] = [{} for _ in items]
+        ratios: list[dict] = [{} for _ in items]
+        grads: list[dict] = [{} for _ in items]
+        for g in range(0, len(layer_list), per_pass):
+            group = layer_list[g : g + per_pass]
+            got = letter_batch.letter_values(
+                model, items, vector, group, rowsets, len(lam), operator, relative
+            )
+            for layer, per_item in got.items():
+                for i, (value, ratio) in enumerate(per_item):
+                    values[i][layer], ratios[i][layer] = value, ratio
+        if directions is not None and null_method == "gradient":
+            grad_budget = max_rows or max_rows_for(model, width, 1, 1, grad=True)
+            per_grad = max(1, grad_budget // len(items))
+            for g in range(0, len(layer_list), per_grad):
+                group = layer_list[g : g + per_grad]
+                got = letter_batch.letter_gradients(model, items, vector, group, relative)
+                for layer, per_item in got.items():
+                    for i, grad in enumerate(per_item):
+                        grads[i][layer] = grad
+        for value, grad, ratio in zip(values, grads, ratios):
+            n_s = len(lam)
+            results.append(_item_result(value, grad, ratio, directions, null_method, null_lam, n_s, zero_row))
+        at += len(chunk)
+        if progress is not None:
+            progress(at, n_items)
+    return results
 
 
 def _prefix(
@@ -639,15 +763,7 @@ def sweep_item(
     """
     prefix_kv, prefix_norms = prefix if prefix is not None else _prefix(model, ids, first, layer_list, fixed)
     input_ids = model.place(torch.tensor([ids]))
-    rowsets = {}
-    for layer in layer_list:
-        sets = [(vector[layer], torch.tensor(lam, dtype=torch.float32))]
-        if null is not None:
-            nl = torch.tensor(null_lam, dtype=torch.float32)
-            sets += [(null[layer][j], nl) for j in range(null[layer].shape[0])]
-        if unsteered_row:
-            sets.append((torch.zeros_like(vector[layer]), torch.zeros(1)))
-        rowsets[layer] = sets
+    rowsets = _rowsets(vector, layer_list, lam, null, null_lam, unsteered_row)
     per_layer_rows = sum(len(s[1]) for s in rowsets[layer_list[0]])
     suffix = input_ids[:, first:]
     suffix_mask = mask[first : len(ids)] if mask.shape[0] >= len(ids) else mask[first:]
