@@ -35,7 +35,7 @@ from typing import Any
 from . import interventions, methods
 from .conditional import ConditionalSteering
 from .data import builtin_pairs
-from .engine import GenerationCancelled, generate, score
+from .engine import GenerationCancelled, generate, score, score_choices
 from .fluency import fluency_warnings
 from .interventions import Steering, SteeringError, check_position_spec, position_mask
 from .lru import LRU
@@ -322,8 +322,8 @@ class Pipeline:
             base = self._generate(request, None, "base", emit, cancel, started, timings)
             self.base[base_key] = base
         check()
-        # 3. one batched scoring pass: the unsteered model on the steered text (per-token shifts) and
-        #    every chart point not cached yet (target and contrast; the vector and random directions)
+        # 3. scoring: the unsteered model on the steered text (per-token shifts), then every chart point
+        #    not cached yet (target and contrast; the vector and random directions), batched
         emit(Status("scoring"))
         chart = self._chart(request, vector, extra) if request.targets else None
         tokens = self._score(request, steered, applied, chart, check)
@@ -433,8 +433,9 @@ class Pipeline:
         chart: TargetChart | None,
         check: Callable[[], None],
     ) -> list[dict]:
-        """Score everything the update needs in one batched pass; fills the chart's point cache and
-        returns the per-token shifts log p_steered − log p_base of the steered text."""
+        """Score everything the update needs in two batched passes (the steered text; the chart's points,
+        each prompt once for both targets); fills the chart's point cache and returns the per-token
+        shifts log p_steered − log p_base of the steered text."""
         tok = self.model.tokenizer
         prompts: list[str] = []
         completions: list[str] = []
@@ -460,15 +461,18 @@ class Pipeline:
             if ids != gen_ids:
                 # the text does not re-tokenise to the generated ids: score both on the same tokens
                 steered_row = add(text, steering)
-        point_rows = []
-        if chart is not None:
-            target, contrast = request.targets
-            for key, point_steering in chart.missing(self.points):
-                point_rows.append((key, add(target, point_steering), add(contrast, point_steering)))
         check()
         lp = score(self.model, prompts, completions, row_steerings=rows, batch_size=64) if rows else []
-        for key, t_row, k_row in point_rows:
-            self.points[key] = (float(lp[t_row].sum()), float(lp[k_row].sum()))
+        points = chart.missing(self.points) if chart is not None else []
+        if points:
+            # each point's prompt runs once for both targets (packed candidates; same numbers as two rows)
+            check()
+            got = score_choices(
+                self.model, [request.prompt] * len(points), [list(request.targets)] * len(points),
+                row_steerings=[point_steering for _, point_steering in points], batch_size=64,
+            )  # fmt: skip
+            for (key, _), (target_lp, contrast_lp) in zip(points, got):
+                self.points[key] = (float(target_lp.sum()), float(contrast_lp.sum()))
         if base_row is None:
             return []
         base_lp = lp[base_row].tolist()

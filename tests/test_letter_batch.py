@@ -106,3 +106,18 @@ def test_batched_items_equal_one_item_per_pass_on_the_default_model(smol):
     one = sw.propensity_sweep(smol, items, vec, 12, [-4.0, 0.0, 4.0], batch_items=False)
     many = sw.propensity_sweep(smol, items, vec, 12, [-4.0, 0.0, 4.0])
     assert_same(one, many)
+
+
+def test_a_cancel_during_the_last_progress_report_is_honoured(tiny_llama):
+    """One batched pass reports once, at the end: a Cancel clicked then still stops the sweep."""
+    import threading
+
+    cancel = threading.Event()
+    vec = random_vector(tiny_llama, scale=2.0)
+    before = sw.score(tiny_llama, ["Pick one."], [" A"])[0]
+    with pytest.raises(sw.engine.GenerationCancelled):
+        sw.propensity_sweep(
+            tiny_llama, ITEMS, vec, [1], [-1.0, 1.0], null_directions=3, cancel=cancel,
+            progress=lambda done, total: cancel.set(),
+        )  # fmt: skip
+    assert np.array_equal(sw.score(tiny_llama, ["Pick one."], [" A"])[0].numpy(), before.numpy())

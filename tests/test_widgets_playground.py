@@ -271,22 +271,28 @@ def test_targets_chart_and_negative_strength_warning(make, sentiment):
     assert all(set(x) >= {"level", "message"} for x in w.warnings)
 
 
-def test_chart_is_one_scoring_pass_and_reuses_points_when_the_strength_moves(
+def test_chart_points_take_one_pass_and_are_reused_when_the_strength_moves(
     make, smol, sentiment, monkeypatch
 ):
     calls = []
-    real = sw.score
+    real, real_choices = sw.score, sw.engine.score_choices
 
     def counting(model, prompts, completions, steering=None, **kwargs):
-        calls.append(len(prompts))
+        calls.append(("text", len(prompts)))
         return real(model, prompts, completions, steering, **kwargs)
 
+    def counting_choices(model, prompts, choice_lists, steering=None, **kwargs):
+        assert all(list(c) == list(TARGETS) for c in choice_lists)  # both targets under one prompt
+        calls.append(("points", len(prompts)))
+        return real_choices(model, prompts, choice_lists, steering, **kwargs)
+
     monkeypatch.setattr(pipeline, "score", counting)
+    monkeypatch.setattr(pipeline, "score_choices", counting_choices)
     w = _done(make(strength=4.0, targets=TARGETS, max_new_tokens=4))
-    # one pass: the steered text under the base model + 9 chart points (4 per series + the shared 0) × 2
-    # + the target check's other random directions at the current strength × 2
-    nulls = 2 * (pipeline.TARGET_NULL_DIRECTIONS - 1)
-    assert calls == [1 + 9 * 2 + nulls]
+    # the steered text under the base model; then one pass for 9 chart points (4 per series + the shared
+    # 0) and the target check's other random directions at the current strength, each point's prompt once
+    nulls = pipeline.TARGET_NULL_DIRECTIONS - 1
+    assert calls == [("text", 1), ("points", 9 + nulls)]
     values = [
         row for data in _datasets(w.chart_spec) for row in data if row.get("series") == charts.VECTOR_SERIES
     ]
@@ -297,10 +303,10 @@ def test_chart_is_one_scoring_pass_and_reuses_points_when_the_strength_moves(
     calls.clear()
     w.strength = -4.0  # on the grid: only the steered text and the check's random directions are scored
     _done(w)
-    assert calls == [1 + nulls]
-    w.strength = 2.0  # inside the grid's range: two new points (vector, random) × 2
+    assert calls == [("text", 1), ("points", nulls)]
+    w.strength = 2.0  # inside the grid's range: two new points (vector, random)
     _done(w)
-    assert calls == [1 + nulls, 1 + 2 * 2 + nulls]
+    assert calls[2:] == [("text", 1), ("points", 2 + nulls)]
     grid = sorted({row["strength"] for data in _datasets(w.chart_spec) for row in data if "series" in row})
     assert grid == [-8, -4, 0, 2, 4, 8]
     w.strength = 40.0  # far outside: the grid is redrawn around the new strength

@@ -237,17 +237,19 @@ def test_layer_sweep_cancel_leaves_it_usable_and_the_model_unsteered(smol, repor
 
     real = reliability_lab.layer_sweep
 
-    def click_cancel_after_first_item(*args, **kwargs):
+    def click_cancel_at_the_first_report(*args, **kwargs):
         inner = kwargs["progress"]
+        clicked = []
 
         def progress(done, total):
             inner(done, total)
-            if done == 1:
-                widget._on_message(widget, {"type": "cancel"})  # the Cancel button, mid-sweep
+            if not clicked:  # the first report (one item, or a batched pass of items): Cancel, mid-sweep
+                clicked.append(done)
+                widget._on_message(widget, {"type": "cancel"})
 
         return real(*args, **{**kwargs, "progress": progress})
 
-    monkeypatch.setattr(reliability_lab, "layer_sweep", click_cancel_after_first_item)
+    monkeypatch.setattr(reliability_lab, "layer_sweep", click_cancel_at_the_first_report)
     widget.run(wait=True)
     assert widget.status == "cancelled" and not widget.running and widget.error == ""
     assert "Cancelled" in widget.stage and widget.result is None and widget.sweep == {}

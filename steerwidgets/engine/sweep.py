@@ -420,6 +420,8 @@ def propensity_sweep(
             ratio_sum[layer] += ratios
         if progress is not None:
             progress(row + 1, n_items)
+    if cancel is not None and cancel.is_set():  # set during the last progress call: skip the swap too
+        raise GenerationCancelled("sweep cancelled")
     kept = [items[index] for index, _, _ in prompts]
     swap = option_swap if option_swap is not None else (k > 0 and protocol == "letter")
     swapped = None
