@@ -32,6 +32,7 @@ PRIVATE_ALLOWED = {
     ("steerwidgets.engine.generation", "steerwidgets.engine._trace", "_plans"),
     ("steerwidgets.engine.generation", "steerwidgets.engine._trace", "_steer_in_trace"),
     ("steerwidgets.engine.letter_batch", "steerwidgets.engine._trace", "_hidden"),
+    ("steerwidgets.engine.letter_batch", "steerwidgets.engine._trace", "_scale_factor"),
     ("steerwidgets.engine.letter_batch", "steerwidgets.engine._trace", "_set_hidden"),
     ("steerwidgets.engine.scoring", "steerwidgets.engine._trace", "_Plan"),
     ("steerwidgets.engine.scoring", "steerwidgets.engine._trace", "_Row"),
@@ -39,6 +40,7 @@ PRIVATE_ALLOWED = {
     ("steerwidgets.engine.scoring", "steerwidgets.engine._trace", "_steer_in_trace"),
     ("steerwidgets.engine.sweep", "steerwidgets.engine._trace", "_cache_from"),
     ("steerwidgets.engine.sweep", "steerwidgets.engine._trace", "_hidden"),
+    ("steerwidgets.engine.sweep", "steerwidgets.engine._trace", "_scale_factor"),
     ("steerwidgets.engine.sweep", "steerwidgets.engine._trace", "_set_hidden"),
 }
 

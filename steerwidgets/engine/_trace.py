@@ -2,7 +2,8 @@
 outputs during a forward step (:func:`_steer_in_trace`), and the small helpers every engine module shares.
 
 Private to the engine: :mod:`~steerwidgets.engine.generation`, :mod:`~steerwidgets.engine.scoring`,
-:mod:`~steerwidgets.engine.activations` and :mod:`~steerwidgets.engine.sweep` build on it.
+:mod:`~steerwidgets.engine.activations`, :mod:`~steerwidgets.engine.sweep` and
+:mod:`~steerwidgets.engine.letter_batch` build on it.
 """
 
 from __future__ import annotations
@@ -159,6 +160,17 @@ def _norm_ratio(plan: _Plan) -> float:
     scale, mean_norm = plan.scale.detach().float().cpu(), plan.mean_norm.detach().float().cpu()
     ratio = scale.reshape(-1).abs() * vnorm / mean_norm.clamp_min(1e-12)
     return float(ratio.mean())
+
+
+def _scale_factor(
+    own: torch.Tensor, prefix: tuple[float, int] | None, skip_first: int, vnorm: float, relative: bool
+) -> tuple[float, float]:
+    """Mean residual norm over the prefix and this unedited row, and what multiplies λ (mean‖h‖/‖v‖ when
+    strengths are relative, else 1)."""
+    total, count = prefix if prefix is not None else (0.0, 0)
+    body = own[0, skip_first:].detach().float()
+    mean_norm = (total + float(body.norm(dim=-1).sum())) / max(1, count + body.shape[0])
+    return mean_norm, (mean_norm / max(vnorm, 1e-12) if relative else 1.0)
 
 
 def _cache_from(prefix: list, rows: int, split: int) -> Any:

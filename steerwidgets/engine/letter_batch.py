@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..interventions import apply_operator
-from ._trace import _hidden, _set_hidden
+from ._trace import _hidden, _scale_factor, _set_hidden
 
 #: Architectures whose forward with a left-padded cache, a 2-D attention mask and explicit
 #: ``position_ids`` was checked to equal the per-item rows (tests/test_letter_batch.py; Gemma 3 in
@@ -67,13 +67,6 @@ def _padded_inputs(model: Any, items: list[Item], row_item: torch.Tensor) -> dic
     )
 
 
-def _factor(own: torch.Tensor, prefix: tuple[float, int] | None, vnorm: float, relative: bool) -> tuple:
-    """Mean‖h‖ over the item's prefix (sink excluded) and its last token, and what multiplies λ."""
-    total, count = prefix if prefix is not None else (0.0, 0)
-    mean_norm = (total + float(own.detach().float().norm())) / (count + 1)
-    return mean_norm, (mean_norm / max(vnorm, 1e-12) if relative else 1.0)
-
-
 def letter_values(
     model: Any,
     items: list[Item],
@@ -109,7 +102,8 @@ def letter_values(
                 ratios[layer] = []
                 for i, (_, _, (_, norms)) in enumerate(items):
                     at = (g * n + i) * size
-                    mean_norm, factor = _factor(hidden[at, -1], norms.get(layer), vnorm, relative)
+                    own = hidden[at : at + 1, -1:]  # the item's unedited last token
+                    mean_norm, factor = _scale_factor(own, norms.get(layer), 0, vnorm, relative)
                     ratios[layer].append(rowsets[layer][0][1].abs() * factor * vnorm / max(mean_norm, 1e-12))
                     for direction, lam in rowsets[layer]:
                         part = hidden[at : at + len(lam)]
@@ -152,8 +146,8 @@ def letter_gradients(
                 hidden = _hidden(out)
                 vnorm = float(vector[layer].norm())
                 factors[layer] = [
-                    _factor(hidden[g * n + i, -1], norms.get(layer), vnorm, relative)[1]
-                    for i, (_, _, (_, norms)) in enumerate(items)
+                    _scale_factor(hidden[r : r + 1, -1:], norms.get(layer), 0, vnorm, relative)[1]
+                    for r, (_, _, (_, norms)) in enumerate(items, start=g * n)
                 ]
                 block = torch.zeros((rows, 1, 1))
                 block[g * n : (g + 1) * n] = 1.0

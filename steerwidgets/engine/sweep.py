@@ -38,7 +38,7 @@ from ..prompts import ab_prompt, answer_text_prompt
 from ..remote import remote_null_method
 from ..vectors import SteeringVector
 from . import letter_batch
-from ._trace import _cache_from, _hidden, _set_hidden
+from ._trace import _cache_from, _hidden, _scale_factor, _set_hidden
 from .generation import GenerationCancelled
 from .memory import max_rows_for
 from .scoring import next_token_logprobs
@@ -385,13 +385,17 @@ def propensity_sweep(
             model, prompts, positions, vector, layer_list, lam, directions, null_method, null_lam, operator,
             relative, max_rows, cache, cancel, progress,
         )  # fmt: skip
-    for row, out in enumerate(batched or []):
+
+    def store(row: int, out: dict) -> None:
         for layer, (vec_m, null_s, zero_m, ratios) in out.items():
             prop[layer][row] = vec_m
             if null is not None:
                 null[layer][:, row] = null_s
             unsteered[row] = zero_m
             ratio_sum[layer] += ratios
+
+    for row, out in enumerate(batched or []):
+        store(row, out)
     for row, (_, ids, completions) in enumerate(prompts if batched is None else []):
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("sweep cancelled")
@@ -412,12 +416,7 @@ def propensity_sweep(
             cache,
             background,
         )
-        for layer, (vec_m, null_s, zero_m, ratios) in out.items():
-            prop[layer][row] = vec_m
-            if null is not None:
-                null[layer][:, row] = null_s
-            unsteered[row] = zero_m
-            ratio_sum[layer] += ratios
+        store(row, out)
         if progress is not None:
             progress(row + 1, n_items)
     if cancel is not None and cancel.is_set():  # set during the last progress call: skip the swap too
@@ -532,9 +531,7 @@ def _sweep_protocol_item(
     values: dict[int, np.ndarray] = {}
     grads: dict[int, tuple[torch.Tensor, float]] = {}
     ratios: dict[int, np.ndarray] = {}
-    # an additive grid with λ = 0 already holds the unsteered row: no extra batch row for it
-    zeros = np.flatnonzero(lam == 0.0) if operator == "add" else []
-    zero_row = int(zeros[0]) if len(zeros) else -1
+    zero_row = _zero_row(lam, operator)
     for c, (comp, target, mask) in enumerate(scores):
         sign = 1.0 if c == 0 else -1.0
         seq = ids + comp[:-1]
@@ -592,6 +589,13 @@ def _item_result(
     return result
 
 
+def _zero_row(lam: np.ndarray, operator: str) -> int:
+    """The row of λ = 0 in an additive grid, which already is the unsteered row (no extra batch row for
+    it); -1 when there is none."""
+    zeros = np.flatnonzero(lam == 0.0) if operator == "add" else []
+    return int(zeros[0]) if len(zeros) else -1
+
+
 def _rowsets(
     vector: SteeringVector, layer_list: list[int], lam: np.ndarray, null: dict | None,
     null_lam: np.ndarray | None, unsteered_row: bool,
@@ -636,21 +640,21 @@ def _batched_letter(
         n = len(ids)
         if n < 2 or position_mask(positions, n, n).nonzero().flatten().tolist() != [n - 1]:
             return None
-    zeros = np.flatnonzero(lam == 0.0) if operator == "add" else []
-    zero_row = int(zeros[0]) if len(zeros) else -1
+    zero_row = _zero_row(lam, operator)
     sampled = directions if null_method == "sampled" else None
     rowsets = _rowsets(vector, layer_list, lam, sampled, null_lam, zero_row < 0)
     size = sum(len(s[1]) for s in rowsets[layer_list[0]])
     width = max(len(ids) for _, ids, _ in prompts)
     budget = max_rows or max_rows_for(model, width, 1, 1)
     per_pass = max(1, budget // size)  # layers per pass (for one item)
+    per_chunk = max(1, budget // (size * min(per_pass, len(layer_list))))  # items per pass
     results: list[dict] = []
-    n_items = len(prompts)
+    n_items, n_s = len(prompts), len(lam)
     at = 0
     while at < n_items:
         if cancel is not None and cancel.is_set():
             raise GenerationCancelled("sweep cancelled")
-        chunk = prompts[at : at + max(1, budget // (size * min(per_pass, len(layer_list))))]
+        chunk = prompts[at : at + per_chunk]
         items = [
             (ids, comps[0][1], _prefix(model, ids, len(ids) - 1, layer_list, None, cache))
             for _, ids, comps in chunk
@@ -676,7 +680,6 @@ def _batched_letter(
                     for i, grad in enumerate(per_item):
                         grads[i][layer] = grad
         for value, grad, ratio in zip(values, grads, ratios):
-            n_s = len(lam)
             results.append(_item_result(value, grad, ratio, directions, null_method, null_lam, n_s, zero_row))
         at += len(chunk)
         if progress is not None:
@@ -807,17 +810,6 @@ def _split_rows(sets: list[tuple[torch.Tensor, torch.Tensor]], max_rows: int) ->
         parts[-1].append(item)
         rows += len(item[1])
     return parts
-
-
-def _scale_factor(
-    own: torch.Tensor, prefix: tuple[float, int] | None, skip_first: int, vnorm: float, relative: bool
-) -> tuple[float, float]:
-    """Mean residual norm over the prefix and this unedited row, and what multiplies λ (mean‖h‖/‖v‖ when
-    strengths are relative, else 1)."""
-    total, count = prefix if prefix is not None else (0.0, 0)
-    body = own[0, skip_first:].detach().float()
-    mean_norm = (total + float(body.norm(dim=-1).sum())) / max(1, count + body.shape[0])
-    return mean_norm, (mean_norm / max(vnorm, 1e-12) if relative else 1.0)
 
 
 def _grad_pass(
